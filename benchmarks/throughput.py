@@ -1,0 +1,156 @@
+"""Images/s of one ED grade step (final grade: complete student, all group teachers), three ways:
+
+  (a) bare   — a plain PyTorch loop in this process doing the same math (augment, normalise,
+               student fwd+bwd, teacher fwd under inference_mode, sliced KD), all cores;
+  (b) local  — the engine (`train_epoch`) with in-process teachers (`LocalTeachers`), all cores;
+  (c) actors — the engine with one `TeacherActor` per teacher: the student process gets
+               `--student-threads`, each actor `--teacher-threads`; the engine submits batch
+               k+1's teacher call before training batch k, so teacher and student overlap.
+
+Random-weight models and synthetic uint8 data (speed only). Ratios are against (a).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py            # defaults below
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from raydistill.data import ImageSet, normalize, random_crop_flip
+from raydistill.distill.curriculum import plan_ed
+from raydistill.distill.engine import (GradeTables, TrainContext, TrainSettings, build_optimizer, grade_model,
+                                       train_epoch)
+from raydistill.distill.losses import ed_loss, sliced_kd_loss
+from raydistill.models import build_model, num_blocks
+from raydistill.teachers import FrozenTeacher, LocalTeachers
+
+
+def make_setup(args):
+    k, per_class = args.groups, args.images_per_class
+    classes = k * args.classes_per_group
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (classes * per_class, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    data = ImageSet(images, labels, [str(c) for c in range(classes)])
+    groups = [list(range(p * args.classes_per_group, (p + 1) * args.classes_per_group)) for p in range(k)]
+    blocks = num_blocks(args.student)
+    splits = [round((g + 1) * blocks / k) for g in range(k)]
+    plan = plan_ed(args.student, blocks, groups, splits, list(range(k)), [1] * k, [64] * (k - 1), args.pass_mode)
+    torch.manual_seed(0)
+    teachers = {}
+    for p, grp in enumerate(groups):
+        m = build_model(args.teacher, len(grp))
+        m.class_ids.copy_(torch.tensor(grp))
+        teachers[f"group{p}"] = FrozenTeacher(m, (0.5,) * 3, (0.25,) * 3)
+    s = TrainSettings(batch_size=args.batch, mean=(0.5,) * 3, std=(0.25,) * 3, schedule="constant")
+    return data, plan, plan.grades[-1], teachers, s
+
+
+def bare_loop(data, plan, grade, teachers, s, epoch) -> float:
+    """The same math as the engine's step, written as the plain loop a user would write."""
+    model = grade_model(plan, grade, data.num_classes, s)
+    opt = build_optimizer(model, s, s.lr)
+    tables = GradeTables(grade, data.num_classes, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(epoch)
+    model.train()
+    n, started = 0, time.perf_counter()
+    passes = [[li] for li in range(len(grade.lessons))] if plan.pass_mode == "sequential" \
+        else [list(range(len(grade.lessons)))]
+    for lesson_ids in passes:
+        idx = torch.nonzero(torch.isin(data.labels, torch.tensor(
+            [c for li in lesson_ids for c in grade.lessons[li].classes]))).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        for b in torch.split(idx, s.batch_size):
+            images = random_crop_flip(data.images[b], padding=4, generator=gen)
+            labels = data.labels[b]
+            lessons = tables.lesson[labels]
+            logits = model(normalize(images, s.mean, s.std))
+            kd = None
+            for li in lesson_ids:
+                rows = torch.nonzero(lessons == li).flatten()
+                with torch.inference_mode():
+                    t = teachers[grade.lessons[li].teacher].model(normalize(images[rows], s.mean, s.std))
+                term = sliced_kd_loss(logits[rows], t, tables.slices[li], s.temperature, reduction="sum")
+                kd = term if kd is None else kd + term
+            loss = ed_loss(logits, tables.position[labels], kd, s.alpha)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n += len(b)
+    return n / (time.perf_counter() - started)
+
+
+def engine_epoch(data, plan, grade, client, s, epoch) -> float:
+    model = grade_model(plan, grade, data.num_classes, s)
+    opt = build_optimizer(model, s, s.lr)
+    m = train_epoch(model, opt, grade, plan.pass_mode, data, client, s, TrainContext(), epoch)
+    return m["images_per_s"]
+
+
+def measure(fn, repeats: int) -> float:
+    fn(0)  # warm-up epoch (allocator, thread pools, actor start)
+    return max(fn(e + 1) for e in range(repeats))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--teacher", default="resnet110")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--groups", type=int, default=3)
+    p.add_argument("--classes-per-group", type=int, default=10)
+    p.add_argument("--images-per-class", type=int, default=64, help="per class; an epoch is one measurement")
+    p.add_argument("--pass-mode", default="sequential", choices=["sequential", "mixed"])
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for (a) and (b)")
+    p.add_argument("--student-threads", type=int, default=1, help="torch threads of the student in (c)")
+    p.add_argument("--teacher-threads", type=int, default=1, help="torch threads of each teacher actor in (c)")
+    p.add_argument("--no-fold-bn", action="store_true", help="(c) without BN folding / channels_last")
+    p.add_argument("--repeats", type=int, default=2, help="measured epochs per setting (best is reported)")
+    p.add_argument("--only", default="abc")
+    args = p.parse_args(argv)
+
+    data, plan, grade, teachers, s = make_setup(args)
+    print(f"ED grade {grade.index + 1}/{len(plan.grades)} step ({args.pass_mode}): student {args.student}, "
+          f"{args.groups} teachers {args.teacher}, batch {args.batch}, {len(data)} images/epoch, "
+          f"{os.cpu_count()} cores")
+    results = {}
+    if "a" in args.only:
+        torch.set_num_threads(args.threads)
+        results["a"] = measure(lambda e: bare_loop(data, plan, grade, teachers, s, e), args.repeats)
+        print(f"(a) bare PyTorch loop, {args.threads} threads:            {results['a']:7.1f} img/s", flush=True)
+    if "b" in args.only:
+        torch.set_num_threads(args.threads)
+        client = LocalTeachers(teachers)
+        results["b"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
+        print(f"(b) engine + LocalTeachers, {args.threads} threads:       {results['b']:7.1f} img/s", flush=True)
+    if "c" in args.only:
+        import ray
+        from raydistill.distributed.teacher_actors import ActorTeachers, start_teacher_actors, teacher_bytes
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        try:
+            # each actor asks for a share of one CPU: only one teacher is busy at a time in sequential mode
+            cpus = 1.0 / len(teachers)
+            actors = start_teacher_actors({k: teacher_bytes(t) for k, t in teachers.items()}, cpus=cpus,
+                                          threads=args.teacher_threads, fold_bn=not args.no_fold_bn)
+            torch.set_num_threads(args.student_threads)
+            client = ActorTeachers(actors)
+            results["c"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
+            print(f"(c) engine + teacher actors, {args.student_threads}+{args.teacher_threads} threads:"
+                  f"      {results['c']:7.1f} img/s", flush=True)
+        finally:
+            ray.shutdown()
+    if "a" in results:
+        for key in ("b", "c"):
+            if key in results:
+                print(f"({key})/(a) = {results[key] / results['a']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

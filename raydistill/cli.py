@@ -1,0 +1,109 @@
+"""Command line: `raydistill run | validate | experiments`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raydistill.config import ConfigError, Experiment, shipped_experiments
+
+
+def _load(args) -> Experiment:
+    exp = Experiment.load(args.config)
+    overrides = list(args.set or [])
+    if getattr(args, "methods", None):
+        overrides.append(f"methods=[{','.join(args.methods)}]")
+    if getattr(args, "output", None):
+        overrides.append(f"output.dir={args.output}")
+    if getattr(args, "workers", None):
+        overrides.append(f"ray.workers={args.workers}")
+    if getattr(args, "address", None):
+        overrides.append(f"ray.address={args.address}")
+    if getattr(args, "teachers_mode", None):
+        overrides.append(f"ray.teachers={args.teachers_mode}")
+    return exp.with_overrides(overrides).validate()
+
+
+def cmd_run(args) -> int:
+    exp = _load(args)
+    if args.backend == "local":
+        from raydistill.runner import run
+        run(exp)
+        return 0
+    from raydistill.distributed.trainer import RunInterrupted, run_distributed
+    try:
+        run_distributed(exp)
+    except RunInterrupted as err:
+        print(f"raydistill: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_validate(args) -> int:
+    exp = _load(args)
+    from raydistill.workspace import prepare_data
+    data = prepare_data(exp)
+    print(f"{args.config}: valid; {data.num_classes} classes in groups of "
+          f"{[len(g) for g in data.groups]}; train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raydistill.report_files import report_text
+    print(report_text(args.run_dir))
+    return 0
+
+
+def cmd_experiments(_args) -> int:
+    print("\n".join(shipped_experiments()))
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="default",
+                   help="experiment YAML path or shipped experiment name (see `raydistill experiments`)")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. --set curriculum.temperature=2 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raydistill", description="Education Distillation on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train teachers, run ED and the baselines, print the results table")
+    _add_config_args(p)
+    p.add_argument("--methods", nargs="+", help="subset of: ed scratch kd multi_teacher")
+    p.add_argument("--output", help="output directory (output.dir)")
+    p.add_argument("--backend", choices=["ray", "local"], default="ray",
+                   help="ray: one Ray Train run over the whole experiment (default; re-running resumes); "
+                        "local: everything in this process")
+    p.add_argument("--local", dest="backend", action="store_const", const="local", help="same as --backend local")
+    p.add_argument("--workers", type=int, help="Ray Train workers (ray.workers)")
+    p.add_argument("--address", help="join a running Ray cluster (ray.address) instead of starting a local one")
+    p.add_argument("--teachers", dest="teachers_mode", choices=["local", "actors"],
+                   help="serve teachers in each worker or as Ray actors (ray.teachers)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="check a config and its data without training")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("report", help="reprint the results table of a finished run")
+    p.add_argument("run_dir", help="a run directory, e.g. runs/default")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("experiments", help="list the shipped example experiments")
+    p.set_defaults(func=cmd_experiments)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from raydistill.data import DataError
+    from raydistill.teachers import TeacherError
+    from raydistill.distill.curriculum import CurriculumError
+    from raydistill.report_files import RunDirError
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, TeacherError, CurriculumError, RunDirError) as err:
+        print(f"raydistill: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

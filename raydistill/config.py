@@ -1,0 +1,382 @@
+"""Experiment configuration: one tree of dataclasses, YAML in and out, validated before any work.
+
+Every field has a default so a YAML file only names what differs. `validate()` checks what can
+be checked without touching data; errors name the dotted field path and what was expected, so
+a typo in a long cluster run fails in the first second, not after the teachers trained.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+METHODS = ("ed", "scratch", "kd", "multi_teacher")
+PASS_MODES = ("sequential", "mixed")
+SCHEDULES = ("step", "cosine", "constant")
+SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
+TEACHER_MODES = ("actors", "local")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted field path in the message."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 base-60 integers, so `ratio: 1:1:1` stays the string '1:1:1'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"
+    root: Optional[str] = None          # cifar10/100 root, imagefolder root
+    train_path: Optional[str] = None    # parquet
+    test_path: Optional[str] = None     # parquet
+    download: bool = False              # torchvision datasets only
+    num_classes: int = 30               # builtin only
+    train_per_class: Optional[int] = None  # builtin only (None: the generator's default)
+    test_per_class: Optional[int] = None   # builtin only
+    limit_per_class: Optional[int] = None  # cap on train images per class, for short runs
+    val_fraction: float = 0.1           # held out from train for model selection
+    ratio: Optional[str] = "1:1:1"      # class groups as contiguous ranges ...
+    groups: Optional[list] = None       # ... or explicit class lists (overrides ratio)
+    augment: bool = True                # random crop (pad 4) + horizontal flip
+    seed: int = 0                       # dataset generation / split
+
+
+@dataclass
+class TeachersConfig:
+    arch: str = "resnet20"
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 64
+    schedule: str = "cosine"
+    milestones: list = field(default_factory=lambda: [])  # epochs, for "step"
+    checkpoints: Optional[dict] = None  # {"group0": path, ..., "all": path}: load instead of training
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet8"
+
+
+@dataclass
+class CurriculumConfig:
+    splits: Optional[list] = None       # block index where each grade ends; last = all blocks
+    head_widths: Union[int, list] = 64  # teaching reference head width (one, or one per grade but the last)
+    head_relu: bool = True
+    order: Optional[list] = None        # teacher-addition order: a permutation of group indices
+    grade_epochs: Optional[list] = None # epochs per grade; baselines train sum(grade_epochs)
+    pass_mode: str = "sequential"       # paper: one pass per group per epoch; or mixed batches
+    temperature: float = 4.0
+    alpha: float = 0.3                  # weight of CE; (1 - alpha) weights the KD term
+    carry_head_rows: bool = False       # copy old reference-head rows into the new head
+    keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    schedule: str = "cosine"
+    milestones: list = field(default_factory=lambda: [])  # global epochs, for "step"
+    gamma: float = 0.1
+    restart_per_grade: bool = False     # restart the schedule at each grade (warm restarts)
+
+
+@dataclass
+class RayConfig:
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    address: Optional[str] = None
+    teachers: str = "local"             # "actors": teachers served as Ray actors
+    teacher_cpus: float = 1.0
+    teacher_gpus: float = 0.0
+    teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}
+    max_failures: int = 0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    name: Optional[str] = None          # run directory name; default: the experiment name
+
+
+@dataclass
+class Experiment:
+    name: str = "experiment"
+    seed: int = 0
+    methods: list = field(default_factory=lambda: list(METHODS))
+    device: str = "auto"                # auto | cpu | cuda
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict, *, source: str = "config") -> "Experiment":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        return _build(cls, raw, prefix="")
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "Experiment":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            raw = load_yaml(path.read_text())
+        except yaml.YAMLError as err:  # one line: where, and what the parser expected
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ConfigError(f"config file {path}: not valid YAML{where}: {what}") from None
+        return cls.from_dict(raw or {}, source=str(path))
+
+    @classmethod
+    def load(cls, name_or_path: Union[str, Path]) -> "Experiment":
+        """A YAML path, or the name of an example shipped in raydistill/experiments."""
+        path = Path(name_or_path)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            return cls.from_yaml(path)
+        shipped = resources.files("raydistill") / "experiments" / f"{name_or_path}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(
+                f"config {name_or_path!r}: no such file and no shipped experiment of that name "
+                f"(shipped: {', '.join(shipped_experiments())})")
+        return cls.from_yaml(Path(str(shipped)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: list[str]) -> "Experiment":
+        """Apply `a.b=value` strings (values parsed as YAML) and return a new experiment."""
+        raw = self.to_dict()
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. curriculum.temperature=2")
+            node = raw
+            parts = key.strip().split(".")
+            for depth, part in enumerate(parts[:-1]):
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"override {item!r}: unknown field {key.strip()} "
+                                  f"(valid here: {', '.join(node)})")
+            node[parts[-1]] = load_yaml(value)
+        return Experiment.from_dict(raw, source="overrides")
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self) -> "Experiment":
+        """Check every field that can be checked without data; raise ConfigError naming it."""
+        from raydistill.models import ARCHITECTURES, num_blocks
+
+        def need(ok: bool, path: str, expected: str, value: Any) -> None:
+            if not ok:
+                raise ConfigError(f"{path}: expected {expected}, got {value!r}")
+
+        need(isinstance(self.methods, list) and len(self.methods) > 0, "methods",
+             f"a non-empty list of {list(METHODS)}", self.methods)
+        for m in self.methods:
+            need(m in METHODS, "methods", f"each one of {list(METHODS)}", m)
+        need(len(set(self.methods)) == len(self.methods), "methods", "no duplicates", self.methods)
+        need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+
+        d = self.data
+        need(d.source in SOURCES, "data.source", f"one of {list(SOURCES)}", d.source)
+        need(0 <= d.val_fraction < 1, "data.val_fraction", "a number in [0, 1)", d.val_fraction)
+        if d.source == "builtin":
+            need(d.num_classes >= 2, "data.num_classes", "at least 2", d.num_classes)
+        if d.source == "parquet":
+            need(bool(d.train_path) and bool(d.test_path), "data.train_path/test_path",
+                 "both Parquet paths for source parquet", (d.train_path, d.test_path))
+        if d.source in ("cifar10", "cifar100", "imagefolder"):
+            need(bool(d.root), "data.root", f"a directory for source {d.source}", d.root)
+        for name in ("train_per_class", "test_per_class", "limit_per_class"):
+            v = getattr(d, name)
+            need(v is None or v >= 1, f"data.{name}", "a positive integer or null", v)
+        need(d.groups is not None or d.ratio, "data.ratio", "a ratio like 1:1:1 when data.groups is not set",
+             d.ratio)
+
+        t = self.teachers
+        need(t.arch in ARCHITECTURES, "teachers.arch", f"one of {ARCHITECTURES}", t.arch)
+        need(t.epochs >= 1, "teachers.epochs", "a positive integer", t.epochs)
+        need(t.lr > 0, "teachers.lr", "a positive number", t.lr)
+        need(t.batch_size >= 1, "teachers.batch_size", "a positive integer", t.batch_size)
+        need(t.schedule in SCHEDULES, "teachers.schedule", f"one of {list(SCHEDULES)}", t.schedule)
+        need(all(isinstance(m, int) and m > 0 for m in t.milestones), "teachers.milestones",
+             "positive integer epochs", t.milestones)
+        if t.checkpoints is not None:
+            need(isinstance(t.checkpoints, dict), "teachers.checkpoints",
+                 "a mapping like {group0: path, all: path}", t.checkpoints)
+
+        need(self.student.arch in ARCHITECTURES, "student.arch", f"one of {ARCHITECTURES}", self.student.arch)
+
+        k = self.num_groups()
+        c = self.curriculum
+        blocks = num_blocks(self.student.arch)
+        splits = self.splits()
+        need(len(splits) == k, "curriculum.splits", f"{k} split points (one per grade)", c.splits)
+        for i, s in enumerate(splits):
+            need(isinstance(s, int) and 1 <= s <= blocks, f"curriculum.splits[{i}]",
+                 f"a block index in 1..{blocks} ({self.student.arch} has {blocks} blocks)", s)
+        need(all(a < b for a, b in zip(splits, splits[1:])), "curriculum.splits", "strictly increasing", splits)
+        need(splits[-1] == blocks, "curriculum.splits",
+             f"the last grade to end at the last block ({blocks}) so it is the complete student", splits)
+        widths = self.head_widths()
+        need(len(widths) == k - 1, "curriculum.head_widths", f"one width or {k - 1} (one per grade but the last)",
+             c.head_widths)
+        for i, w in enumerate(widths):
+            need(isinstance(w, int) and w >= 1, f"curriculum.head_widths[{i}]", "a positive integer", w)
+        order = self.order()
+        need(sorted(order) == list(range(k)), "curriculum.order", f"a permutation of {list(range(k))}", c.order)
+        epochs = self.grade_epochs()
+        need(len(epochs) == k, "curriculum.grade_epochs", f"{k} values (one per grade)", c.grade_epochs)
+        for i, e in enumerate(epochs):
+            need(isinstance(e, int) and e >= 1, f"curriculum.grade_epochs[{i}]", "a positive integer", e)
+        need(c.pass_mode in PASS_MODES, "curriculum.pass_mode", f"one of {list(PASS_MODES)}", c.pass_mode)
+        need(c.temperature > 0, "curriculum.temperature", "a positive number", c.temperature)
+        need(0 <= c.alpha <= 1, "curriculum.alpha", "a number in [0, 1]", c.alpha)
+
+        o = self.optimizer
+        need(o.lr > 0, "optimizer.lr", "a positive number", o.lr)
+        need(0 <= o.momentum < 1, "optimizer.momentum", "a number in [0, 1)", o.momentum)
+        need(o.weight_decay >= 0, "optimizer.weight_decay", "a non-negative number", o.weight_decay)
+        need(o.batch_size >= 1, "optimizer.batch_size", "a positive integer", o.batch_size)
+        need(o.schedule in SCHEDULES, "optimizer.schedule", f"one of {list(SCHEDULES)}", o.schedule)
+        need(all(isinstance(m, int) and m > 0 for m in o.milestones), "optimizer.milestones",
+             "positive integer epochs", o.milestones)
+        need(0 < o.gamma <= 1, "optimizer.gamma", "a number in (0, 1]", o.gamma)
+
+        r = self.ray
+        need(r.workers >= 1, "ray.workers", "a positive integer", r.workers)
+        need(r.teachers in TEACHER_MODES, "ray.teachers", f"one of {list(TEACHER_MODES)}", r.teachers)
+        need(r.cpus_per_worker > 0, "ray.cpus_per_worker", "a positive number", r.cpus_per_worker)
+        need(r.max_failures >= 0, "ray.max_failures", "a non-negative integer", r.max_failures)
+        need(r.teacher_cpus >= 0 and r.teacher_gpus >= 0, "ray.teacher_cpus/teacher_gpus", "non-negative numbers",
+             (r.teacher_cpus, r.teacher_gpus))
+        need(isinstance(r.teacher_resources, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in r.teacher_resources.items()),
+            "ray.teacher_resources", "a mapping of resource name to a non-negative amount", r.teacher_resources)
+        need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
+        return self
+
+    # ---- derived values ------------------------------------------------------------------
+    def num_groups(self) -> int:
+        if self.data.groups is not None:
+            if not isinstance(self.data.groups, list) or not self.data.groups:
+                raise ConfigError(f"data.groups: expected a list of class lists, got {self.data.groups!r}")
+            return len(self.data.groups)
+        try:
+            terms = [int(x) for x in str(self.data.ratio).split(":")]
+        except ValueError:
+            raise ConfigError(f"data.ratio: expected integers separated by ':' like 1:1:1, "
+                              f"got {self.data.ratio!r}") from None
+        if not terms or any(t <= 0 for t in terms):
+            raise ConfigError(f"data.ratio: expected positive integers like 1:1:1, got {self.data.ratio!r}")
+        return len(terms)
+
+    def splits(self) -> list:
+        """Split points, defaulting to grades of (nearly) equal block counts."""
+        if self.curriculum.splits is not None:
+            return list(self.curriculum.splits)
+        from raydistill.models import num_blocks
+        k, blocks = self.num_groups(), num_blocks(self.student.arch)
+        return [round((g + 1) * blocks / k) for g in range(k)]
+
+    def head_widths(self) -> list:
+        w = self.curriculum.head_widths
+        return list(w) if isinstance(w, list) else [w] * (self.num_groups() - 1)
+
+    def order(self) -> list:
+        o = self.curriculum.order
+        return list(o) if o is not None else list(range(self.num_groups()))
+
+    def grade_epochs(self) -> list:
+        e = self.curriculum.grade_epochs
+        return list(e) if e is not None else [10] * self.num_groups()
+
+    def total_epochs(self) -> int:
+        return sum(self.grade_epochs())
+
+    def run_name(self) -> str:
+        return self.output.name or self.name
+
+
+def shipped_experiments() -> list[str]:
+    folder = resources.files("raydistill") / "experiments"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _build(cls, raw: dict, prefix: str):
+    """Build a dataclass from a mapping, rejecting unknown keys and wrongly-typed values."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (valid in {prefix.rstrip('.') or 'the top level'}: "
+                          f"{', '.join(sorted(names))})")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        value, hint, path = raw[f.name], hints[f.name], f"{prefix}{f.name}"
+        if is_dataclass(hint):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
+            kwargs[f.name] = _build(hint, value, prefix=path + ".")
+        else:
+            kwargs[f.name] = _check_type(value, hint, path)
+    return cls(**kwargs)
+
+
+def _check_type(value, hint, path):
+    allowed = get_args(hint) if get_origin(hint) is Union else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return value
+        t = get_origin(t) or t
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool, list, dict) and isinstance(value, t):
+            return copy.deepcopy(value)
+    if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. a ratio "2" read by YAML as a number
+    names = " or ".join("null" if t is type(None) else getattr(get_origin(t) or t, "__name__", str(t))
+                        for t in allowed)
+    raise ConfigError(f"{path}: expected {names}, got {value!r}")

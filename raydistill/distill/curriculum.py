@@ -1,0 +1,142 @@
+"""The curriculum plan: which model, classes and teachers each grade of each method uses.
+
+ED and its baselines are all plans of the same shape, so one trainer runs them all:
+- ed: K grades, a growing fragment with a teaching reference head, groups joining in `order`;
+- multi_teacher: one grade, complete student, all group teachers (ED without the curriculum);
+- kd: one grade, complete student, one teacher over all classes;
+- scratch: one grade, complete student, CE only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from raydistill.config import METHODS, PASS_MODES
+
+
+class CurriculumError(ValueError):
+    """An impossible curriculum: split points, order, epochs or widths."""
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One class group taught in a grade: its classes (in the teacher's order) and its teacher."""
+    group: str                      # "group0".. or "all"
+    classes: tuple                  # global class ids, teacher-local order
+    teacher: Optional[str]          # teacher key, or None for CE only
+
+
+@dataclass(frozen=True)
+class Grade:
+    index: int
+    split: int                      # number of student blocks
+    final: bool                     # complete student with its native head
+    head_width: Optional[int]       # reference head width (None when final)
+    epochs: int
+    first_epoch: int                # global epoch index where this grade starts (0-based)
+    lessons: tuple                  # active groups, in student head order
+
+    @property
+    def class_ids(self) -> list:
+        """Global class id of each student output position."""
+        return [c for lesson in self.lessons for c in lesson.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+
+@dataclass(frozen=True)
+class Plan:
+    method: str
+    arch: str
+    grades: tuple
+    pass_mode: str
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(g.epochs for g in self.grades)
+
+    def grade_at(self, epoch: int) -> Grade:
+        for g in self.grades:
+            if g.first_epoch <= epoch < g.first_epoch + g.epochs:
+                return g
+        raise IndexError(f"epoch {epoch} is past the plan's {self.total_epochs} epochs")
+
+
+def group_key(index: int) -> str:
+    return f"group{index}"
+
+
+def check_curriculum(num_blocks: int, num_groups: int, splits: Sequence[int], order: Sequence[int],
+                     grade_epochs: Sequence[int], head_widths: Sequence[int]) -> None:
+    """Reject impossible curricula with a message naming the offending value."""
+    if len(splits) != num_groups:
+        raise CurriculumError(f"splits {list(splits)}: expected {num_groups} split points, one per grade")
+    for s in splits:
+        if not isinstance(s, int) or not 1 <= s <= num_blocks:
+            raise CurriculumError(f"splits {list(splits)}: {s!r} is out of range 1..{num_blocks}")
+    if any(a >= b for a, b in zip(splits, splits[1:])):
+        raise CurriculumError(f"splits {list(splits)}: must be strictly increasing")
+    if splits[-1] != num_blocks:
+        raise CurriculumError(f"splits {list(splits)}: the last grade must end at block {num_blocks} "
+                              "(the complete student)")
+    if sorted(order) != list(range(num_groups)):
+        raise CurriculumError(f"order {list(order)}: expected a permutation of {list(range(num_groups))}")
+    if len(grade_epochs) != num_groups or any(not isinstance(e, int) or e < 1 for e in grade_epochs):
+        raise CurriculumError(f"grade_epochs {list(grade_epochs)}: expected {num_groups} positive integers")
+    if len(head_widths) != num_groups - 1 or any(not isinstance(w, int) or w < 1 for w in head_widths):
+        raise CurriculumError(f"head_widths {list(head_widths)}: expected {num_groups - 1} positive integers")
+
+
+def plan_ed(arch: str, num_blocks: int, groups: Sequence[Sequence[int]], splits: Sequence[int],
+            order: Sequence[int], grade_epochs: Sequence[int], head_widths: Sequence[int],
+            pass_mode: str = "sequential") -> Plan:
+    check_curriculum(num_blocks, len(groups), splits, order, grade_epochs, head_widths)
+    if pass_mode not in PASS_MODES:
+        raise CurriculumError(f"pass_mode {pass_mode!r}: expected one of {list(PASS_MODES)}")
+    grades, start, lessons = [], 0, []
+    for g, (split, epochs) in enumerate(zip(splits, grade_epochs)):
+        p = order[g]
+        lessons.append(Lesson(group_key(p), tuple(groups[p]), group_key(p)))
+        final = g == len(groups) - 1
+        grades.append(Grade(g, split, final, None if final else head_widths[g], epochs, start, tuple(lessons)))
+        start += epochs
+    return Plan("ed", arch, tuple(grades), pass_mode)
+
+
+def plan_single_grade(method: str, arch: str, num_blocks: int, groups: Sequence[Sequence[int]],
+                      epochs: int, pass_mode: str = "mixed") -> Plan:
+    """The baselines: the complete student from epoch 1."""
+    everything = tuple(c for group in groups for c in group)
+    if method == "scratch":
+        lessons = (Lesson("all", everything, None),)
+    elif method == "kd":
+        lessons = (Lesson("all", everything, "all"),)
+    elif method == "multi_teacher":
+        lessons = tuple(Lesson(group_key(p), tuple(grp), group_key(p)) for p, grp in enumerate(groups))
+    else:
+        raise CurriculumError(f"method {method!r}: expected one of {list(METHODS)}")
+    return Plan(method, arch, (Grade(0, num_blocks, True, None, epochs, 0, lessons),), pass_mode)
+
+
+def plan_for(method: str, experiment, groups: Sequence[Sequence[int]]) -> Plan:
+    """The plan of `method` under an Experiment's curriculum settings."""
+    from raydistill.models import num_blocks
+    arch = experiment.student.arch
+    blocks = num_blocks(arch)
+    c = experiment.curriculum
+    if method == "ed":
+        return plan_ed(arch, blocks, groups, experiment.splits(), experiment.order(), experiment.grade_epochs(),
+                       experiment.head_widths(), c.pass_mode)
+    pass_mode = c.pass_mode if method == "multi_teacher" else "mixed"
+    return plan_single_grade(method, arch, blocks, groups, experiment.total_epochs(), pass_mode)
+
+
+def teachers_needed(methods: Sequence[str], num_groups: int) -> list:
+    keys = []
+    if any(m in ("ed", "multi_teacher") for m in methods):
+        keys += [group_key(p) for p in range(num_groups)]
+    if "kd" in methods:
+        keys.append("all")
+    return keys

@@ -1,0 +1,321 @@
+"""The ED engine in plain PyTorch: one epoch of one grade, evaluation, and the grade-by-grade
+trainer that every method and every backend (in-process, Ray Train workers) runs unchanged.
+
+Ray never appears here. Distribution enters only through `TrainContext` (rank, world size, a
+model wrapper such as DDP, and an all-reduce), and teachers only through `TeacherClient`, whose
+`submit` is called for batch k+1 before batch k trains so remote teachers overlap with the step.
+
+All randomness (shuffling, augmentation, initialisation) is derived from (seed, epoch, rank), so a
+run resumed from an epoch checkpoint replays exactly what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Protocol
+
+import torch
+import torch.nn as nn
+
+from raydistill.data import ImageSet, normalize, random_crop_flip
+from raydistill.distill.curriculum import Grade, Plan
+from raydistill.distill.losses import ed_loss, sliced_kd_loss
+from raydistill.models import build_grade_model, carry_over
+
+
+class TeacherClient(Protocol):
+    """Where teacher logits come from: in-process models, Ray actors, or a cache."""
+
+    def submit(self, key: str, images: torch.Tensor) -> Any:
+        """Start computing logits of teacher `key` for uint8 images [B,3,H,W]; return a handle."""
+
+    def fetch(self, handle: Any) -> torch.Tensor:
+        """The float logits [B, classes of the teacher] for a handle from `submit`."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the message names method, grade and epoch."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything the trainer needs besides model, data and teachers."""
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64                # global batch, split across workers
+    schedule: str = "cosine"            # step | cosine | constant
+    milestones: tuple = ()
+    gamma: float = 0.1
+    restart_per_grade: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.3
+    carry_head_rows: bool = False
+    keep_momentum: bool = False
+    head_relu: bool = True
+    augment: bool = True
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.25, 0.25, 0.25)
+    seed: int = 0
+    eval_batch_size: int = 512
+
+
+@dataclass
+class TrainContext:
+    """The seam to distributed training: identity for one in-process worker."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+
+
+# ---- learning rate ---------------------------------------------------------------------------
+
+def learning_rate(s: TrainSettings, plan: Plan, epoch: int) -> float:
+    """lr for a global epoch; with restart_per_grade the schedule restarts at each grade."""
+    if s.restart_per_grade:
+        grade = plan.grade_at(epoch)
+        e, total, milestones = epoch - grade.first_epoch, grade.epochs, ()
+    else:
+        e, total, milestones = epoch, plan.total_epochs, s.milestones
+    if s.schedule == "constant":
+        return s.lr
+    if s.schedule == "step":
+        return s.lr * s.gamma ** sum(1 for m in milestones if e >= m)
+    return 0.5 * s.lr * (1 + math.cos(math.pi * e / total))
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1009 + stream) * 101 + rank)
+
+
+def shard_batches(indices: torch.Tensor, batch_size: int, seed: int, epoch: int, stream: int,
+                  rank: int, world_size: int) -> list[torch.Tensor]:
+    """Shuffle (same permutation on every rank), pad so ranks get equal counts, take this rank's
+    share and cut it into per-worker batches. A trailing batch of one sample is dropped (BN)."""
+    perm = indices[torch.randperm(len(indices), generator=epoch_generator(seed, epoch, 0, stream))]
+    total = math.ceil(len(perm) / world_size) * world_size
+    if total > len(perm):
+        perm = torch.cat([perm, perm[: total - len(perm)]])
+    mine = perm[rank::world_size]
+    per_worker = max(1, batch_size // world_size)
+    chunks = list(torch.split(mine, per_worker))
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks.pop()
+    return chunks
+
+
+def grade_passes(grade: Grade, labels: torch.Tensor, pass_mode: str) -> list[torch.Tensor]:
+    """Sample indices of each pass of an epoch: one per lesson (sequential) or one mixed."""
+    per_lesson = [torch.nonzero(torch.isin(labels, torch.tensor(lesson.classes))).flatten()
+                  for lesson in grade.lessons]
+    if pass_mode == "sequential":
+        return per_lesson
+    return [torch.cat(per_lesson)]
+
+
+# ---- one epoch ----------------------------------------------------------------------------
+
+class GradeTables:
+    """Index tables of a grade: output position of each class, lesson of each class."""
+
+    def __init__(self, grade: Grade, num_classes: int, device: torch.device):
+        ids = grade.class_ids
+        self.position = torch.full((num_classes,), -1, dtype=torch.long)
+        self.position[torch.tensor(ids)] = torch.arange(len(ids))
+        self.lesson = torch.full((num_classes,), -1, dtype=torch.long)
+        for li, lesson in enumerate(grade.lessons):
+            self.lesson[torch.tensor(lesson.classes)] = li
+        self.slices = [self.position[torch.tensor(lesson.classes)].to(device) for lesson in grade.lessons]
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade, pass_mode: str,
+                data: ImageSet, teachers: Optional[TeacherClient], s: TrainSettings, ctx: TrainContext,
+                epoch: int) -> dict:
+    """Train one epoch of one grade; returns summed loss terms and counts (reduced over workers)."""
+    model.train()
+    tables = GradeTables(grade, data.num_classes, ctx.device)
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, ce, kd (sample-weighted), correct, samples
+    started = time.perf_counter()
+    for stream, pass_indices in enumerate(grade_passes(grade, data.labels, pass_mode)):
+        batches = shard_batches(pass_indices, s.batch_size, s.seed, epoch, stream, ctx.rank, ctx.world_size)
+        aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
+        for batch, teacher_out in _prefetched(batches, data, grade, tables, teachers, s, aug_gen):
+            images, labels, lessons = batch
+            x = normalize(images, s.mean, s.std).to(ctx.device, non_blocking=True)
+            targets = tables.position[labels].to(ctx.device)
+            logits = model(x)
+            kd_sum = None
+            for li, (rows, t_logits) in teacher_out.items():
+                term = sliced_kd_loss(logits.index_select(0, rows.to(ctx.device)), t_logits.to(ctx.device),
+                                      tables.slices[li], s.temperature, reduction="sum")
+                kd_sum = term if kd_sum is None else kd_sum + term
+            terms = ed_loss(logits, targets, kd_sum, s.alpha)
+            if not torch.isfinite(terms["loss"]):
+                raise NonFiniteLossError(f"non-finite loss {terms['loss'].item()} in grade {grade.index + 1}, "
+                                         f"epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            n = len(labels)
+            sums += torch.tensor([terms["loss"].item() * n, terms["ce"].item() * n, terms["kd"].item() * n,
+                                  (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
+    sums = ctx.all_reduce_sum(sums.to(ctx.device)).cpu()
+    n = max(sums[4].item(), 1.0)
+    seconds = time.perf_counter() - started
+    return {"loss": sums[0].item() / n, "ce": sums[1].item() / n, "kd": sums[2].item() / n,
+            "train_acc": sums[3].item() / n, "train_images": int(sums[4].item()),
+            "seconds": seconds, "images_per_s": sums[4].item() / max(seconds, 1e-9)}
+
+
+def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teachers, s: TrainSettings,
+                gen: torch.Generator) -> Iterator:
+    """Yield (batch, teacher logits) with batch k+1's teacher calls submitted before k is used."""
+
+    def prepare(index):
+        images = data.images[index]
+        if s.augment:
+            images = random_crop_flip(images, padding=4, generator=gen)
+        labels = data.labels[index]
+        lessons = tables.lesson[labels]
+        calls = {}
+        if teachers is not None:
+            for li, lesson in enumerate(grade.lessons):
+                if lesson.teacher is None:
+                    continue
+                rows = torch.nonzero(lessons == li).flatten()
+                if len(rows):
+                    sub = images if len(rows) == len(labels) else images[rows]
+                    calls[li] = (rows, teachers.submit(lesson.teacher, sub))
+        return (images, labels, lessons), calls
+
+    pending = None
+    for index in batches:
+        ready, pending = pending, prepare(index)
+        if ready is not None:
+            yield ready[0], {li: (rows, teachers.fetch(h)) for li, (rows, h) in ready[1].items()}
+    if pending is not None:
+        yield pending[0], {li: (rows, teachers.fetch(h)) for li, (rows, h) in pending[1].items()}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx: TrainContext) -> float:
+    """Top-1 accuracy (eval mode, no grads) on the samples of the given classes, predicting among
+    them; sharded over workers and summed. NaN when there are no such samples (e.g. no val split)."""
+    model.eval()
+    ids = torch.as_tensor(list(class_ids))
+    index = torch.nonzero(torch.isin(data.labels, ids)).flatten()[ctx.rank::ctx.world_size]
+    counts = torch.zeros(2, dtype=torch.float64)
+    for chunk in torch.split(index, s.eval_batch_size):
+        x = normalize(data.images[chunk], s.mean, s.std).to(ctx.device)
+        predicted = ids[model(x).argmax(1).cpu()]
+        counts += torch.tensor([(predicted == data.labels[chunk]).sum().item(), len(chunk)], dtype=torch.float64)
+    counts = ctx.all_reduce_sum(counts.to(ctx.device)).cpu()
+    return counts[0].item() / counts[1].item() if counts[1] > 0 else float("nan")
+
+
+# ---- the whole plan ----------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """What an epoch checkpoint holds: enough to continue exactly where training stopped."""
+    epoch: int                          # epochs completed (global)
+    grade: int                          # grade of the last completed epoch
+    model: dict                         # state_dict of the grade model (unwrapped)
+    optimizer: dict
+    history: list                       # metrics of completed epochs
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "grade": self.grade, "model": self.model, "optimizer": self.optimizer,
+                "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(d["epoch"], d["grade"], d["model"], d["optimizer"], d["history"])
+
+
+def build_optimizer(model: nn.Module, s: TrainSettings, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def _carry_momentum(old_model, old_opt, new_model, new_opt, carried: list) -> None:
+    """Keep SGD momentum buffers of carried parameters (the paper's code resets them)."""
+    old_params = dict(old_model.named_parameters())
+    carried = set(carried)
+    for name, p in new_model.named_parameters():
+        q = old_params.get(name)
+        if name in carried and q is not None and "momentum_buffer" in old_opt.state.get(q, {}):
+            new_opt.state[p]["momentum_buffer"] = old_opt.state[q]["momentum_buffer"].clone()
+
+
+def grade_model(plan: Plan, grade: Grade, num_classes_total: int, s: TrainSettings) -> nn.Module:
+    """A freshly initialised model for a grade (seeded, so every worker builds the same one)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed * 7919 + grade.index)
+        model = build_grade_model(plan.arch, grade.split, grade.num_classes, grade.head_width or 64,
+                                  final=grade.final, head_relu=s.head_relu)
+    model.class_ids.copy_(torch.tensor(grade.class_ids))
+    return model
+
+
+def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: ImageSet, teachers: Optional[TeacherClient],
+               s: TrainSettings, ctx: TrainContext = None, *, resume: Optional[TrainState] = None,
+               on_epoch_end: Callable[[dict, Callable[[], TrainState]], None] = None,
+               progress: Callable[[str], None] = None) -> tuple[nn.Module, list]:
+    """Run every grade of a plan. Returns the final (unwrapped) model and per-epoch metrics.
+
+    At a grade switch the next grade's model is built, every parameter and buffer whose name and
+    shape match is carried over, and the optimizer is rebuilt at the current lr.
+    `on_epoch_end(metrics, make_state)` is where backends report and checkpoint.
+    """
+    ctx = ctx or TrainContext()
+    history = list(resume.history) if resume else []
+    start_epoch = resume.epoch if resume else 0
+    model = optimizer = wrapped = current_grade = None
+    if resume is not None:
+        current_grade = plan.grades[resume.grade]
+        model = grade_model(plan, current_grade, train.num_classes, s).to(ctx.device)
+        model.load_state_dict(resume.model)
+        optimizer = build_optimizer(model, s, s.lr)
+        optimizer.load_state_dict(resume.optimizer)
+        wrapped = ctx.wrap_model(model)
+    for epoch in range(start_epoch, plan.total_epochs):
+        grade = plan.grade_at(epoch)
+        lr = learning_rate(s, plan, epoch)
+        if current_grade is None or grade.index != current_grade.index:
+            new_model = grade_model(plan, grade, train.num_classes, s).to(ctx.device)
+            new_opt = build_optimizer(new_model, s, lr)
+            if model is not None:
+                carried = carry_over(model, new_model, carry_head_rows=s.carry_head_rows)
+                if s.keep_momentum:
+                    _carry_momentum(model, optimizer, new_model, new_opt, carried)
+            model, optimizer, current_grade = new_model, new_opt, grade
+            wrapped = ctx.wrap_model(model)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        try:
+            metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{plan.method}: {err}") from None
+        metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
+                   "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
+                   "val_acc": evaluate(model, val, grade.class_ids, s, ctx),
+                   "test_acc": evaluate(model, test, grade.class_ids, s, ctx)}
+        history.append(metrics)
+        if progress and ctx.rank == 0:
+            progress(f"{plan.method:>13} grade {grade.index + 1}/{len(plan.grades)} epoch {epoch + 1:>3}/"
+                     f"{plan.total_epochs} lr {lr:.4f} loss {metrics['loss']:.3f} "
+                     f"train {metrics['train_acc']:.3f} val {metrics['val_acc']:.3f} "
+                     f"({metrics['images_per_s']:.0f} img/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(metrics, lambda: TrainState(epoch + 1, grade.index, _cpu_state(model),
+                                                     optimizer.state_dict(), list(history)))
+    return model, history
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

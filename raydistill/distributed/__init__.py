@@ -1,0 +1,1 @@
+"""The Ray backend: a Ray Train driver over the whole curriculum, and teachers served as actors."""

@@ -1,0 +1,151 @@
+"""Teachers as Ray actors: uint8 numpy batches in, float logits (numpy) out.
+
+A `TeacherActor` holds one frozen teacher, prepared for inference (BatchNorm folded into the
+preceding convolution, channels_last, `torch.inference_mode`, torch threads = the actor's CPUs).
+`ActorTeachers` is the engine's `TeacherClient` for a set of actors: `submit` returns an
+ObjectRef at once (the engine submits batch k+1 before training batch k, so the teacher runs on
+its own core while the student steps), `fetch` is a zero-copy `ray.get` of a numpy array.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from raydistill.teachers import FrozenTeacher, load_teacher
+
+
+# ---- inference-only model preparation (no Ray) -----------------------------------------------
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode model with every BatchNorm2d that directly follows a Conv2d folded
+    into it (Sequential pairs, and the conv1/bn1, conv2/bn2 pairs of post-activation basic
+    blocks). Pre-activation blocks (BN before conv) are left as they are."""
+    model = copy.deepcopy(model).eval()
+
+    def visit(module: nn.Module) -> None:
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in zip(names, names[1:]):
+                conv, bn = module._modules[a], module._modules[b]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[b] = nn.Identity()
+        elif type(module).__name__ == "BasicBlock":
+            for i in (1, 2):
+                conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                    setattr(module, f"bn{i}", nn.Identity())
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    return model
+
+
+def inference_teacher(teacher: FrozenTeacher, fold_bn: bool = True, channels_last: bool = True) -> FrozenTeacher:
+    """The same teacher, prepared for serving: BN folded, channels_last weights."""
+    model = fold_batchnorm(teacher.model) if fold_bn else teacher.model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return FrozenTeacher(model, teacher.mean, teacher.std, device=teacher.device)
+
+
+def teacher_bytes(teacher: FrozenTeacher) -> bytes:
+    """A teacher checkpoint (the `save_teacher` format) as bytes, to ship through the object store."""
+    m = teacher.model
+    buf = io.BytesIO()
+    torch.save({"arch": m.arch, "class_ids": m.class_ids.tolist(), "mean": list(teacher.mean),
+                "std": list(teacher.std), "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()}},
+               buf)
+    return buf.getvalue()
+
+
+def teacher_from_bytes(blob: bytes, device="cpu") -> FrozenTeacher:
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "teacher.pt"
+        path.write_bytes(blob)
+        return load_teacher(path, device=device)
+
+
+# ---- the actor ------------------------------------------------------------------------------
+
+class TeacherActor:
+    """One frozen teacher behind a Ray actor. `source` is a checkpoint path or checkpoint bytes."""
+
+    def __init__(self, source, threads: int = 1, device: str = "cpu", fold_bn: bool = True,
+                 channels_last: bool = True):
+        torch.set_num_threads(max(1, int(threads)))
+        if device == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+        teacher = teacher_from_bytes(source, device) if isinstance(source, (bytes, bytearray)) \
+            else load_teacher(source, device=device)
+        self.teacher = inference_teacher(teacher, fold_bn=fold_bn, channels_last=channels_last and device == "cpu")
+        self.channels_last = channels_last and device == "cpu"
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B,3,H,W] → float32 logits [B, classes of this teacher]."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # read-only object-store buffer; never written
+            x = torch.from_numpy(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.teacher(x).numpy()
+
+    def class_ids(self) -> list:
+        return self.teacher.class_ids
+
+    def node_id(self) -> str:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
+
+def start_teacher_actors(sources: dict, cpus: float = 1.0, gpus: float = 0.0, resources: Optional[dict] = None,
+                         name_prefix: Optional[str] = None, threads: Optional[int] = None,
+                         fold_bn: bool = True) -> dict:
+    """One actor per teacher key; `sources[key]` is a checkpoint path, bytes or an ObjectRef to bytes.
+    Torch threads default to the actor's CPUs (at least 1). Returns {key: actor handle} once every
+    actor has loaded its teacher."""
+    import ray
+    remote_cls = ray.remote(TeacherActor)
+    threads = threads or max(1, int(round(cpus)))
+    device = "cuda" if gpus > 0 else "cpu"
+    actors = {}
+    for key, source in sources.items():
+        options = {"num_cpus": cpus, "num_gpus": gpus, "resources": dict(resources or {}), "max_restarts": 0}
+        if name_prefix:
+            options["name"] = f"{name_prefix}{key}"
+        actors[key] = remote_cls.options(**options).remote(source, threads, device, fold_bn, fold_bn)
+    ray.get([a.class_ids.remote() for a in actors.values()])   # fail here, not mid-epoch
+    return actors
+
+
+class ActorTeachers:
+    """TeacherClient over teacher actors: submit → ObjectRef, fetch → ray.get → torch.from_numpy."""
+
+    def __init__(self, actors: dict):
+        self.actors = actors
+
+    def submit(self, key: str, images: torch.Tensor) -> Any:
+        return self.actors[key].logits.remote(images.numpy())
+
+    def fetch(self, handle: Any) -> torch.Tensor:
+        import ray
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # zero-copy view of a read-only buffer
+            return torch.from_numpy(ray.get(handle))
+
+    def shutdown(self) -> None:
+        import ray
+        for actor in self.actors.values():
+            ray.kill(actor)
+        self.actors = {}

@@ -1,0 +1,41 @@
+"""Results: per-method summaries from per-epoch metrics, and the printed table."""
+from __future__ import annotations
+
+import math
+
+
+def method_summary(plan, history: list, params: int, wall_s: float) -> dict:
+    """Last-epoch numbers only: nothing is selected on test data."""
+    mine = [h for h in history if h["method"] == plan.method]
+    last = mine[-1]
+    grades = []
+    for g in plan.grades:
+        rows = [h for h in mine if h["grade"] == g.index + 1]
+        if rows:
+            grades.append({"grade": g.index + 1, "blocks": g.split, "classes": g.num_classes, "epochs": g.epochs,
+                           "val_acc": rows[-1]["val_acc"], "test_acc": rows[-1]["test_acc"]})
+    return {"final_test_acc": last["test_acc"], "final_val_acc": last["val_acc"], "params": params,
+            "epochs": plan.total_epochs, "wall_s": wall_s, "grades": grades}
+
+
+def _pct(x) -> str:
+    return "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.2f}"
+
+
+def format_table(methods: dict, teachers: dict | None = None) -> str:
+    lines = []
+    if teachers:
+        lines += ["teachers (test top-1 on their own classes):"]
+        lines += [f"  {k:<8} {v['arch']:<11} {v['classes']:>4} classes  {_pct(v['test_acc'])}%"
+                  for k, v in teachers.items()]
+    lines += ["", f"{'method':<14}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}{'wall s':>9}"]
+    for name, m in methods.items():
+        lines.append(f"{name:<14}{_pct(m['final_test_acc']):>13}{_pct(m['final_val_acc']):>12}"
+                     f"{m['params']:>10,}{m['epochs']:>8}{m['wall_s']:>9.1f}")
+    for name, m in methods.items():
+        if len(m["grades"]) > 1:
+            lines += ["", f"{name} per grade (last epoch of the grade, on the classes seen so far):",
+                      f"  {'grade':>5}{'blocks':>8}{'classes':>9}{'epochs':>8}{'val %':>9}{'test %':>9}"]
+            lines += [f"  {g['grade']:>5}{g['blocks']:>8}{g['classes']:>9}{g['epochs']:>8}"
+                      f"{_pct(g['val_acc']):>9}{_pct(g['test_acc']):>9}" for g in m["grades"]]
+    return "\n".join(lines)

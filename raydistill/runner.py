@@ -1,0 +1,173 @@
+"""`run(experiment)`: teachers, then ED and the baselines, then the results table and run directory.
+
+This is the in-process backend (one worker, teachers in this process). The Ray backend
+(`raydistill.distributed.trainer`) shares every piece here — `start_run`, `teacher_stage`,
+`method_stage`, `write_metrics`, `finish_run` — and differs only in the `train` callable that
+runs a plan (DDP workers, epoch checkpoints, resume) and in where teachers are served.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from raydistill.config import METHODS, Experiment
+from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
+from raydistill.distill.engine import TrainContext, train_plan
+from raydistill.models import count_parameters
+from raydistill.report import format_table, method_summary
+from raydistill.report_files import write_report_files
+from raydistill.teachers import FrozenTeacher, LocalTeachers, TeacherError, load_teacher, save_teacher
+from raydistill.teachers.training import teacher_plan
+from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, student_settings,
+                                  teacher_settings, write_json)
+
+# train(plan, train_set, val_set, test_set, teacher_client, settings) -> (model, history)
+TrainFn = Callable[..., tuple]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    teachers: dict = field(default_factory=dict)   # key -> {"test_acc", "params", "classes", "source"}
+    methods: dict = field(default_factory=dict)    # method -> summary (final_test_acc, params, ...)
+    history: list = field(default_factory=list)    # per-epoch metrics of every method
+
+    def table(self) -> str:
+        return format_table(self.methods, self.teachers)
+
+
+def pick_device(exp: Experiment) -> torch.device:
+    if exp.device == "cuda" or (exp.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def teacher_classes(key: str, data: PreparedData) -> list:
+    if key == "all":
+        return [c for g in data.groups for c in g]
+    return list(data.groups[int(key.removeprefix("group"))])
+
+
+def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
+    """Validate, load the data, create the run directory and write config.yaml — before any training."""
+    exp.validate()
+    data = prepare_data(exp)
+    for key, path in (exp.teachers.checkpoints or {}).items():  # fail before any training or cluster work
+        if key not in teachers_needed(list(METHODS), len(data.groups)):
+            raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
+                               f"{len(data.groups) - 1} or all")
+        load_teacher(path, teacher_classes(key, data), expected_arch=exp.teachers.arch)
+    out = check_output_dir(exp)
+    (out / "config.yaml").write_text(exp.to_yaml())
+    return data, out
+
+
+def local_train(device) -> TrainFn:
+    def train(plan, train_set, val_set, test_set, client, settings, log=None):
+        return train_plan(plan, train_set, val_set, test_set, client, settings, TrainContext(device=device),
+                          progress=log)
+    return train
+
+
+def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, device, log,
+                  train: Optional[TrainFn] = None, write: bool = True) -> tuple[FrozenTeacher, dict]:
+    """Load the configured checkpoint of teacher `key`, or train it; save it under out/teachers.
+    `write=False` (Ray workers other than rank 0) skips the file writes."""
+    classes = teacher_classes(key, data)
+    path = out / "teachers" / f"{key}.pt"
+    given = (exp.teachers.checkpoints or {}).get(key)
+    started = time.perf_counter()
+    if given:
+        teacher = load_teacher(given, classes, expected_arch=exp.teachers.arch, device=device)
+        source = str(given)
+        if write:
+            save_teacher(path, teacher.model, teacher.mean, teacher.std)
+    else:
+        log(f"training teacher {key} ({exp.teachers.arch}, {len(classes)} classes, {exp.teachers.epochs} epochs)")
+        train = train or local_train(device)
+        subsets = [d.of_classes(classes) for d in (data.train, data.val, data.test)]
+        model, _ = train(teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs), *subsets, None,
+                         teacher_settings(exp, data), log=log)
+        if write:
+            save_teacher(path, model, data.mean, data.std)
+        teacher = FrozenTeacher(model, data.mean, data.std, device=device)
+        source = "trained"
+    info = {"arch": teacher.model.arch, "classes": len(classes), "source": source,
+            "params": count_parameters(teacher.model), "seconds": time.perf_counter() - started,
+            "test_acc": _accuracy(teacher, data.test.of_classes(classes))}
+    log(f"teacher {key}: test accuracy on its {len(classes)} classes {info['test_acc']:.3f}")
+    return teacher, info
+
+
+def prepare_teachers(exp: Experiment, data: PreparedData, out: Path, device, log) -> tuple[dict, dict]:
+    """Every teacher the methods need: {key: FrozenTeacher}, {key: info}."""
+    frozen, info = {}, {}
+    for key in teachers_needed(exp.methods, len(data.groups)):
+        frozen[key], info[key] = teacher_stage(exp, data, out, key, device, log)
+    return frozen, info
+
+
+def _accuracy(teacher, test) -> float:
+    ids = torch.tensor(teacher.class_ids)
+    correct = sum(int((ids[teacher(test.images[i:i + 512]).argmax(1)] == test.labels[i:i + 512]).sum())
+                  for i in range(0, len(test), 512))
+    return correct / max(len(test), 1)
+
+
+def method_stage(exp: Experiment, data: PreparedData, out: Path, method: str, client, log,
+                 train: TrainFn, write: bool = True, wall_offset: float = 0.0) -> tuple[list, dict]:
+    """Train one method's plan; save its final model under out/checkpoints. Returns (history, summary)."""
+    plan: Plan = plan_for(method, exp, data.groups)
+    started = time.perf_counter()
+    model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log)
+    wall = wall_offset + time.perf_counter() - started
+    if write:
+        save_student(out / "checkpoints" / f"{method}.pt", model, data)
+    return history, method_summary(plan, history, count_parameters(model), wall)
+
+
+def save_student(path: Path, model, data: PreparedData) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"arch": model.arch, "class_ids": model.class_ids.tolist(),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "mean": list(data.mean), "std": list(data.std)}, tmp)
+    tmp.replace(path)
+
+
+def write_metrics(out: Path, result: RunResult) -> None:
+    write_json(out / "metrics.json", {"teachers": result.teachers, "methods": result.methods,
+                                      "history": result.history})
+
+
+def finish_run(exp: Experiment, result: RunResult, log) -> RunResult:
+    write_metrics(result.run_dir, result)
+    summary = {"experiment": exp.name, "teachers": result.teachers, "methods": result.methods}
+    write_json(result.run_dir / "summary.json", summary)
+    write_report_files(result.run_dir, result.history, summary)
+    log(result.table())
+    return result
+
+
+def say(message: str) -> None:
+    """Progress lines, flushed so they show up live through pipes and job logs."""
+    print(message, flush=True)
+
+
+def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> RunResult:
+    """Run an experiment in this process; everything is validated before training starts."""
+    log = progress or (lambda _msg: None)
+    data, out = start_run(exp)
+    device = pick_device(exp)
+    result = RunResult(out)
+    teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
+    client = LocalTeachers(teachers)
+    for method in exp.methods:
+        history, result.methods[method] = method_stage(exp, data, out, method, client, log, local_train(device))
+        result.history += history
+        write_metrics(out, result)
+    return finish_run(exp, result, log)

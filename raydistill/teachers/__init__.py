@@ -1,0 +1,5 @@
+"""Group teachers: training, checkpoints, and serving logits (in-process or as Ray actors)."""
+from raydistill.teachers.frozen import FrozenTeacher, LocalTeachers, load_teacher, save_teacher, TeacherError
+from raydistill.teachers.training import train_teacher
+
+__all__ = ["FrozenTeacher", "LocalTeachers", "load_teacher", "save_teacher", "TeacherError", "train_teacher"]

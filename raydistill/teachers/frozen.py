@@ -1,0 +1,100 @@
+"""A frozen teacher: uint8 images in, logits over its own classes out; and its checkpoint file.
+
+A teacher normalises its own input, so callers (the engine, Ray actors, the soft-label cache)
+ship raw uint8 batches, the cheapest thing to move.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from raydistill.data import normalize
+from raydistill.models import ARCHITECTURES, build_model
+
+
+class TeacherError(ValueError):
+    """A teacher checkpoint that cannot serve the requested classes."""
+
+
+class FrozenTeacher:
+    """Eval-mode model plus the normalisation it was trained with."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @property
+    def class_ids(self) -> list:
+        return self.model.class_ids.tolist()
+
+    @torch.inference_mode()
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        x = normalize(images_uint8, self.mean, self.std).to(self.device)
+        return self.model(x).float().cpu()
+
+
+class LocalTeachers:
+    """TeacherClient that runs the teachers in this process (debugging, benchmark reference)."""
+
+    def __init__(self, teachers: dict):
+        self.teachers = teachers
+
+    def submit(self, key: str, images: torch.Tensor) -> Any:
+        return self.teachers[key](images)
+
+    def fetch(self, handle: Any) -> torch.Tensor:
+        return handle
+
+
+def save_teacher(path: Path, model: nn.Module, mean, std, **extra) -> None:
+    """Plain tensors and builtins only, so it loads with torch.load(weights_only=True)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"arch": model.arch, "class_ids": model.class_ids.tolist(), "mean": list(mean), "std": list(std),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, tmp)
+    tmp.replace(path)
+
+
+def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cpu",
+                 expected_arch: str | None = None) -> FrozenTeacher:
+    """Load a teacher checkpoint, checking it serves exactly `expected_classes` (in that order)
+    and, when given, that it is an `expected_arch` network."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherError(f"teacher checkpoint {path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or not a torch file
+        raise TeacherError(f"teacher checkpoint {path}: cannot be read, expected a file written by save_teacher "
+                           f"(truncated or not a torch file? {type(err).__name__}: {err})") from None
+    missing = {"arch", "class_ids", "mean", "std", "state_dict"} - set(ckpt if isinstance(ckpt, dict) else ())
+    if missing:
+        raise TeacherError(f"teacher checkpoint {path}: not a raydistill teacher (missing {sorted(missing)})")
+    if ckpt["arch"] not in ARCHITECTURES:
+        raise TeacherError(f"teacher checkpoint {path}: unknown architecture {ckpt['arch']!r}, "
+                           f"expected one of {ARCHITECTURES}")
+    if expected_arch is not None and ckpt["arch"] != expected_arch:
+        raise TeacherError(f"teacher checkpoint {path}: architecture {ckpt['arch']!r}, expected {expected_arch!r}")
+    classes = list(ckpt["class_ids"])
+    if expected_classes is not None and classes != list(expected_classes):
+        raise TeacherError(f"teacher checkpoint {path}: trained for {len(classes)} classes {_short(classes)}, "
+                           f"expected {len(expected_classes)} classes {_short(expected_classes)}")
+    model = build_model(ckpt["arch"], len(classes))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise TeacherError(f"teacher checkpoint {path}: weights do not fit {ckpt['arch']} "
+                           f"with {len(classes)} classes ({str(err).splitlines()[0]})") from None
+    return FrozenTeacher(model, ckpt["mean"], ckpt["std"], device=device)
+
+
+def _short(ids) -> str:
+    ids = list(ids)
+    return str(ids) if len(ids) <= 6 else f"[{ids[0]}, {ids[1]}, …, {ids[-1]}]"

@@ -1,0 +1,103 @@
+"""Everything a run needs before training: validated config, data, class groups, run directory.
+
+Kept separate from training so the local runner, the Ray driver, Tune and the job API all
+prepare identically, and so every input error is raised before any cluster work starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from raydistill.config import ConfigError, Experiment
+from raydistill.data import (DataError, ImageSet, channel_stats, groups_from_ratio, load_dataset,
+                             train_val_split, validate_groups)
+from raydistill.distill.engine import TrainSettings
+
+
+@dataclass
+class PreparedData:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    groups: list            # class lists, group-local order
+    mean: list
+    std: list
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def prepare_data(exp: Experiment) -> PreparedData:
+    """Load, split and group the data; raise DataError/ConfigError on anything inconsistent."""
+    d = exp.data
+    train, test = load_dataset(d.source, root=d.root, train_path=d.train_path, test_path=d.test_path,
+                               download=d.download, num_classes=d.num_classes if d.source == "builtin" else None,
+                               train_per_class=d.train_per_class,
+                               test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class)
+    try:
+        if d.groups is not None:
+            groups = validate_groups(d.groups, train.num_classes)
+        else:
+            groups = groups_from_ratio(train.num_classes, d.ratio)
+    except DataError as err:  # name the config field the groups came from
+        raise DataError(f"{'data.groups' if d.groups is not None else 'data.ratio'}: {err}") from None
+    if len(groups) != exp.num_groups():
+        raise ConfigError(f"data.groups: expected {exp.num_groups()} groups, got {len(groups)}")
+    train, val = train_val_split(train, d.val_fraction, d.seed)
+    counts = torch.bincount(train.labels, minlength=train.num_classes)
+    for p, classes in enumerate(groups):
+        n = int(counts[classes].sum())
+        if n == 0:
+            raise DataError(f"class group {p} (classes {classes[:5]}…): no training samples")
+        for batch_size, field in ((exp.optimizer.batch_size, "optimizer.batch_size"),
+                                  (exp.teachers.batch_size, "teachers.batch_size")):
+            if batch_size > n:
+                raise ConfigError(f"{field}: expected at most {n} (the training samples in class group {p}, "
+                                  f"classes {classes[:5]}), got {batch_size}")
+    mean, std = channel_stats(train.images)
+    return PreparedData(train, val, test, groups, mean, std)
+
+
+def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
+    o, c = exp.optimizer, exp.curriculum
+    return TrainSettings(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, batch_size=o.batch_size,
+                         schedule=o.schedule, milestones=tuple(o.milestones), gamma=o.gamma,
+                         restart_per_grade=o.restart_per_grade, temperature=c.temperature, alpha=c.alpha,
+                         carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
+                         augment=exp.data.augment, mean=tuple(data.mean), std=tuple(data.std), seed=exp.seed)
+
+
+def teacher_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
+    t, o = exp.teachers, exp.optimizer
+    return TrainSettings(lr=t.lr, momentum=o.momentum, weight_decay=o.weight_decay, batch_size=t.batch_size,
+                         schedule=t.schedule, milestones=tuple(t.milestones), gamma=o.gamma,
+                         augment=exp.data.augment, mean=tuple(data.mean),
+                         std=tuple(data.std), seed=exp.seed + 1)
+
+
+def run_dir(exp: Experiment) -> Path:
+    return Path(exp.output.dir).expanduser() / exp.run_name()
+
+
+def check_output_dir(exp: Experiment) -> Path:
+    """The run directory must be creatable and writable before anything trains."""
+    path = run_dir(exp)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output.dir: cannot create run directory {path} ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"output.dir: run directory {path} is not writable")
+    return path
+
+
+def write_json(path: Path, payload) -> None:
+    """Write atomically, so an interrupted run never leaves a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.replace(path)

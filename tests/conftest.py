@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny built-in data, and one Ray instance per test session (started lazily)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """PreparedData of a small built-in set: 6 classes in 3 groups, ~50 train images per class."""
+    from raydistill.config import Experiment
+    from raydistill.workspace import prepare_data
+    exp = tiny_experiment("/tmp/unused")
+    return prepare_data(exp)
+
+
+def tiny_experiment(output_dir, **overrides) -> "Experiment":
+    from raydistill.config import Experiment
+    exp = Experiment.from_dict({
+        "name": "tiny", "seed": 0, "methods": ["ed"],
+        "data": {"source": "builtin", "num_classes": 6, "train_per_class": 150, "test_per_class": 100,
+                 "ratio": "1:1:1", "val_fraction": 0.1},
+        "teachers": {"arch": "resnet8", "epochs": 4, "batch_size": 32, "lr": 0.05},
+        "student": {"arch": "resnet8"},
+        "curriculum": {"splits": [1, 2, 3], "grade_epochs": [2, 2, 2], "head_widths": 16, "pass_mode": "mixed"},
+        "optimizer": {"lr": 0.05, "batch_size": 32},
+        "output": {"dir": str(output_dir)},
+    })
+    return exp.with_overrides([f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,310 @@
+"""The bad-input catalogue (issue #8, part 1): every malformed input fails in the pre-flight path
+(`Experiment.validate`, `workspace.prepare_data`, `workspace.check_output_dir`, `load_teacher`, or the
+CLI, which maps these errors to exit code 2) with ONE message naming the field, file or row and what
+was expected. Nothing here trains or starts Ray.
+
+Not covered here (other parts of issue #8 / other test modules): an invalid search space, an
+unreachable cluster address (`ray.address`), and resuming a run directory with a changed config.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_experiment
+from raydistill.cli import main
+from raydistill.config import ConfigError, Experiment
+from raydistill.data import DataError
+from raydistill.models import build_model
+from raydistill.teachers import TeacherError, load_teacher, save_teacher
+from raydistill.workspace import check_output_dir, prepare_data
+
+
+def _exp(tmp_path, **overrides) -> Experiment:
+    """The tiny builtin experiment, shrunk further (20 train images per class) so prepare_data is instant."""
+    small = {"data.train_per_class": 20, "data.test_per_class": 5, "optimizer.batch_size": 8,
+             "teachers.batch_size": 8}
+    return tiny_experiment(tmp_path / "runs", **{**small, **overrides})
+
+
+def _invalid(tmp_path, match, **overrides):
+    with pytest.raises(ConfigError, match=match):
+        _exp(tmp_path, **overrides).validate()
+
+
+# ---------------------------------------------------------------- config files and fields
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ndata: {source: builtin\n  ratio: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"config file .*broken\.yaml: not valid YAML"):
+        Experiment.from_yaml(path)
+
+
+def test_unknown_key_names_the_dotted_path(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("curriculum:\n  temprature: 2\n")
+    with pytest.raises(ConfigError, match=r"curriculum\.temprature: unknown field \(valid in curriculum: .*temperature"):
+        Experiment.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"unknown field data\.ratoi"):
+        _exp(tmp_path).with_overrides(["data.ratoi=1:1"])
+
+
+def test_wrong_type(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("optimizer:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: expected float, got 'fast'"):
+        Experiment.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"teachers\.epochs: expected int, got 'ten'"):
+        _exp(tmp_path, **{"teachers.epochs": "ten"})
+
+
+@pytest.mark.parametrize("epochs", [0, -3])
+def test_teacher_epochs_not_positive(tmp_path, epochs):
+    _invalid(tmp_path, rf"teachers\.epochs: expected a positive integer, got {epochs}", **{"teachers.epochs": epochs})
+
+
+def test_grade_epochs_not_positive(tmp_path):
+    _invalid(tmp_path, r"curriculum\.grade_epochs\[1\]: expected a positive integer, got 0",
+             **{"curriculum.grade_epochs": "[2, 0, 2]"})
+
+
+def test_splits_out_of_range(tmp_path):
+    _invalid(tmp_path, r"curriculum\.splits\[2\]: expected a block index in 1\.\.3 \(resnet8 has 3 blocks\), got 5",
+             **{"curriculum.splits": "[1, 2, 5]"})
+
+
+def test_splits_not_increasing(tmp_path):
+    _invalid(tmp_path, r"curriculum\.splits: expected strictly increasing, got \[2, 1, 3\]",
+             **{"curriculum.splits": "[2, 1, 3]"})
+
+
+def test_splits_wrong_count(tmp_path):
+    _invalid(tmp_path, r"curriculum\.splits: expected 3 split points \(one per grade\), got \[1, 3\]",
+             **{"curriculum.splits": "[1, 3]"})
+
+
+def test_ratio_term_count_must_match_grades(tmp_path):
+    # the number of groups comes from the ratio: 2 terms but 3 splits / grade epochs
+    _invalid(tmp_path, r"curriculum\.splits: expected 2 split points", **{"data.ratio": "1:1"})
+
+
+@pytest.mark.parametrize("ratio", ["1:0:1", "1:-1:1"])
+def test_ratio_term_not_positive(tmp_path, ratio):
+    _invalid(tmp_path, r"data\.ratio: expected positive integers like 1:1:1", **{"data.ratio": ratio})
+
+
+def test_ratio_unparsable(tmp_path):
+    _invalid(tmp_path, r"data\.ratio: expected integers separated by ':' like 1:1:1, got 'one:two:three'",
+             **{"data.ratio": "one:two:three"})
+
+
+def test_order_not_a_permutation(tmp_path):
+    _invalid(tmp_path, r"curriculum\.order: expected a permutation of \[0, 1, 2\], got \[0, 0, 2\]",
+             **{"curriculum.order": "[0, 0, 2]"})
+
+
+def test_unknown_method(tmp_path):
+    _invalid(tmp_path, r"methods: expected each one of \['ed', 'scratch', 'kd', 'multi_teacher'\], got 'distill'",
+             methods="[ed, distill]")
+
+
+def test_val_fraction_one(tmp_path):
+    _invalid(tmp_path, r"data\.val_fraction: expected a number in \[0, 1\), got 1\.0", **{"data.val_fraction": 1.0})
+
+
+# ---------------------------------------------------------------- class groups (need the class count: prepare_data)
+def test_ratio_with_too_few_classes(tmp_path):
+    exp = _exp(tmp_path, **{"data.ratio": "4:4", "curriculum.splits": "[1, 3]", "curriculum.grade_epochs": "[2, 2]"})
+    exp.validate()
+    with pytest.raises(DataError, match=r"data\.ratio: group ratio '4:4' with 6 classes gives an empty group"):
+        prepare_data(exp)
+
+
+@pytest.mark.parametrize("groups, match", [
+    ("[[0, 1], [1, 2, 3], [4, 5]]", r"data\.groups: group 1 repeats class 1, already in group 0; groups must be disjoint"),
+    ("[[0, 1], [2, 3], [4, 9]]", r"data\.groups: group 2 contains class id 9, outside 0\.\.5"),
+    ("[[0, 1, 2], [], [3, 4, 5]]", r"data\.groups: group 1 is empty; every group needs at least one class"),
+    ("[[0, 1], [2, 3], [4]]", r"data\.groups: groups do not cover classes \[5\]; together they must cover 0\.\.5"),
+])
+def test_explicit_groups(tmp_path, groups, match):
+    exp = _exp(tmp_path, **{"data.groups": groups}).validate()
+    with pytest.raises(DataError, match=match):
+        prepare_data(exp)
+
+
+@pytest.mark.parametrize("field", ["optimizer.batch_size", "teachers.batch_size"])
+def test_batch_size_larger_than_a_group(tmp_path, field):
+    # 6 classes x 20, 10% held out, groups of 2 classes: ~36 training samples per group
+    exp = _exp(tmp_path, **{field: 100}).validate()
+    with pytest.raises(ConfigError, match=rf"{field}: expected at most \d+ \(the training samples in class group 0"):
+        prepare_data(exp)
+
+
+# ---------------------------------------------------------------- datasets
+def _png(rng) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _parquet(path, blobs, labels, names=("a", "b", "c")):
+    img = pa.StructArray.from_arrays([pa.array(blobs, pa.binary())], names=["bytes"])
+    table = pa.table({"img": img, "label": pa.array(labels, pa.int64())})
+    pq.write_table(table.replace_schema_metadata({"label_names": json.dumps(list(names))}), path)
+    return path
+
+
+def _parquet_exp(tmp_path, train, test):
+    return _exp(tmp_path, **{"data.source": "parquet", "data.train_path": str(train), "data.test_path": str(test),
+                             "optimizer.batch_size": 1, "teachers.batch_size": 1,
+                             "data.val_fraction": 0.0}).validate()
+
+
+@pytest.fixture
+def good_parquet(tmp_path):
+    rng = np.random.default_rng(0)
+    return _parquet(tmp_path / "good.parquet", [_png(rng) for _ in range(6)], [0, 1, 2, 0, 1, 2])
+
+
+def test_missing_parquet_file(tmp_path, good_parquet):
+    exp = _parquet_exp(tmp_path, tmp_path / "missing.parquet", good_parquet)
+    with pytest.raises(DataError, match=r"parquet file '.*missing\.parquet' does not exist; expected an existing"):
+        prepare_data(exp)
+
+
+def test_parquet_without_expected_columns(tmp_path, good_parquet):
+    pq.write_table(pa.table({"image": [b"x"], "target": [0]}), tmp_path / "cols.parquet")
+    exp = _parquet_exp(tmp_path, tmp_path / "cols.parquet", good_parquet)
+    with pytest.raises(DataError, match=r"cols\.parquet' lacks the expected columns `img\.bytes` .* and `label`; "
+                                        r"found columns \['image', 'target'\]"):
+        prepare_data(exp)
+
+
+def test_undecodable_image_bytes_names_the_row(tmp_path, good_parquet):
+    rng = np.random.default_rng(1)
+    bad = _parquet(tmp_path / "garbage.parquet", [_png(rng), _png(rng), b"not an image", _png(rng)], [0, 1, 2, 0])
+    exp = _parquet_exp(tmp_path, bad, good_parquet)
+    with pytest.raises(DataError, match=r"garbage\.parquet' row 2: cannot decode image bytes"):
+        prepare_data(exp)
+
+
+def test_label_out_of_range_names_the_row(tmp_path, good_parquet):
+    rng = np.random.default_rng(2)
+    oor = _parquet(tmp_path / "oor.parquet", [_png(rng) for _ in range(4)], [0, 1, 7, 2])
+    exp = _parquet_exp(tmp_path, good_parquet, oor)
+    with pytest.raises(DataError, match=r"oor\.parquet' row 2: label 7 out of range, expected 0\.\.2"):
+        prepare_data(exp)
+
+
+def test_missing_cifar_root(tmp_path):
+    exp = _exp(tmp_path, **{"data.source": "cifar10", "data.root": str(tmp_path / "nothing")}).validate()
+    with pytest.raises(DataError, match=r"cifar10: dataset not found or corrupted under root '.*nothing' "
+                                        r"\(expected cifar-10-batches-py/ there\)"):
+        prepare_data(exp)
+
+
+def test_cifar_without_root(tmp_path):
+    _invalid(tmp_path, r"data\.root: expected a directory for source cifar10, got None", **{"data.source": "cifar10"})
+
+
+# ---------------------------------------------------------------- output directory
+def test_output_dir_under_a_regular_file(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    exp = tiny_experiment(blocker / "runs").validate()
+    with pytest.raises(ConfigError, match=r"output\.dir: cannot create run directory .*a_file/runs/tiny"):
+        check_output_dir(exp)
+
+
+# ---------------------------------------------------------------- teacher checkpoints
+def _teacher(path, arch="resnet8", classes=2):
+    save_teacher(path, build_model(arch, classes), mean=[0.5] * 3, std=[0.25] * 3)
+    return path
+
+
+def test_teacher_for_the_wrong_classes(tmp_path):
+    path = _teacher(tmp_path / "t.pt", classes=2)
+    with pytest.raises(TeacherError, match=r"t\.pt: trained for 2 classes \[0, 1\], expected 3 classes \[0, 1, 2\]"):
+        load_teacher(path, [0, 1, 2])
+
+
+def test_teacher_of_the_wrong_architecture(tmp_path):
+    path = _teacher(tmp_path / "t.pt", arch="resnet20")
+    with pytest.raises(TeacherError, match=r"t\.pt: architecture 'resnet20', expected 'resnet8'"):
+        load_teacher(path, [0, 1], expected_arch="resnet8")
+
+
+def test_teacher_weights_of_another_architecture(tmp_path):
+    path = _teacher(tmp_path / "t.pt", arch="resnet20")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["arch"] = "resnet8"  # header says resnet8, weights are resnet20's
+    torch.save(ckpt, path)
+    with pytest.raises(TeacherError, match=r"t\.pt: weights do not fit resnet8 with 2 classes"):
+        load_teacher(path, [0, 1])
+
+
+def test_truncated_teacher_checkpoint(tmp_path):
+    path = _teacher(tmp_path / "t.pt")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(TeacherError, match=r"t\.pt: cannot be read, expected a file written by save_teacher"):
+        load_teacher(path, [0, 1])
+
+
+def test_missing_teacher_checkpoint(tmp_path):
+    with pytest.raises(TeacherError, match=r"nope\.pt: file not found"):
+        load_teacher(tmp_path / "nope.pt")
+
+
+# ---------------------------------------------------------------- the command line: exit 2, one message
+def _cli(capsys, *argv) -> str:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("raydistill: error: ") and err.count("\n") == 1, err  # one line
+    return err
+
+
+def test_cli_missing_config(tmp_path, capsys):
+    err = _cli(capsys, "run", "--config", str(tmp_path / "missing.yaml"))
+    assert "missing.yaml: not found" in err
+
+
+def test_cli_set_without_equals(capsys):
+    err = _cli(capsys, "run", "--set", "nonsense")
+    assert "override 'nonsense': expected KEY=VALUE" in err
+
+
+def test_cli_bad_yaml(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data: [unclosed\n")
+    err = _cli(capsys, "validate", "--config", str(path))
+    assert "broken.yaml: not valid YAML at line 2, column 1: expected ',' or ']'" in err
+
+
+def test_cli_data_error_before_ray(tmp_path, capsys, monkeypatch):
+    """A data problem in `run` (Ray backend) is reported before Ray is started."""
+    import raydistill.distributed.trainer as trainer
+
+    def no_ray(*_a, **_k):
+        raise AssertionError("Ray was started before the input was checked")
+
+    monkeypatch.setattr(trainer, "init_ray", no_ray)
+    path = tmp_path / "exp.yaml"
+    path.write_text(_exp(tmp_path).to_yaml())
+    err = _cli(capsys, "run", "--config", str(path), "--set", "data.source=parquet",
+               "--set", f"data.train_path={tmp_path / 'missing.parquet'}",
+               "--set", f"data.test_path={tmp_path / 'missing.parquet'}")
+    assert "missing.parquet' does not exist" in err
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_cli_invalid_field_exit_code(tmp_path, capsys):
+    err = _cli(capsys, "validate", "--set", "teachers.epochs=0")
+    assert "teachers.epochs: expected a positive integer, got 0" in err

@@ -1,0 +1,71 @@
+import pytest
+
+from raydistill.config import ConfigError, Experiment, shipped_experiments
+
+
+def test_defaults_validate():
+    Experiment().validate()
+
+
+def test_shipped_experiments_load_and_validate():
+    names = shipped_experiments()
+    assert "default" in names
+    for name in names:
+        Experiment.load(name).validate()
+
+
+def test_yaml_round_trip(tmp_path):
+    exp = Experiment.load("default").with_overrides(["curriculum.temperature=2", "curriculum.order=[2,0,1]"])
+    path = tmp_path / "e.yaml"
+    path.write_text(exp.to_yaml())
+    again = Experiment.from_yaml(path)
+    assert again == exp
+    assert again.curriculum.temperature == 2.0 and again.curriculum.order == [2, 0, 1]
+
+
+def test_unquoted_ratio_stays_a_ratio(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("data:\n  ratio: 2:1:1\n")
+    exp = Experiment.from_yaml(path)
+    assert exp.data.ratio == "2:1:1" and exp.num_groups() == 3
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["curriculum.temperature=0"], "curriculum.temperature"),
+    (["curriculum.splits=[2,1,3]"], "curriculum.splits"),
+    (["curriculum.splits=[1,2,9]"], "curriculum.splits[2]"),
+    (["curriculum.splits=[1,3]"], "curriculum.splits"),
+    (["curriculum.order=[0,0,1]"], "curriculum.order"),
+    (["curriculum.order=[0,1]"], "curriculum.order"),
+    (["curriculum.grade_epochs=[1,0,1]"], "curriculum.grade_epochs[1]"),
+    (["student.arch=resnet9"], "student.arch"),
+    (["methods=[ed,distill]"], "methods"),
+    (["data.source=mnist"], "data.source"),
+])
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        Experiment.load("default").with_overrides(overrides).validate()
+    assert str(err.value).startswith(field)
+
+
+def test_unknown_keys_and_bad_types():
+    with pytest.raises(ConfigError, match="curriculum.temprature: unknown field"):
+        Experiment.from_dict({"curriculum": {"temprature": 2}})
+    with pytest.raises(ConfigError, match="unknown field curriculum.tmp"):
+        Experiment().with_overrides(["curriculum.tmp=1"])
+    with pytest.raises(ConfigError, match="optimizer.lr: expected float"):
+        Experiment.from_dict({"optimizer": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        Experiment().with_overrides(["curriculum.temperature"])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        Experiment.from_yaml(path)
+
+
+def test_default_splits_are_even():
+    exp = Experiment.from_dict({"student": {"arch": "resnet20"}})
+    assert exp.splits() == [3, 6, 9]

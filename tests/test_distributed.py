@@ -1,0 +1,186 @@
+"""The Ray backend: the Ray Train driver, teacher actors, checkpoint/resume, multi-node placement.
+
+Ray runs once per session (`ray_session`); the two-node `ray.cluster_utils.Cluster` test runs in
+a subprocess so it never shares that instance. Tests of the pieces that need no Ray come first.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- no Ray --------------------------------------------------------------------------------
+
+def test_fold_batchnorm_keeps_outputs():
+    from raydistill.distributed.teacher_actors import fold_batchnorm, inference_teacher
+    from raydistill.models import build_model
+    from raydistill.teachers import FrozenTeacher
+    torch.manual_seed(0)
+    model = build_model("resnet14", 5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    teacher = FrozenTeacher(model, (0.5,) * 3, (0.25,) * 3)
+    fast = inference_teacher(teacher)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_batchnorm(model).modules())
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    ref, got = teacher(x), fast(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(ref, got, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "original left unchanged"
+
+
+def test_teacher_actor_class_without_ray(tiny_data):
+    from raydistill.distributed.teacher_actors import TeacherActor, teacher_bytes
+    from raydistill.models import build_model
+    from raydistill.teachers import FrozenTeacher
+    model = build_model("resnet8", 2)
+    model.class_ids.copy_(torch.tensor([2, 3]))
+    teacher = FrozenTeacher(model, tiny_data.mean, tiny_data.std)
+    actor = TeacherActor(teacher_bytes(teacher), threads=1)
+    images = tiny_data.train.images[:16]
+    out = actor.logits(images.numpy())
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (16, 2)
+    assert np.allclose(out, teacher(images).numpy(), atol=1e-4)
+    assert actor.class_ids() == [2, 3]
+
+
+def test_stages_progress_and_data_packing(tiny_data, tmp_path):
+    from raydistill.distributed.trainer import pack_data, result_from_progress, run_stages, unpack_data
+    exp = tiny_experiment(tmp_path, methods="[ed,kd,scratch]")
+    assert run_stages(exp, 3) == ["teacher:group0", "teacher:group1", "teacher:group2", "teacher:all",
+                                  "method:ed", "method:kd", "method:scratch"]
+    back = unpack_data(pack_data(tiny_data))
+    assert torch.equal(back.train.images, tiny_data.train.images) and back.groups == tiny_data.groups
+    completed = {"teacher:group0": {"info": {"test_acc": 0.5}},
+                 "method:kd": {"history": [{"method": "kd", "epoch": 1}], "summary": {"final_test_acc": 0.2}},
+                 "method:ed": {"history": [{"method": "ed", "epoch": 1}], "summary": {"final_test_acc": 0.3}}}
+    result = result_from_progress(exp, tmp_path, completed)
+    assert list(result.methods) == ["ed", "kd"] and list(result.teachers) == ["group0"]
+    assert [h["method"] for h in result.history] == ["ed", "kd"]
+
+
+def test_cli_flags_become_overrides(tmp_path):
+    from raydistill.cli import _load, build_parser
+    args = build_parser().parse_args(["run", "--workers", "2", "--address", "ray://h:10001",
+                                      "--teachers", "actors", "--output", str(tmp_path)])
+    exp = _load(args)
+    assert (exp.ray.workers, exp.ray.address, exp.ray.teachers, args.backend) == (2, "ray://h:10001", "actors", "ray")
+    assert build_parser().parse_args(["run", "--local"]).backend == "local"
+
+
+# ---- Ray -----------------------------------------------------------------------------------
+
+def _epochs_log(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+
+
+def _shape(obj):
+    """Keys and value types of a nested structure, values ignored."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(obj[0])] if obj else []
+    return "number" if isinstance(obj, (int, float)) else type(obj).__name__
+
+
+def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
+    from raydistill.distributed.trainer import run_distributed
+    from raydistill.runner import run
+    overrides = {"curriculum.grade_epochs": "[3,3,4]", "teachers.epochs": 8, "ray.workers": 2,
+                 "ray.teachers": "actors", "ray.teacher_cpus": 0}
+    result = run_distributed(tiny_experiment(tmp_path / "ray", **overrides), progress=None)
+    # the local backend, for the structure only (shortest possible run)
+    local = run(tiny_experiment(tmp_path / "local", **{"curriculum.grade_epochs": "[1,1,1]", "teachers.epochs": 1}),
+                progress=None)
+
+    assert _shape(result.methods) == _shape(local.methods)
+    assert _shape(result.teachers) == _shape(local.teachers)
+    assert _shape(result.history) == _shape(local.history)
+    assert [h["epoch"] for h in result.history] == list(range(1, 11))
+    assert [h["grade"] for h in result.history] == [1] * 3 + [2] * 3 + [3] * 4
+    chance = 1 / 6
+    assert result.methods["ed"]["final_test_acc"] > chance
+    for name in ("metrics.json", "summary.json", "config.yaml", "checkpoints/ed.pt", "teachers/group0.pt",
+                 "teachers/group2.pt"):
+        assert (result.run_dir / name).is_file(), name
+        assert (local.run_dir / name).is_file(), name
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"teachers", "methods", "history"}
+    ckpt = torch.load(result.run_dir / "checkpoints" / "ed.pt", weights_only=True)
+    assert ckpt["arch"] == "resnet8"
+    placement = json.loads((result.run_dir / "placement.json").read_text())
+    assert len(placement["workers"]) == 2 and set(placement["teachers"]) == {"group0", "group1", "group2"}
+
+
+def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
+    from raydistill.distributed.trainer import RunInterrupted, run_distributed
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2})
+    # a worker dies after the first epoch of grade 2 and max_failures is 0: the run stops
+    with pytest.raises(RunInterrupted):
+        run_distributed(exp, progress=None, fail_once_at=("method:ed", 3))
+    run_dir = tmp_path / "tiny"
+    stopped = _epochs_log(run_dir)
+    assert [e["epoch"] for e in stopped if e["stage"] == "method:ed"] == [1, 2, 3]
+    # re-running resumes; a second worker death (at epoch 5) is recovered inside the run by max_failures
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1})
+    result = run_distributed(exp, progress=None, fail_once_at=("method:ed", 5))
+
+    log = _epochs_log(run_dir)
+    pairs = [(e["stage"], e["epoch"]) for e in log]
+    assert len(pairs) == len(set(pairs)), f"an epoch was trained twice: {pairs}"
+    assert [e for s, e in pairs if s == "method:ed"] == [1, 2, 3, 4, 5, 6]
+    assert [e for s, e in pairs if s == "teacher:group0"] == [1, 2]
+    assert len({e["attempt"] for e in log}) == 3           # first run, resumed run, restart after the kill
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4, 5, 6]
+    assert set(result.teachers) == {"group0", "group1", "group2"}
+
+
+CLUSTER_SCRIPT = textwrap.dedent("""
+    import json, os, subprocess, sys
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "resources": {"teacher_node": 3}, "include_dashboard": False})
+    student = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        rc = subprocess.call([sys.executable, "-m", "raydistill.cli", "run", "--config", sys.argv[1],
+                              "--address", cluster.address, "--workers", "2", "--teachers", "actors",
+                              "--set", "ray.teacher_cpus=0", "--set", "ray.teacher_resources={teacher_node: 1}"])
+        print(json.dumps({"rc": rc, "head": cluster.head_node.node_id, "student": student.node_id}))
+    finally:
+        cluster.shutdown()
+""")
+
+
+def test_two_node_cluster_places_teachers_and_workers(tmp_path):
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(exp.to_yaml())
+    proc = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, str(config)], cwd=REPO, capture_output=True,
+                          text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert last.startswith("{"), proc.stdout[-2000:] + proc.stderr[-3000:]
+    info = json.loads(last)
+    assert info["rc"] == 0, proc.stderr[-3000:]
+    placement = json.loads((tmp_path / "tiny" / "placement.json").read_text())
+    assert placement["workers"] == [info["student"]] * 2
+    assert set(placement["teachers"].values()) == {info["head"]}
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert "ed" in summary["methods"]

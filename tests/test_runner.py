@@ -1,0 +1,32 @@
+"""The in-process runner end to end: every method, the run directory, and `raydistill report`."""
+import json
+
+import pyarrow.parquet as pq
+import torch
+
+from conftest import tiny_experiment
+from raydistill.cli import main
+from raydistill.runner import run
+
+
+def test_local_run_writes_a_complete_run_directory(tmp_path, capsys):
+    exp = tiny_experiment(tmp_path, **{"methods": "[ed,scratch,kd,multi_teacher]", "teachers.epochs": 2,
+                                       "curriculum.grade_epochs": "[1,1,1]"})
+    result = run(exp, progress=None)
+    out = result.run_dir
+    assert set(result.methods) == {"ed", "scratch", "kd", "multi_teacher"}
+    assert set(result.teachers) == {"group0", "group1", "group2", "all"}
+    for name in ("config.yaml", "metrics.json", "summary.json", "metrics.parquet", "curves.png"):
+        assert (out / name).is_file(), name
+    for method in result.methods:
+        ckpt = torch.load(out / "checkpoints" / f"{method}.pt", weights_only=True)
+        assert sorted(ckpt["class_ids"]) == list(range(6))
+    table = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert len(table[table.method.isin(list(result.methods))]) == 4 * 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"] if h["method"] == "ed"] == [1, 2, 3]
+    ed = result.methods["ed"]
+    assert [g["classes"] for g in ed["grades"]] == [2, 4, 6] and ed["final_test_acc"] == ed["grades"][-1]["test_acc"]
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == result.table().strip()
