@@ -10,4 +10,10 @@ def run(experiment, **kwargs):
     return _run(experiment, **kwargs)
 
 
-__all__ = ["ConfigError", "Experiment", "run", "__version__"]
+def submit(experiment, address=None, **kwargs):
+    """Submit an experiment to a Ray cluster as a Ray Job; returns a JobHandle (see raydistill.jobs.submit)."""
+    from raydistill.jobs import submit as _submit
+    return _submit(experiment, address, **kwargs)
+
+
+__all__ = ["ConfigError", "Experiment", "run", "submit", "__version__"]

@@ -53,6 +53,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from raydistill.jobs import JobError, submit
+    exp = _load(args)
+    try:
+        handle = submit(exp, args.job_address, storage=args.storage)
+        print(handle.job_id, flush=True)
+        if args.wait:
+            handle.wait(timeout=args.timeout)
+            print(handle.results().table())
+    except (JobError, TimeoutError) as err:
+        print(f"raydistill: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_experiments(_args) -> int:
     print("\n".join(shipped_experiments()))
     return 0
@@ -87,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="reprint the results table of a finished run")
     p.add_argument("run_dir", help="a run directory, e.g. runs/default")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("submit", help="submit a run to a Ray cluster as a Ray Job and print the job id")
+    _add_config_args(p)
+    p.add_argument("--address", dest="job_address", metavar="URL",
+                   help="the cluster's Ray dashboard, e.g. http://<head>:8265 (default: $RAY_ADDRESS)")
+    p.add_argument("--storage", help="where the run directory goes (output.dir): a shared path or a URI "
+                                     "such as s3://bucket/runs")
+    p.add_argument("--wait", action="store_true", help="wait for the job and print the results table")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.set_defaults(func=cmd_submit)
     p = sub.add_parser("experiments", help="list the shipped example experiments")
     p.set_defaults(func=cmd_experiments)
     return parser

@@ -109,7 +109,7 @@ class OptimizerConfig:
 class RayConfig:
     workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: Optional[float] = None  # None: share this machine's cores (local), 1 on a cluster
     address: Optional[str] = None
     teachers: str = "local"             # "actors": teachers served as Ray actors
     teacher_cpus: float = 1.0
@@ -282,7 +282,8 @@ class Experiment:
         r = self.ray
         need(r.workers >= 1, "ray.workers", "a positive integer", r.workers)
         need(r.teachers in TEACHER_MODES, "ray.teachers", f"one of {list(TEACHER_MODES)}", r.teachers)
-        need(r.cpus_per_worker > 0, "ray.cpus_per_worker", "a positive number", r.cpus_per_worker)
+        need(r.cpus_per_worker is None or r.cpus_per_worker > 0, "ray.cpus_per_worker", "a positive number or null",
+             r.cpus_per_worker)
         need(r.max_failures >= 0, "ray.max_failures", "a non-negative integer", r.max_failures)
         need(r.teacher_cpus >= 0 and r.teacher_gpus >= 0, "ray.teacher_cpus/teacher_gpus", "non-negative numbers",
              (r.teacher_cpus, r.teacher_gpus))
@@ -329,6 +330,18 @@ class Experiment:
 
     def total_epochs(self) -> int:
         return sum(self.grade_epochs())
+
+    def worker_cpus(self) -> float:
+        """CPUs (and torch threads) per training worker: the configured value, or on a local
+        instance the cores left after teacher actors, shared evenly, so one worker uses them all."""
+        r = self.ray
+        if r.cpus_per_worker is not None:
+            return r.cpus_per_worker
+        if r.address:
+            return 1.0
+        import os
+        spare = (os.cpu_count() or 1) - (r.teacher_cpus * (self.num_groups() + 1) if r.teachers == "actors" else 0)
+        return float(max(1, int(spare // r.workers)))
 
     def run_name(self) -> str:
         return self.output.name or self.name

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from raydistill import storage
 from raydistill.config import METHODS, Experiment
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
@@ -61,7 +62,7 @@ def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
             raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
                                f"{len(data.groups) - 1} or all")
         load_teacher(path, teacher_classes(key, data), expected_arch=exp.teachers.arch)
-    out = check_output_dir(exp)
+    out = check_output_dir(storage.local_experiment(exp))   # a URI output.dir: local staging dir
     (out / "config.yaml").write_text(exp.to_yaml())
     return data, out
 
@@ -149,6 +150,7 @@ def finish_run(exp: Experiment, result: RunResult, log) -> RunResult:
     summary = {"experiment": exp.name, "teachers": result.teachers, "methods": result.methods}
     write_json(result.run_dir / "summary.json", summary)
     write_report_files(result.run_dir, result.history, summary)
+    storage.publish(exp, result.run_dir)   # output.dir is a URI: upload the run directory
     log(result.table())
     return result
 

@@ -123,8 +123,9 @@ def init_ray(exp: Experiment, num_teachers: int) -> bool:
         return True
     os.environ.update(LOCAL_ENV)
     r = exp.ray
-    need = r.workers * r.cpus_per_worker + (r.teacher_cpus * num_teachers if r.teachers == "actors" else 0)
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False,
+    need = r.workers * exp.worker_cpus() + (r.teacher_cpus * num_teachers if r.teachers == "actors" else 0)
+    # the dashboard serves the State API that Ray Train's placement-group cleaner polls every second
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
              runtime_env={"env_vars": dict(LOCAL_ENV)})
     return True
 
@@ -145,7 +146,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     started_ray = init_ray(exp, num_teachers)
     try:
         r = exp.ray
-        resources = {"CPU": r.cpus_per_worker}
+        resources = {"CPU": exp.worker_cpus()}
         if r.use_gpu:
             resources["GPU"] = 1
         trainer = TorchTrainer(
@@ -226,7 +227,7 @@ def train_loop(config: dict) -> None:
     exp = Experiment.from_dict(config["exp"])
     data = unpack_data(ray.get(config["data"]))
     out = Path(config["run_dir"])
-    torch.set_num_threads(max(1, int(exp.ray.cpus_per_worker)))
+    torch.set_num_threads(max(1, int(exp.worker_cpus())))
     ctx = _context(exp)
     writer = ctx.rank == 0
     log = print if writer else (lambda _msg: None)

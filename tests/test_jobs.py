@@ -1,0 +1,169 @@
+"""Ray Job submission (raydistill.submit / `raydistill submit`) against a real local Ray head.
+
+The head is a separate `ray start --head` (venv's `ray` binary) with its own --temp-dir and its own
+ports. It is stopped by terminating exactly the processes of that head — those whose command line
+names its temp dir (gcs_server, raylet, dashboard, agents, workers and the job supervisor all get
+the session directory on their command line) — never with `ray stop`, which kills every Ray
+process of the user on the machine, including an in-process `ray.init` of this test session or
+another engineer's run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_experiment
+
+VENV_BIN = Path(sys.executable).parent
+RAY_BIN = VENV_BIN / "ray"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def head_processes(temp_dir: str) -> list:
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in part for part in (proc.info["cmdline"] or [])):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def stop_head(temp_dir: str) -> None:
+    """Terminate the processes of the head started with --temp-dir=temp_dir (and their children)."""
+    import psutil
+    procs = head_processes(temp_dir)
+    for proc in list(procs):
+        try:
+            procs += proc.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    procs = list({p.pid: p for p in procs if p.pid != os.getpid()}.values())
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """http://127.0.0.1:<port> of a fresh Ray head with the dashboard (job API), 2 CPUs."""
+    if not RAY_BIN.exists():
+        pytest.skip(f"no ray binary at {RAY_BIN}")
+    temp_dir = tempfile.mkdtemp(prefix="rdj", dir="/tmp")   # short: Ray's unix sockets live under it
+    dash = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           # the job entrypoint runs `python -m raydistill.cli`: it must find this venv's python
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["RAYDISTILL_STAGING_DIR"] = os.path.join(temp_dir, "staging")   # runs with a URI output.dir stage here
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(RAY_BIN), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}",
+           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}",
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
+           f"--object-manager-port={free_port()}", "--disable-usage-stats"]
+    try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            pytest.fail(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def job_experiment(tmp_path):
+    return tiny_experiment(tmp_path / "runs", **{
+        "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]", "data.train_per_class": 40,
+        "data.test_per_class": 20, "name": "jobtiny"})
+
+
+@pytest.mark.slow
+def test_submit_python_api(ray_head, tmp_path):
+    from raydistill import submit
+    from raydistill.report_files import report_text
+    exp = job_experiment(tmp_path)
+    handle = submit(exp, ray_head)
+    assert handle.job_id.startswith("raydistill-jobtiny-")
+    assert handle.status() in ("PENDING", "RUNNING", "SUCCEEDED")
+    assert handle.wait(timeout=240) == "SUCCEEDED", handle.logs()[-3000:]
+    result = handle.results()
+    assert list(result.methods) == ["ed"] and 0 <= result.methods["ed"]["final_test_acc"] <= 1
+    assert sorted(result.teachers) == ["group0", "group1", "group2"]
+    assert {row["method"] for row in result.history} >= {"ed"}
+    assert Path(result.run_dir) == tmp_path / "runs" / "jobtiny"
+    assert result.table() == report_text(result.run_dir)
+    assert "ed" in handle.logs()
+
+
+@pytest.mark.slow
+def test_submit_cli_wait_with_uri_storage(ray_head, tmp_path, capsys):
+    """`raydistill submit --wait` prints the job id and the table; storage is a file:// URI, so the
+    run is staged locally on the cluster and uploaded with pyarrow."""
+    from raydistill.cli import main
+    config = tmp_path / "exp.yaml"
+    config.write_text(job_experiment(tmp_path / "unused").to_yaml())
+    storage = (tmp_path / "shared").as_uri()
+    rc = main(["submit", "--address", ray_head, "--config", str(config), "--set", "name=clitiny",
+               "--storage", storage, "--wait", "--timeout", "240"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    job_id, table = out.split("\n", 1)
+    assert job_id.startswith("raydistill-clitiny-")
+    assert "ed" in table
+    assert (tmp_path / "shared" / "clitiny" / "summary.json").is_file()
+    from raydistill.storage import load_run
+    summary, _ = load_run(storage + "/clitiny")
+    assert list(summary["methods"]) == ["ed"]
+
+
+def test_unreachable_address_fails_fast(tmp_path):
+    from raydistill import submit
+    from raydistill.jobs import JobError
+    address = f"http://127.0.0.1:{free_port()}"   # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(JobError) as err:
+        submit(job_experiment(tmp_path), address)
+    assert time.monotonic() - started < 15
+    assert address in str(err.value)
+
+
+def test_cli_submit_unreachable(tmp_path, capsys):
+    from raydistill.cli import main
+    address = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "exp.yaml"
+    config.write_text(job_experiment(tmp_path).to_yaml())
+    assert main(["submit", "--address", address, "--config", str(config)]) == 1
+    assert address in capsys.readouterr().err
+
+
+def test_address_forms():
+    from raydistill.jobs import JobError, dashboard_url
+    assert dashboard_url("head:8265") == "http://head:8265"
+    assert dashboard_url("http://head:8265/") == "http://head:8265"
+    with pytest.raises(JobError, match="ray://"):
+        dashboard_url("ray://head:10001")
