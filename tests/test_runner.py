@@ -30,3 +30,11 @@ def test_local_run_writes_a_complete_run_directory(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out.strip() == result.table().strip()
+
+
+def test_same_seed_same_weights(tmp_path):
+    """One worker, in-process teachers: two runs with the same seed give bit-identical students."""
+    overrides = {"methods": "[ed]", "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]"}
+    runs = [run(tiny_experiment(tmp_path / str(i), **overrides), progress=None) for i in range(2)]
+    a, b = (torch.load(r.run_dir / "checkpoints" / "ed.pt", weights_only=True)["state_dict"] for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
