@@ -5,18 +5,25 @@
   (b) local  — the engine (`train_epoch`) with in-process teachers (`LocalTeachers`), all cores;
   (c) actors — the engine with one `TeacherActor` per teacher: the student process gets
                `--student-threads`, each actor `--teacher-threads`; the engine submits batch
-               k+1's teacher call before training batch k, so teacher and student overlap.
+               k+1's teacher call before training batch k, so teacher and student overlap;
+  (d) cached — the engine with cached soft labels (`raydistill.softlabels`): the teachers' logits
+               for a bank of `--cache-draws` augmentations per image are computed once (build
+               time and Parquet bytes per 10k samples are reported), written, read back, and
+               replayed; no teacher forward in the step.
 
 Random-weight models and synthetic uint8 data (speed only). Ratios are against (a).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py            # defaults below
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py --only ad --repeats 2
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -45,9 +52,23 @@ def make_setup(args):
     for p, grp in enumerate(groups):
         m = build_model(args.teacher, len(grp))
         m.class_ids.copy_(torch.tensor(grp))
+        calibrate_batchnorm(m, normalize(images[:256], (0.5,) * 3, (0.25,) * 3))
         teachers[f"group{p}"] = FrozenTeacher(m, (0.5,) * 3, (0.25,) * 3)
     s = TrainSettings(batch_size=args.batch, mean=(0.5,) * 3, std=(0.25,) * 3, schedule="constant")
     return data, plan, plan.grades[-1], teachers, s
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model, x) -> None:
+    """BN running statistics from one batch: a random deep net in eval mode with default statistics
+    outputs logits around 1e8 (beyond float16, so (d) could not store them); calibrated, they have
+    a trained net's scale. Speed is the same either way."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None           # cumulative average: one batch = that batch's statistics
+    model.train()(x)
+    model.eval()
 
 
 def bare_loop(data, plan, grade, teachers, s, epoch) -> float:
@@ -91,6 +112,37 @@ def engine_epoch(data, plan, grade, client, s, epoch) -> float:
     return m["images_per_s"]
 
 
+def cached_client(args, data, teachers):
+    """Build the soft-label cache of `teachers` on `data`, write it, read it back, return the client."""
+    from raydistill.softlabels import AugmentationBank, CachedTeachers
+    from raydistill.softlabels.build import build_labels
+    from raydistill.softlabels.store import read_labels, read_meta, write_cache
+    bank = AugmentationBank.make(len(data), args.cache_draws, padding=4, flip=True, seed=0)
+    options = None
+    if args.cache_build == "ray":
+        import ray
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        options = {"num_cpus": 1, "num_gpus": 0, "resources": {}}
+    started = time.perf_counter()
+    try:
+        labels = build_labels(teachers, data.images, data.labels, bank, args.cache_format, args.cache_topk, options)
+    finally:
+        if options is not None:
+            ray.shutdown()
+    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "cache"
+        size = write_cache(directory, "benchmark", {"bank": bank.params()}, labels, seconds)
+        labels = read_labels(directory, read_meta(directory))
+    per10k = 10_000 / len(data)
+    print(f"    cache build ({args.cache_build}, {len(teachers)} x {args.teacher}, {args.cache_draws} draws, "
+          f"{args.cache_format}): {seconds:.1f} s for {len(data)} images = {seconds * per10k:.0f} s per 10k "
+          f"samples; {size} bytes = {size * per10k / 1e6:.2f} MB per 10k samples", flush=True)
+    return CachedTeachers(bank, labels)
+
+
 def measure(fn, repeats: int) -> float:
     fn(0)  # warm-up epoch (allocator, thread pools, actor start)
     return max(fn(e + 1) for e in range(repeats))
@@ -110,7 +162,12 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-threads", type=int, default=1, help="torch threads of each teacher actor in (c)")
     p.add_argument("--no-fold-bn", action="store_true", help="(c) without BN folding / channels_last")
     p.add_argument("--repeats", type=int, default=2, help="measured epochs per setting (best is reported)")
-    p.add_argument("--only", default="abc")
+    p.add_argument("--cache-draws", type=int, default=8, help="(d): augmentation draws per image in the cache")
+    p.add_argument("--cache-format", default="float16", choices=["float16", "topk"], help="(d): storage format")
+    p.add_argument("--cache-topk", type=int, default=5, help="(d) with --cache-format topk: logits kept")
+    p.add_argument("--cache-build", default="local", choices=["local", "ray"],
+                   help="(d): build in this process, or as Ray tasks (one CPU each)")
+    p.add_argument("--only", default="abc", help="which of a, b, c, d to run")
     args = p.parse_args(argv)
 
     data, plan, grade, teachers, s = make_setup(args)
@@ -145,8 +202,13 @@ def main(argv=None) -> int:
                   f"      {results['c']:7.1f} img/s", flush=True)
         finally:
             ray.shutdown()
+    if "d" in args.only:
+        torch.set_num_threads(args.threads)
+        client = cached_client(args, data, teachers)
+        results["d"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
+        print(f"(d) engine + cached soft labels, {args.threads} threads:  {results['d']:7.1f} img/s", flush=True)
     if "a" in results:
-        for key in ("b", "c"):
+        for key in ("b", "c", "d"):
             if key in results:
                 print(f"({key})/(a) = {results[key] / results['a']:.3f}")
     return 0

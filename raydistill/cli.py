@@ -1,4 +1,4 @@
-"""Command line: `raydistill run | validate | experiments`."""
+"""Command line: `raydistill run | validate | tune | experiments`."""
 from __future__ import annotations
 
 import argparse
@@ -20,19 +20,24 @@ def _load(args) -> Experiment:
         overrides.append(f"ray.address={args.address}")
     if getattr(args, "teachers_mode", None):
         overrides.append(f"ray.teachers={args.teachers_mode}")
+    if getattr(args, "soft_labels", None):
+        overrides.append(f"teachers.soft_labels={args.soft_labels}")
     return exp.with_overrides(overrides).validate()
 
 
 def cmd_run(args) -> int:
+    """Exit 1 when training stops (diverged, or workers failed past ray.max_failures); 2 for bad input."""
     exp = _load(args)
-    if args.backend == "local":
-        from raydistill.runner import run
-        run(exp)
-        return 0
-    from raydistill.distributed.trainer import RunInterrupted, run_distributed
+    from raydistill.distill.engine import NonFiniteLossError
+    from raydistill.distributed.trainer import RunInterrupted
     try:
-        run_distributed(exp)
-    except RunInterrupted as err:
+        if args.backend == "local":
+            from raydistill.runner import run
+            run(exp)
+        else:
+            from raydistill.distributed.trainer import run_distributed
+            run_distributed(exp)
+    except (RunInterrupted, NonFiniteLossError) as err:
         print(f"raydistill: {err}", file=sys.stderr)
         return 1
     return 0
@@ -55,17 +60,25 @@ def cmd_report(args) -> int:
 
 def cmd_submit(args) -> int:
     from raydistill.jobs import JobError, submit
-    exp = _load(args)
+    work = args.space if args.space else _load(args)
     try:
-        handle = submit(exp, args.job_address, storage=args.storage)
+        handle = submit(work, args.job_address, storage=args.storage)
         print(handle.job_id, flush=True)
         if args.wait:
             handle.wait(timeout=args.timeout)
-            print(handle.results().table())
+            results = handle.results()
+            print(results.summary() if args.space else results.table())
     except (JobError, TimeoutError) as err:
         print(f"raydistill: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_tune(args) -> int:
+    from raydistill.search.tuner import tune
+    result = tune(args.space, samples=args.samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
+                  output=args.output, top=args.top)
+    return 0 if result.best is not None else 1
 
 
 def cmd_experiments(_args) -> int:
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a running Ray cluster (ray.address) instead of starting a local one")
     p.add_argument("--teachers", dest="teachers_mode", choices=["local", "actors"],
                    help="serve teachers in each worker or as Ray actors (ray.teachers)")
+    p.add_argument("--soft-labels", dest="soft_labels", choices=["online", "cache"],
+                   help="online: teacher forward every step; cache: replay teacher logits stored once for a "
+                        "fixed bank of augmentations (teachers.soft_labels)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a config and its data without training")
     _add_config_args(p)
@@ -102,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="reprint the results table of a finished run")
     p.add_argument("run_dir", help="a run directory, e.g. runs/default")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("submit", help="submit a run to a Ray cluster as a Ray Job and print the job id")
+    p = sub.add_parser("submit", help="submit a run (or a curriculum search) to a Ray cluster as a Ray Job "
+                                      "and print the job id")
     _add_config_args(p)
+    p.add_argument("--space", help="submit this curriculum search (space file or tune_spaces/ name) instead of "
+                                   "a run; --storage is then the search's output (a shared path)")
     p.add_argument("--address", dest="job_address", metavar="URL",
                    help="the cluster's Ray dashboard, e.g. http://<head>:8265 (default: $RAY_ADDRESS)")
     p.add_argument("--storage", help="where the run directory goes (output.dir): a shared path or a URI "
@@ -111,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the job and print the results table")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("tune", help="search curricula with Ray Tune; re-running the same command resumes")
+    p.add_argument("space", help="search space YAML path, or a name in tune_spaces/ (smoke, cifar10_short, ...)")
+    p.add_argument("--samples", type=int, help="number of trials (distinct configurations; default: the space's)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], help="asha stops weak curricula early (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's, else what the CPUs allow)")
+    p.add_argument("--output", help="parent of the search directory (default: the space's output, runs/tune)")
+    p.add_argument("--top", type=int, default=5, help="print the best N trials (default 5)")
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("experiments", help="list the shipped example experiments")
     p.set_defaults(func=cmd_experiments)
     return parser

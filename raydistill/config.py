@@ -21,6 +21,8 @@ PASS_MODES = ("sequential", "mixed")
 SCHEDULES = ("step", "cosine", "constant")
 SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
 TEACHER_MODES = ("actors", "local")
+SOFT_LABELS = ("online", "cache")
+CACHE_FORMATS = ("float16", "topk")
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,11 @@ class TeachersConfig:
     schedule: str = "cosine"
     milestones: list = field(default_factory=lambda: [])  # epochs, for "step"
     checkpoints: Optional[dict] = None  # {"group0": path, ..., "all": path}: load instead of training
+    soft_labels: str = "online"         # online: teacher forward every step; cache: replay stored logits
+    cache_draws: int = 8                # cache: augmentation draws per sample (epochs cycle through them)
+    cache_format: str = "float16"       # cache: float16 (all logits) | topk (top-k values + indices)
+    cache_topk: int = 5                 # cache_format topk: logits kept per (sample, draw)
+    cache_dir: Optional[str] = None     # cache: None = <output.dir>/softlabels (shared by runs and trials)
 
 
 @dataclass
@@ -240,6 +247,15 @@ class Experiment:
         if t.checkpoints is not None:
             need(isinstance(t.checkpoints, dict), "teachers.checkpoints",
                  "a mapping like {group0: path, all: path}", t.checkpoints)
+        need(t.soft_labels in SOFT_LABELS, "teachers.soft_labels", f"one of {list(SOFT_LABELS)}", t.soft_labels)
+        need(isinstance(t.cache_draws, int) and 1 <= t.cache_draws <= 32767, "teachers.cache_draws",
+             "an integer in 1..32767 (augmentation draws per sample)", t.cache_draws)
+        need(t.cache_format in CACHE_FORMATS, "teachers.cache_format", f"one of {list(CACHE_FORMATS)}",
+             t.cache_format)
+        need(isinstance(t.cache_topk, int) and t.cache_topk >= 1, "teachers.cache_topk", "a positive integer",
+             t.cache_topk)
+        need(t.cache_dir is None or (bool(t.cache_dir) and "://" not in t.cache_dir), "teachers.cache_dir",
+             "a local directory path or null (<output.dir>/softlabels)", t.cache_dir)
 
         need(self.student.arch in ARCHITECTURES, "student.arch", f"one of {ARCHITECTURES}", self.student.arch)
 

@@ -21,19 +21,21 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 from urllib.parse import urlparse
 
 from raydistill import storage as _storage
 from raydistill.config import Experiment
+from raydistill.reachability import check_reachable
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONFIG_NAME = "experiment.yaml"
+SPACE_NAME = "space.yaml"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -59,15 +61,12 @@ def dashboard_url(address: Optional[str]) -> str:
 
 def _check_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast (requests has no connect timeout in Ray's client) with the address in the message."""
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    port = urlparse(url).port or (443 if urlparse(url).scheme == "https" else 80)
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
-    except OSError as err:
-        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
-        raise JobError(f"cannot reach the Ray dashboard at {url} ({reason}); is the cluster up "
-                       f"(`ray up cluster.yaml`, or `ray start --head`) and is port {port} open?") from None
+        check_reachable(url, "the Ray dashboard", f"is the cluster up (`ray up cluster.yaml`, or `ray start "
+                        f"--head`) and is port {port} open?", timeout=timeout)
+    except ConnectionError as err:
+        raise JobError(str(err)) from None
 
 
 def _client(url: str):
@@ -89,10 +88,11 @@ def _results(location: str):
 class JobHandle:
     """A submitted raydistill job: `status()`, `logs()`, `wait()`, `results()`."""
 
-    def __init__(self, job_id: str, address: str, run_location: str, client=None):
+    def __init__(self, job_id: str, address: str, run_location: str, client=None, kind: str = "run"):
         self.job_id = job_id
         self.address = address
-        self.run_location = run_location   # local path or URI of the run directory
+        self.run_location = run_location   # local path or URI of the run (or search) directory
+        self.kind = kind                   # "run" or "search"
         self._client = client
 
     @property
@@ -134,47 +134,126 @@ class JobHandle:
             time.sleep(poll)
 
     def results(self):
-        """RunResult (teachers, methods, history, run_dir) read back from the run's storage."""
+        """A run: RunResult (teachers, methods, history, run_dir) read back from the run's storage.
+        A search: SearchResult (table of trials, best row, best.yaml) read from the search directory."""
+        if self.kind == "search":
+            from raydistill.search.tuner import load_search
+            return load_search(self.run_location)
         return _results(self.run_location)
 
 
-def submit(experiment: Union[Experiment, str], address: Optional[str] = None, *, storage: Optional[str] = None,
-           wait: bool = False, timeout: Optional[float] = None, env_vars: Optional[dict] = None,
-           job_id: Optional[str] = None) -> JobHandle:
-    """Submit `experiment` (an Experiment, a YAML path or a shipped name) as a Ray Job to the
-    dashboard at `address` (`http://<head>:8265`; default $RAY_ADDRESS). `storage` replaces
-    `output.dir` (a shared path or a URI such as `s3://bucket/runs`). With `wait=True` block until
-    the job succeeds (JobError if it fails). `env_vars` are added to the job's environment."""
-    import raydistill
+@dataclass
+class JobSpec:
+    """What a job ships and runs: one config file in its working_dir and the command that uses it."""
+    kind: str           # "run" or "search"
+    name: str
+    filename: str
+    text: str
+    entrypoint: str
+    location: str       # where results are read back (run directory, or search directory)
 
+
+def _absolute(path: Optional[str]) -> Optional[str]:
+    """A relative local path as the submitting machine sees it (the job runs in another directory)."""
+    if not path or _storage.is_uri(path):
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def _portable(exp: Experiment) -> Experiment:
+    """Data, teacher and output paths made absolute, so they mean the same thing inside the job."""
+    exp = copy.deepcopy(exp)
+    d = exp.data
+    d.root, d.train_path, d.test_path = _absolute(d.root), _absolute(d.train_path), _absolute(d.test_path)
+    if exp.teachers.checkpoints:
+        exp.teachers.checkpoints = {k: _absolute(v) for k, v in exp.teachers.checkpoints.items()}
+    if _storage.is_uri(exp.output.dir):
+        _storage.filesystem(exp.output.dir)   # an unusable URI fails here, not on the cluster
+    else:
+        exp.output.dir = _absolute(exp.output.dir)
+    return exp
+
+
+def experiment_job(experiment: Union[Experiment, str], storage: Optional[str] = None) -> JobSpec:
     exp = copy.deepcopy(experiment if isinstance(experiment, Experiment) else Experiment.load(experiment))
     if storage is not None:
         exp.output.dir = str(storage)
-    if not _storage.is_uri(exp.output.dir):
-        exp.output.dir = str(Path(exp.output.dir).expanduser().resolve())
-    else:
-        _storage.filesystem(exp.output.dir)   # an unusable URI fails here, not on the cluster
-    exp.validate()
+    exp = _portable(exp).validate()
+    return JobSpec("run", exp.run_name(), CONFIG_NAME, exp.to_yaml(),
+                   f"python -m raydistill.cli run --config {CONFIG_NAME} --address auto", _storage.run_location(exp))
+
+
+def search_job(space, storage: Optional[str] = None) -> JobSpec:
+    """A search ships as one self-contained space file (base experiment inlined, absolute paths);
+    it writes to a filesystem path every node and the submitting machine share."""
+    import yaml
+    from raydistill.search.space import load_space, space_to_dict
+    space = copy.deepcopy(load_space(space))
+    output = storage if storage is not None else space.output
+    if _storage.is_uri(output):
+        raise JobError(f"search output {output!r}: a search writes to a shared filesystem path (NFS, a local "
+                       f"cluster), not a URI")
+    space.output = _absolute(output)
+    space.base = _portable(space.base)
+    space.base.ray.address = "auto"
+    text = yaml.safe_dump(space_to_dict(space), sort_keys=False)
+    return JobSpec("search", space.name, SPACE_NAME, text, f"python -m raydistill.cli tune {SPACE_NAME}",
+                   str(Path(space.output) / space.name))
+
+
+def is_search(work) -> bool:
+    """A SearchSpace, a YAML file with a `search:` section, or the name of a space in tune_spaces/
+    that is not also a shipped experiment."""
+    from raydistill.config import load_yaml, shipped_experiments
+    if isinstance(work, Experiment):
+        return False
+    if type(work).__name__ == "SearchSpace":
+        return True
+    path = Path(str(work))
+    if path.is_file():
+        raw = load_yaml(path.read_text())
+        return isinstance(raw, dict) and "search" in raw
+    if str(work) in shipped_experiments():
+        return False
+    from raydistill.search.space import SpaceError, find_space
+    try:
+        find_space(str(work))
+        return True
+    except SpaceError:
+        return False
+
+
+def submit(work, address: Optional[str] = None, *, storage: Optional[str] = None, wait: bool = False,
+           timeout: Optional[float] = None, env_vars: Optional[dict] = None, job_id: Optional[str] = None) -> JobHandle:
+    """Submit `work` as a Ray Job to the dashboard at `address` (`http://<head>:8265`; default
+    $RAY_ADDRESS): an experiment (an Experiment, a YAML path or a shipped name), which runs like
+    `raydistill run`, or a curriculum search (a SearchSpace, a space file or a name in tune_spaces/),
+    which runs like `raydistill tune`. `storage` replaces output.dir (a shared path or, for runs, a
+    URI such as `s3://bucket/runs`) or the search's output. Relative paths are resolved on this
+    machine. With `wait=True` block until the job succeeds (JobError if it fails). `env_vars` are
+    added to the job's environment."""
+    import raydistill
+
+    spec = search_job(work, storage) if is_search(work) else experiment_job(work, storage)
     url = dashboard_url(address)
     client = _client(url)
 
-    job_id = job_id or f"raydistill-{exp.run_name()}-{uuid.uuid4().hex[:8]}"
+    job_id = job_id or f"raydistill-{spec.name}-{uuid.uuid4().hex[:8]}"
     staging = Path(tempfile.mkdtemp(prefix="raydistill-job-"))
     try:
-        (staging / CONFIG_NAME).write_text(exp.to_yaml())
+        (staging / spec.filename).write_text(spec.text)
         runtime_env = {"working_dir": str(staging),
                        "py_modules": [str(Path(raydistill.__file__).resolve().parent)]}
         if env_vars:
             runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
         try:
-            client.submit_job(entrypoint=f"python -m raydistill.cli run --config {CONFIG_NAME} --address auto",
-                              submission_id=job_id, runtime_env=runtime_env,
-                              metadata={"raydistill_run": _storage.run_location(exp)})
+            client.submit_job(entrypoint=spec.entrypoint, submission_id=job_id, runtime_env=runtime_env,
+                              metadata={"raydistill_kind": spec.kind, "raydistill_location": spec.location})
         except Exception as err:
             raise JobError(f"submitting to {url} failed: {type(err).__name__}: {err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)   # uploaded by submit_job
-    handle = JobHandle(job_id, url, _storage.run_location(exp), client=client)
+    handle = JobHandle(job_id, url, spec.location, client=client, kind=spec.kind)
     if wait:
         handle.wait(timeout=timeout)
     return handle

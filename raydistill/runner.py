@@ -23,8 +23,8 @@ from raydistill.report import format_table, method_summary
 from raydistill.report_files import write_report_files
 from raydistill.teachers import FrozenTeacher, LocalTeachers, TeacherError, load_teacher, save_teacher
 from raydistill.teachers.training import teacher_plan
-from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, student_settings,
-                                  teacher_settings, write_json)
+from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, refuse_changed_config,
+                                  student_settings, teacher_settings, write_json)
 
 # train(plan, train_set, val_set, test_set, teacher_client, settings) -> (model, history)
 TrainFn = Callable[..., tuple]
@@ -63,6 +63,7 @@ def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
                                f"{len(data.groups) - 1} or all")
         load_teacher(path, teacher_classes(key, data), expected_arch=exp.teachers.arch)
     out = check_output_dir(storage.local_experiment(exp))   # a URI output.dir: local staging dir
+    refuse_changed_config(out, exp)
     (out / "config.yaml").write_text(exp.to_yaml())
     return data, out
 
@@ -123,6 +124,8 @@ def method_stage(exp: Experiment, data: PreparedData, out: Path, method: str, cl
                  train: TrainFn, write: bool = True, wall_offset: float = 0.0) -> tuple[list, dict]:
     """Train one method's plan; save its final model under out/checkpoints. Returns (history, summary)."""
     plan: Plan = plan_for(method, exp, data.groups)
+    if not any(lesson.teacher for grade in plan.grades for lesson in grade.lessons):
+        client = None   # scratch: no teacher, so fresh augmentation even when soft labels are cached
     started = time.perf_counter()
     model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log)
     wall = wall_offset + time.perf_counter() - started
@@ -168,6 +171,9 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
     result = RunResult(out)
     teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
     client = LocalTeachers(teachers)
+    if exp.teachers.soft_labels == "cache" and teachers:
+        from raydistill.softlabels import cache_root, ensure_soft_label_cache
+        client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp, out), log=log).client()
     for method in exp.methods:
         history, result.methods[method] = method_stage(exp, data, out, method, client, log, local_train(device))
         result.history += history

@@ -80,6 +80,20 @@ def teacher_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
                          std=tuple(data.std), seed=exp.seed + 1)
 
 
+def with_absolute_paths(exp: Experiment) -> Experiment:
+    """A copy whose local output.dir and teacher checkpoint paths are absolute: Ray workers run in
+    another working directory, so a relative path would name a different (or no) file there."""
+    import copy
+    from raydistill.storage import is_uri
+    exp = copy.deepcopy(exp)
+    if exp.output.dir and not is_uri(exp.output.dir):
+        exp.output.dir = str(Path(exp.output.dir).expanduser().resolve())
+    if exp.teachers.checkpoints:
+        exp.teachers.checkpoints = {k: v if is_uri(v) else str(Path(v).expanduser().resolve())
+                                    for k, v in exp.teachers.checkpoints.items()}
+    return exp
+
+
 def run_dir(exp: Experiment) -> Path:
     return Path(exp.output.dir).expanduser() / exp.run_name()
 
@@ -94,6 +108,47 @@ def check_output_dir(exp: Experiment) -> Path:
     if not os.access(path, os.W_OK):
         raise ConfigError(f"output.dir: run directory {path} is not writable")
     return path
+
+
+# What may differ between a run and the command that resumes it: where and how it runs, not what it trains.
+RESUMABLE_FIELDS = ("name", "device", "ray", "output")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and prefix + key not in ("teachers.checkpoints",):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_changes(old: Experiment, new: Experiment) -> list[str]:
+    """`field: old -> new` for every training-relevant field that differs (ray.*, output.* and the
+    like may change on resume)."""
+    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
+
+
+def refuse_changed_config(run_path: Path, exp: Experiment) -> None:
+    """A run directory that already holds a run (its config.yaml) is only resumed or re-run with the same
+    training config; anything else would mix two experiments' epochs, checkpoints and metrics."""
+    path = run_path / "config.yaml"
+    if not path.is_file():
+        return
+    from raydistill.config import load_yaml
+    try:
+        old = Experiment.from_dict(load_yaml(path.read_text()) or {}, source=str(path))
+    except Exception as err:  # unreadable or from an incompatible version: do not guess, do not overwrite
+        raise ConfigError(f"{path}: the run directory holds a config that cannot be read ({err}); "
+                          f"choose another output.name or remove {run_path}") from None
+    changes = config_changes(old, exp)
+    if changes:
+        raise ConfigError(f"{run_path}: already holds a run with a different config, so resuming it with this one "
+                          f"is refused. Changed: {'; '.join(changes)}. Re-run with the original config, or choose "
+                          f"another output.name (or remove the directory) to start a new run.")
 
 
 def write_json(path: Path, payload) -> None:

@@ -3,8 +3,8 @@
 CLI, which maps these errors to exit code 2) with ONE message naming the field, file or row and what
 was expected. Nothing here trains or starts Ray.
 
-Not covered here (other parts of issue #8 / other test modules): an invalid search space, an
-unreachable cluster address (`ray.address`), and resuming a run directory with a changed config.
+Elsewhere: an unreachable dashboard for `submit` (tests/test_jobs.py), invalid search spaces
+(tests/test_tune.py), a non-finite loss mid-run (tests/test_distributed.py).
 """
 from __future__ import annotations
 
@@ -308,3 +308,46 @@ def test_cli_data_error_before_ray(tmp_path, capsys, monkeypatch):
 def test_cli_invalid_field_exit_code(tmp_path, capsys):
     err = _cli(capsys, "validate", "--set", "teachers.epochs=0")
     assert "teachers.epochs: expected a positive integer, got 0" in err
+
+
+def _no_ray(monkeypatch):
+    import raydistill.distributed.trainer as trainer
+
+    def no_ray(*_a, **_k):
+        raise AssertionError("Ray was started before the input was checked")
+    monkeypatch.setattr(trainer, "init_ray", no_ray)
+
+
+def test_cli_unreachable_ray_address(tmp_path, capsys, monkeypatch):
+    """`run --address` to a port nobody listens on: exit 2 within seconds, naming ray.address and the address."""
+    import socket
+    import time
+    _no_ray(monkeypatch)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = tmp_path / "exp.yaml"
+    path.write_text(_exp(tmp_path).to_yaml())
+    started = time.monotonic()
+    err = _cli(capsys, "run", "--config", str(path), "--address", f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 15
+    assert f"ray.address: cannot reach 127.0.0.1:{port}" in err
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_cli_resume_with_changed_config_is_refused(tmp_path, capsys, monkeypatch):
+    """A run directory holding a run is only resumed with the same training config; the message lists
+    every changed field, and the directory's config.yaml is left as it was."""
+    from raydistill.runner import start_run
+    _no_ray(monkeypatch)
+    exp = _exp(tmp_path)
+    _, out = start_run(exp)
+    before = (out / "config.yaml").read_text()
+    path = tmp_path / "exp.yaml"
+    path.write_text(exp.to_yaml())
+    err = _cli(capsys, "run", "--config", str(path), "--set", "curriculum.temperature=2",
+               "--set", "optimizer.lr=0.1", "--set", "ray.max_failures=3")
+    assert "already holds a run with a different config" in err
+    assert "curriculum.temperature: 4.0 -> 2.0" in err and "optimizer.lr: 0.05 -> 0.1" in err
+    assert "max_failures" not in err        # how a run executes may change on resume
+    assert (out / "config.yaml").read_text() == before

@@ -185,3 +185,45 @@ def test_two_node_cluster_places_teachers_and_workers(tmp_path):
     assert set(placement["teachers"].values()) == {info["head"]}
     summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
     assert "ed" in summary["methods"]
+
+
+def _teacher_files(tmp_path, exp, poisoned: str) -> dict:
+    """Untrained teacher checkpoints for every group; `poisoned`'s weights are NaN (a corrupted file)."""
+    from raydistill.models import build_model
+    from raydistill.teachers import save_teacher
+    from raydistill.workspace import prepare_data
+    data = prepare_data(exp)
+    paths = {}
+    for p, classes in enumerate(data.groups):
+        model = build_model(exp.teachers.arch, len(classes))
+        model.class_ids.copy_(torch.tensor(classes))
+        if f"group{p}" == poisoned:
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.fill_(float("nan"))
+        paths[f"group{p}"] = str(tmp_path / f"group{p}.pt")
+        save_teacher(paths[f"group{p}"], model, data.mean, data.std)
+    return paths
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ray_session, tmp_path):
+    """A teacher with NaN weights makes ED's loss non-finite in its first epoch: the run stops (no
+    restart, although max_failures allows one) naming method, grade and epoch; the completed
+    `scratch` stage, its checkpoint and its metrics are kept and stay the latest Ray checkpoint."""
+    from raydistill.distill.engine import NonFiniteLossError
+    from raydistill.distributed.trainer import latest_progress, run_distributed
+    exp = tiny_experiment(tmp_path, **{"methods": "[scratch,ed]", "curriculum.grade_epochs": "[1,1,1]",
+                                       "ray.max_failures": 1})
+    exp = exp.with_overrides([f"teachers.checkpoints={json.dumps(_teacher_files(tmp_path, exp, 'group0'))}"])
+    with pytest.raises(NonFiniteLossError, match=r"ed: non-finite loss .* in grade 1, epoch 1"):
+        run_distributed(exp, progress=None)
+    run_dir = tmp_path / "tiny"
+    state = latest_progress(None, run_dir / "ray" / "train")
+    assert (state["stage"], state["train_state"]["epoch"]) == ("method:scratch", 3)   # the last good epoch
+    assert "method:ed" not in state["completed"]
+    assert torch.load(run_dir / "checkpoints" / "scratch.pt", weights_only=True)["arch"] == "resnet8"
+    assert not (run_dir / "checkpoints" / "ed.pt").exists()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert [h["method"] for h in saved["history"]] == ["scratch"] * 3
+    assert len({e["attempt"] for e in _epochs_log(run_dir)}) == 1          # not restarted
+    assert not (run_dir / "aborted.json").exists()

@@ -23,6 +23,7 @@ import pytest
 from conftest import tiny_experiment
 
 VENV_BIN = Path(sys.executable).parent
+REPO_SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
 RAY_BIN = VENV_BIN / "ray"
 
 
@@ -167,3 +168,22 @@ def test_address_forms():
     assert dashboard_url("http://head:8265/") == "http://head:8265"
     with pytest.raises(JobError, match="ray://"):
         dashboard_url("ray://head:10001")
+
+
+def test_a_search_ships_as_one_self_contained_space(tmp_path, monkeypatch):
+    """submit() of a search sends one space file with the base inlined and absolute paths; loaded in
+    the job's directory it samples exactly the trials the original space does."""
+    from raydistill.jobs import is_search, search_job
+    from raydistill.search.space import load_space, space_from_dict
+    from raydistill.config import load_yaml
+    assert is_search("smoke") and not is_search("default") and not is_search(job_experiment(tmp_path))
+    spec = search_job("smoke", storage="relative/tune")
+    assert spec.kind == "search" and spec.entrypoint == "python -m raydistill.cli tune space.yaml"
+    assert spec.location == str(Path("relative/tune").resolve() / "smoke")
+    monkeypatch.chdir(tmp_path)                      # the job runs elsewhere: nothing may depend on the cwd
+    shipped = space_from_dict(load_yaml(spec.text), source="space.yaml", base_dir=tmp_path)
+    original = load_space(REPO_SPACES / "smoke.yaml")
+    assert shipped.candidates() == original.candidates()
+    assert shipped.base.ray.address == "auto" and Path(shipped.output).is_absolute()
+    with pytest.raises(Exception, match="not a URI"):
+        search_job("smoke", storage="s3://bucket/tune")

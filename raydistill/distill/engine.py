@@ -25,13 +25,32 @@ from raydistill.models import build_grade_model, carry_over
 
 
 class TeacherClient(Protocol):
-    """Where teacher logits come from: in-process models, Ray actors, or a cache."""
+    """Where teacher logits come from: in-process models, Ray actors, or a cache.
 
-    def submit(self, key: str, images: torch.Tensor) -> Any:
-        """Start computing logits of teacher `key` for uint8 images [B,3,H,W]; return a handle."""
+    A client may also carry a `replay` (see `Replay`): then the engine augments with the replay's
+    fixed draws instead of fresh random ones and passes `index`/`draw` to `submit`."""
+
+    def submit(self, key: str, images: torch.Tensor, index: Optional[torch.Tensor] = None,
+               draw: Optional[torch.Tensor] = None) -> Any:
+        """Start computing logits of teacher `key` for uint8 images [B,3,H,W]; return a handle.
+        `index` (positions in the training set) and `draw` are given only to clients with a replay."""
 
     def fetch(self, handle: Any) -> torch.Tensor:
         """The float logits [B, classes of the teacher] for a handle from `submit`."""
+
+
+class Replay(Protocol):
+    """Fixed augmentation draws per training sample (the soft-label cache's bank): a cache holds
+    teacher logits for exactly these images, so the student must see the same ones."""
+
+    def __len__(self) -> int:
+        """Number of training samples the draws were made for."""
+
+    def draw_at(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Which draw each sample at `index` uses in global epoch `epoch`."""
+
+    def apply(self, images: torch.Tensor, index: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        """The uint8 images of samples `index` augmented with their draws `draw`."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -144,7 +163,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
     for stream, pass_indices in enumerate(grade_passes(grade, data.labels, pass_mode)):
         batches = shard_batches(pass_indices, s.batch_size, s.seed, epoch, stream, ctx.rank, ctx.world_size)
         aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
-        for batch, teacher_out in _prefetched(batches, data, grade, tables, teachers, s, aug_gen):
+        for batch, teacher_out in _prefetched(batches, data, grade, tables, teachers, s, aug_gen, epoch):
             images, labels, lessons = batch
             x = normalize(images, s.mean, s.std).to(ctx.device, non_blocking=True)
             targets = tables.position[labels].to(ctx.device)
@@ -155,9 +174,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
                                       tables.slices[li], s.temperature, reduction="sum")
                 kd_sum = term if kd_sum is None else kd_sum + term
             terms = ed_loss(logits, targets, kd_sum, s.alpha)
-            if not torch.isfinite(terms["loss"]):
-                raise NonFiniteLossError(f"non-finite loss {terms['loss'].item()} in grade {grade.index + 1}, "
-                                         f"epoch {epoch + 1}")
+            # collective, so every worker stops at the same step instead of one of them hanging in DDP's all-reduce
+            bad = ctx.all_reduce_sum(torch.tensor([0.0 if torch.isfinite(terms["loss"]) else 1.0], device=ctx.device))
+            if bad.item() > 0:
+                raise NonFiniteLossError(f"non-finite loss ({terms['loss'].item()} on rank {ctx.rank}) in grade "
+                                         f"{grade.index + 1}, epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -173,12 +194,22 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
 
 
 def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teachers, s: TrainSettings,
-                gen: torch.Generator) -> Iterator:
-    """Yield (batch, teacher logits) with batch k+1's teacher calls submitted before k is used."""
+                gen: torch.Generator, epoch: int) -> Iterator:
+    """Yield (batch, teacher logits) with batch k+1's teacher calls submitted before k is used.
+    With a replay (soft-label cache) sample i is augmented with its draw for this epoch and the
+    client is told (sample, draw); otherwise augmentation is drawn from `gen`."""
+    replay: Optional[Replay] = getattr(teachers, "replay", None)
+    if replay is not None and len(replay) != len(data):
+        raise ValueError(f"soft-label cache: its augmentation bank covers {len(replay)} training samples, "
+                         f"expected {len(data)} (the training set it is used with)")
 
     def prepare(index):
         images = data.images[index]
-        if s.augment:
+        draw = None
+        if replay is not None:
+            draw = replay.draw_at(index, epoch)
+            images = replay.apply(images, index, draw)
+        elif s.augment:
             images = random_crop_flip(images, padding=4, generator=gen)
         labels = data.labels[index]
         lessons = tables.lesson[labels]
@@ -190,7 +221,10 @@ def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teac
                 rows = torch.nonzero(lessons == li).flatten()
                 if len(rows):
                     sub = images if len(rows) == len(labels) else images[rows]
-                    calls[li] = (rows, teachers.submit(lesson.teacher, sub))
+                    if replay is None:
+                        calls[li] = (rows, teachers.submit(lesson.teacher, sub))
+                    else:
+                        calls[li] = (rows, teachers.submit(lesson.teacher, sub, index=index[rows], draw=draw[rows]))
         return (images, labels, lessons), calls
 
     pending = None

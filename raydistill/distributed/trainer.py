@@ -33,12 +33,13 @@ import torch
 from raydistill.config import Experiment
 from raydistill.data import ImageSet
 from raydistill.distill.curriculum import teachers_needed
-from raydistill.distill.engine import TrainContext, TrainState, train_plan
+from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
 from raydistill.runner import (RunResult, finish_run, method_stage, start_run, teacher_stage, write_metrics)
 from raydistill.teachers import LocalTeachers, load_teacher
-from raydistill.workspace import PreparedData
+from raydistill.workspace import PreparedData, with_absolute_paths
 
 STATE_FILE = "state.pt"
+ABORTED_FILE = "aborted.json"   # written by rank 0 when a non-finite loss stops the run
 LOCAL_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
@@ -113,6 +114,18 @@ def unpack_data(packed: dict) -> PreparedData:
     return PreparedData(sets["train"], sets["val"], sets["test"], packed["groups"], packed["mean"], packed["std"])
 
 
+def check_cluster_address(exp: Experiment) -> None:
+    """ray.address must answer before anything is loaded or started (ray.init would retry for minutes)."""
+    from raydistill.config import ConfigError
+    from raydistill.reachability import check_reachable
+    if exp.ray.address:
+        try:
+            check_reachable(exp.ray.address, "ray.address", "is the cluster up (`ray start --head`, `ray up "
+                            "cluster.yaml`) and its port open? Expected host:6379, ray://host:10001 or auto")
+        except ConnectionError as err:
+            raise ConfigError(str(err)) from None
+
+
 def init_ray(exp: Experiment, num_teachers: int) -> bool:
     """Connect to `ray.address`, or start a local instance. Returns True if this call started Ray."""
     import ray
@@ -133,15 +146,19 @@ def init_ray(exp: Experiment, num_teachers: int) -> bool:
 # ---- the driver ------------------------------------------------------------------------------
 
 def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] = print, *,
-                    fail_once_at: Optional[tuple] = None) -> RunResult:
+                    fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None) -> RunResult:
     """Run (or resume) an experiment with Ray Train. `fail_once_at=(stage, epoch)` kills rank 0
-    right after that epoch's checkpoint, once per run directory (for tests of recovery)."""
+    right after that epoch's checkpoint, once per run directory (for tests of recovery).
+    `callbacks`: Ray Train UserCallbacks for the run (Tune trials forward epoch reports with one)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     log = progress or (lambda _msg: None)
+    check_cluster_address(exp)
+    exp = with_absolute_paths(exp)
     data, out = start_run(exp)
+    (out / ABORTED_FILE).unlink(missing_ok=True)   # from an earlier attempt
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers)
     try:
@@ -158,6 +175,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
             run_config=RunConfig(name="train", storage_path=str((out / "ray").resolve()),
                                  failure_config=FailureConfig(max_failures=r.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 callbacks=callbacks,
                                  # Ray Train logs every report at INFO and, without a dashboard, warns
                                  # every second that the state API is unavailable
                                  logging_config=ray.LoggingConfig(log_level="ERROR"),
@@ -169,6 +187,11 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
             raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
                                  f"re-run the same command to resume from the last epoch checkpoint "
                                  f"in {out / 'ray'}") from err
+        if (out / ABORTED_FILE).is_file():
+            error = json.loads((out / ABORTED_FILE).read_text())["error"]
+            (out / ABORTED_FILE).unlink()
+            raise NonFiniteLossError(f"{error}; the run stopped there. Completed stages and the last good "
+                                     f"epoch checkpoint are kept in {out}")
         state = latest_progress(fit.checkpoint, out / "ray" / "train")
         return finish_run(exp, result_from_progress(exp, out, state["completed"]), log)
     finally:
@@ -220,6 +243,18 @@ def _gather(obj, ctx: TrainContext) -> list:
 
 
 def train_loop(config: dict) -> None:
+    """Ray Train's per-worker entry point. A diverged run (non-finite loss, raised on every rank at the
+    same step) ends the fit normally with an `aborted` report and no new checkpoint: a restart from
+    the last checkpoint would only diverge again, and that checkpoint must stay the latest."""
+    import ray.train
+    try:
+        _train_stages(config)
+    except NonFiniteLossError as err:
+        if ray.train.get_context().get_world_rank() == 0:   # Train V2 keeps only checkpointed metrics: use a file
+            (Path(config["run_dir"]) / ABORTED_FILE).write_text(json.dumps({"error": str(err)}))
+
+
+def _train_stages(config: dict) -> None:
     import ray
     import ray.train
     from ray.train import Checkpoint
@@ -298,7 +333,9 @@ def train_loop(config: dict) -> None:
 
     client, actors = None, None
     needs_teachers = any(m in ("ed", "kd", "multi_teacher") for m in (s.split(":", 1)[1] for s in methods_left))
-    if needs_teachers and frozen:
+    if needs_teachers and frozen and exp.teachers.soft_labels == "cache":
+        client = _cache_client(exp, data, frozen, ctx, out, writer, log)
+    elif needs_teachers and frozen:
         client, actors = _teacher_client(exp, frozen, ctx, attempt, out, writer)
 
     for stage in methods_left:
@@ -338,3 +375,14 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
     if not writer:
         actors = {k: ray.get_actor(prefix + k) for k in frozen}
     return ActorTeachers(actors), (actors if writer else None)
+
+
+def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainContext, out: Path, writer: bool,
+                  log):
+    """Soft labels from the cache: rank 0 loads or builds it (Ray tasks when the cluster has room
+    besides the Train workers, else in this worker), the other ranks read the directory rank 0
+    names once it exists (a shared filesystem, as for the run directory)."""
+    from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache
+    cache = ensure_soft_label_cache(exp, data, frozen, root=cache_root(exp, out), log=log) if writer else None
+    directory = _broadcast(str(cache.directory) if writer else None, ctx)   # also the barrier
+    return (cache if writer else load_soft_label_cache(Path(directory))).client()

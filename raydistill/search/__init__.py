@@ -1,0 +1,13 @@
+"""Curriculum search with Ray Tune: search spaces as files (space), one Ray Train run per trial
+(trainable), teachers trained once (teachers), Tuner + resume (tuner), results table and best
+experiment (results). Importing this package does not import Ray."""
+from raydistill.search.space import SearchSpace, SpaceError, load_space, shipped_spaces
+
+
+def tune(space_or_path, **kwargs):
+    """Run (or resume) a curriculum search (see raydistill.search.tuner.tune)."""
+    from raydistill.search.tuner import tune as _tune
+    return _tune(space_or_path, **kwargs)
+
+
+__all__ = ["SearchSpace", "SpaceError", "load_space", "shipped_spaces", "tune"]

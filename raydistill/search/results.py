@@ -1,0 +1,99 @@
+"""The search's results: one row per trial (Parquet), the best N printed, the best exported as YAML.
+
+The best trial is chosen on the last epoch's VALIDATION accuracy among trials that ran their whole
+curriculum (an early-stopped trial's last val_acc is on fewer classes and not comparable); test
+accuracy is only reported.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from raydistill.search.space import SearchSpace
+from raydistill.search.trainable import trial_experiment, trial_name
+
+TABLE_FILE = "trials.parquet"
+BEST_FILE = "best.yaml"
+COMPLETED = "completed"
+
+
+def trial_rows(space: SearchSpace, results, candidates: list, scheduler: str) -> list:
+    """One dict per trial from Tune results: (candidate index, metrics of the last report, error)."""
+    by_index = {}
+    for r in results:
+        by_index[r["index"]] = r
+    rows = []
+    for index, values in enumerate(candidates):
+        r = by_index.get(index, {})
+        metrics = r.get("metrics") or {}
+        planned = space.experiment_for(values).total_epochs()
+        run = int(metrics.get("epoch", 0) or 0)
+        status = r.get("status")
+        if r.get("error"):
+            reason = f"error: {str(r['error']).strip().splitlines()[-1][:120]}"
+        elif run >= planned:
+            reason = COMPLETED
+        elif not r or (status == "PENDING" and run == 0):
+            reason = "not run"
+        elif status == "TERMINATED" and scheduler == "asha":
+            reason = f"stopped by asha after epoch {run}"
+        else:
+            reason = f"interrupted after epoch {run}"
+        row = {"trial": trial_name(index)}
+        row.update({path: values[path] for path in values})
+        row.update({"val_acc": metrics.get("val_acc"), "test_acc": metrics.get("test_acc"),
+                    "grade": metrics.get("grade"), "epochs_run": run, "epochs_planned": planned,
+                    "stop_reason": reason, "wall_s": round(float(metrics.get("time_total_s", 0.0) or 0.0), 1)})
+        rows.append(row)
+    return rows
+
+
+def table_frame(rows: list, dimensions: list):
+    """A DataFrame; searched list values become their YAML flow text (Parquet wants one type)."""
+    import pandas as pd
+    frame = pd.DataFrame(rows)
+    for d in dimensions:
+        column = frame[d.path]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column):
+            frame[d.path] = [json.dumps(v) for v in column]
+    return frame
+
+
+def write_table(frame, search_dir: Path) -> Path:
+    path = Path(search_dir) / TABLE_FILE
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def best_row(rows: list):
+    """The completed trial with the highest last-epoch validation accuracy (ties: lowest trial)."""
+    done = [r for r in rows if r["stop_reason"] == COMPLETED and r["val_acc"] is not None]
+    return max(done, key=lambda r: r["val_acc"]) if done else None
+
+
+def format_best(frame, top: int) -> str:
+    """The best `top` completed trials by validation accuracy, then the rest, as text."""
+    shown = frame.assign(_done=frame["stop_reason"] == COMPLETED)
+    shown = shown.sort_values(["_done", "val_acc"], ascending=[False, False], kind="stable").drop(columns="_done")
+    shown = shown.head(top)
+    for col in ("val_acc", "test_acc"):
+        shown[col] = [("   n/a" if v is None or v != v else f"{100 * v:6.2f}") for v in shown[col]]
+    return shown.drop(columns=["wall_s"]).to_string(index=False)
+
+
+def export_best(space: SearchSpace, row: dict, values: dict, teachers: dict, search_dir: Path,
+                cpus_per_worker: float) -> Path:
+    """<search dir>/best.yaml: the best trial's complete experiment; `raydistill run --config` runs it
+    into <search dir>/best with the search's teachers."""
+    index = int(row["trial"].split("-")[1])
+    exp = trial_experiment(space.base.to_dict(), values, teachers, str(Path(search_dir).resolve()), index,
+                           cpus_per_worker)
+    exp = exp.with_overrides([f"name={space.name}-best", "output.name=best"])
+    path = Path(search_dir) / BEST_FILE
+    header = (f"# Best trial of search {space.name!r} ({space.source}): {row['trial']}, chosen on validation "
+              f"accuracy {row['val_acc']:.4f}\n# (test accuracy {row['test_acc']:.4f}, reported only). "
+              f"Reproduce: raydistill run --config {path}\n")
+    path.write_text(header + exp.to_yaml())
+    return path

@@ -1,0 +1,358 @@
+"""Search spaces as files: load, validate against the base experiment, sample distinct trials.
+
+Nothing here imports Ray: a wrong space must fail in the first second, naming the file and the
+dimension, before any cluster work starts. Every candidate value of a dimension is checked by
+building the base experiment with that value and calling `validate()`, so a split tuple that is
+not increasing or an order of the wrong length is caught here, not in trial 7 of 20.
+
+File format (see tune_spaces/*.yaml)::
+
+    name: smoke                  # search directory name: <output>/<name>
+    base: {...} | cifar10 | x.yaml   # the experiment every trial starts from
+    set: {data.limit_per_class: 400} # dotted overrides applied to base
+    search:                      # one entry per searched field (dotted path)
+      curriculum.splits: {valid_splits: true}      # every strictly increasing tuple ending at the last block
+      curriculum.order: {permutations: true}       # every permutation of the groups
+      curriculum.head_widths: {choice: [16, 32, 64]}
+      optimizer.lr: {loguniform: [0.01, 0.2]}
+      curriculum.alpha: {uniform: [0.1, 0.5]}
+    samples: 8                   # trials (distinct configurations)
+    scheduler: asha              # asha | fifo
+    asha: {grace_period: 2, reduction_factor: 2}
+    max_concurrent: 2            # trials at once (default: what the CPUs allow)
+    seed: 0                      # sampling seed
+    output: runs/tune
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from raydistill.config import ConfigError, Experiment, load_yaml
+
+SCHEDULERS = ("asha", "fifo")
+KINDS = ("choice", "uniform", "loguniform", "valid_splits", "permutations")
+SPACE_KEYS = ("name", "description", "base", "set", "search", "samples", "scheduler", "asha", "max_concurrent",
+              "seed", "output")
+# Teachers are trained once per search from these fields, and Ray/output are set per trial:
+# searching them would silently make trials disagree with their teachers or their resources.
+NOT_SEARCHABLE = {"data": "teachers are trained once per search on the base experiment's data",
+                  "teachers": "teachers are trained once per search with the base experiment's settings",
+                  "methods": "trials run the ed curriculum only",
+                  "ray": "trial resources are set by the search (--max-concurrent, base ray section)",
+                  "output": "trial run directories are set by the search",
+                  "name": "trial names are set by the search"}
+ENUMERATE_LIMIT = 20000   # discrete spaces up to this size are enumerated exactly
+
+
+class SpaceError(ConfigError):
+    """A search-space problem; the message names the space file and the dimension."""
+
+
+@dataclass
+class Dimension:
+    path: str                       # dotted experiment field, e.g. curriculum.splits
+    kind: str                       # one of KINDS
+    values: Optional[list] = None   # discrete candidates (choice, valid_splits, permutations)
+    low: Optional[float] = None     # continuous range (uniform, loguniform)
+    high: Optional[float] = None
+
+    @property
+    def discrete(self) -> bool:
+        return self.values is not None
+
+    def sample(self, rng: random.Random):
+        if self.discrete:
+            return self.values[rng.randrange(len(self.values))]
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return rng.uniform(self.low, self.high)
+
+    def describe(self) -> str:
+        if self.discrete:
+            return f"{self.kind}: {len(self.values)} values"
+        return f"{self.kind} [{self.low}, {self.high}]"
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    source: str                     # the space file (for messages)
+    base: Experiment                # validated, with `set` applied
+    dimensions: list
+    samples: int = 4
+    scheduler: str = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_concurrent: Optional[int] = None
+    seed: int = 0
+    output: str = "runs/tune"
+    description: str = ""
+    _candidates: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def search_dir(self) -> Path:
+        return Path(self.output) / self.name
+
+    def experiment_for(self, values: dict) -> Experiment:
+        """The base experiment with these searched values (validated)."""
+        return apply_values(self.base, values).validate()
+
+    def candidates(self, samples: Optional[int] = None) -> list:
+        """`samples` distinct, valid configurations ({path: value}), reproducible from `seed`."""
+        n = samples or self.samples
+        if n not in self._candidates:
+            self._candidates[n] = self._draw(n)
+        return self._candidates[n]
+
+    def _draw(self, n: int) -> list:
+        rng = random.Random(self.seed)
+        if all(d.discrete for d in self.dimensions) and _product_size(self.dimensions) <= ENUMERATE_LIMIT:
+            combos = [dict(zip((d.path for d in self.dimensions), values))
+                      for values in itertools.product(*(d.values for d in self.dimensions))]
+            valid = [c for c in combos if self._valid(c)]
+            if len(valid) < n:
+                raise SpaceError(f"{self.source}: search: the space has only {len(valid)} distinct valid "
+                                 f"configuration(s) ({len(combos)} combinations), asked for {n} trials; "
+                                 f"lower --samples or widen the space")
+            return rng.sample(valid, n)
+        found, seen = [], set()
+        for _ in range(200 * n):
+            combo = {d.path: d.sample(rng) for d in self.dimensions}
+            key = json.dumps(combo, sort_keys=True)
+            if key not in seen and self._valid(combo):
+                seen.add(key)
+                found.append(combo)
+                if len(found) == n:
+                    return found
+        raise SpaceError(f"{self.source}: search: found only {len(found)} distinct valid configurations in "
+                         f"{200 * n} draws, asked for {n} trials; lower --samples or widen the space")
+
+    def _valid(self, values: dict) -> bool:
+        try:
+            self.experiment_for(values)
+            return True
+        except ConfigError:
+            return False
+
+
+def _product_size(dimensions) -> int:
+    return math.prod(len(d.values) for d in dimensions)
+
+
+# ---- applying values to an experiment --------------------------------------------------------
+
+def apply_values(exp: Experiment, values: dict, source: str = "search") -> Experiment:
+    """A new experiment with dotted fields set; unknown paths raise a SpaceError naming them."""
+    raw = exp.to_dict()
+    for path, value in values.items():
+        parent, key = _walk(raw, path, source)
+        parent[key] = value
+    return Experiment.from_dict(raw, source=source)
+
+
+def _walk(raw: dict, path: str, source: str) -> tuple:
+    """(section, field) of a dotted path in an experiment dict, or a SpaceError naming it."""
+    node, parts = raw, path.split(".")
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[:depth + 1])
+        if not isinstance(node, dict):
+            raise SpaceError(f"{source}.{path}: unknown parameter path ({'.'.join(parts[:depth])!r} is a value, "
+                             f"not a section)")
+        if part not in node:
+            raise SpaceError(f"{source}.{path}: unknown parameter path ({here!r} does not exist; valid there: "
+                             f"{', '.join(node)})")
+        if depth == len(parts) - 1:
+            return node, part
+        node = node[part]
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+def space_dirs() -> list:
+    """Where space names are looked up: ./tune_spaces, then the tune_spaces/ next to the package
+    (source checkouts and editable installs)."""
+    package_root = Path(str(resources.files("raydistill"))).parent
+    return [Path("tune_spaces"), package_root / "tune_spaces"]
+
+
+def shipped_spaces() -> list:
+    names = set()
+    for d in space_dirs():
+        if d.is_dir():
+            names |= {p.stem for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_space(name_or_path: Union[str, Path]) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpaceError(f"space file {path}: not found")
+        return path
+    for d in space_dirs():
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
+    raise SpaceError(f"space {name_or_path!r}: no such file and no space of that name in tune_spaces/ "
+                     f"(known: {', '.join(shipped_spaces()) or 'none'})")
+
+
+def load_space(name_or_path: Union[str, Path, "SearchSpace"]) -> SearchSpace:
+    """Load and validate a space file (path or name in tune_spaces/). Raises SpaceError."""
+    if isinstance(name_or_path, SearchSpace):
+        return name_or_path
+    path = find_space(name_or_path)
+    try:
+        raw = load_yaml(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpaceError(f"space file {path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return space_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path(".")) -> SearchSpace:
+    def fail(key: str, expected: str, value) -> SpaceError:
+        return SpaceError(f"{source}: {key}: expected {expected}, got {value!r}")
+
+    if not isinstance(raw, dict):
+        raise fail("top level", "a mapping with base and search", raw)
+    unknown = sorted(set(raw) - set(SPACE_KEYS))
+    if unknown:
+        raise SpaceError(f"{source}: {unknown[0]}: unknown key (valid: {', '.join(SPACE_KEYS)})")
+    base = _load_base(raw.get("base"), source, base_dir)
+    overrides = raw.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise fail("set", "a mapping of dotted fields to values", overrides)
+    try:
+        base = apply_values(base, overrides, source=f"{source}: set").validate()
+    except SpaceError:
+        raise
+    except ConfigError as err:
+        raise SpaceError(f"{source}: the base experiment (with set) is invalid: {err}") from None
+    base = apply_values(base, {"methods": ["ed"]})
+
+    search = raw.get("search")
+    if not isinstance(search, dict) or not search:
+        raise fail("search", "a mapping of at least one dotted field to a dimension", search)
+    dims = [_dimension(path, spec, base, source) for path, spec in search.items()]
+
+    samples = raw.get("samples", 4)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise fail("samples", "a positive integer", samples)
+    scheduler = raw.get("scheduler", "asha")
+    if scheduler not in SCHEDULERS:
+        raise fail("scheduler", f"one of {list(SCHEDULERS)}", scheduler)
+    asha = raw.get("asha") or {}
+    if not isinstance(asha, dict) or set(asha) - {"grace_period", "reduction_factor"}:
+        raise fail("asha", "a mapping with grace_period and/or reduction_factor", asha)
+    grace, factor = asha.get("grace_period", 1), asha.get("reduction_factor", 2)
+    if not isinstance(grace, int) or grace < 1:
+        raise fail("asha.grace_period", "a positive integer (epochs)", grace)
+    if not isinstance(factor, int) or factor < 2:
+        raise fail("asha.reduction_factor", "an integer >= 2", factor)
+    max_concurrent = raw.get("max_concurrent")
+    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
+        raise fail("max_concurrent", "a positive integer or null", max_concurrent)
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise fail("seed", "an integer", seed)
+    name = raw.get("name") or Path(source).stem
+    if not isinstance(name, str) or "/" in name:
+        raise fail("name", "a directory name", name)
+    output = raw.get("output", "runs/tune")
+    if not isinstance(output, str) or not output:
+        raise fail("output", "a directory path", output)
+    return SearchSpace(name=name, source=source, base=base, dimensions=dims, samples=samples, scheduler=scheduler,
+                       grace_period=grace, reduction_factor=factor, max_concurrent=max_concurrent, seed=seed,
+                       output=output, description=str(raw.get("description") or ""))
+
+
+def _load_base(base, source: str, base_dir: Path) -> Experiment:
+    try:
+        if isinstance(base, dict):
+            return Experiment.from_dict(base, source=f"{source}: base")
+        if isinstance(base, str):
+            near = base_dir / base
+            return Experiment.load(near if near.suffix in (".yaml", ".yml") and near.is_file() else base)
+    except ConfigError as err:
+        raise SpaceError(f"{source}: base: {err}") from None
+    raise SpaceError(f"{source}: base: expected an experiment mapping, a shipped experiment name or a YAML path, "
+                     f"got {base!r}")
+
+
+def _dimension(path: Any, spec: Any, base: Experiment, source: str) -> Dimension:
+    where = f"{source}: search.{path}"
+    if not isinstance(path, str):
+        raise SpaceError(f"{where}: expected a dotted field name like curriculum.order")
+    if path.split(".")[0] in NOT_SEARCHABLE:
+        raise SpaceError(f"{where}: cannot be searched: {NOT_SEARCHABLE[path.split('.')[0]]}; set it in base/set")
+    _walk(base.to_dict(), path, f"{source}: search")   # the path exists
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise SpaceError(f"{where}: expected a mapping with exactly one of {list(KINDS)}, e.g. "
+                         f"{{choice: [a, b]}}, got {spec!r}")
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise SpaceError(f"{where}: choice: expected a non-empty list of values, got {arg!r}")
+        dim = Dimension(path, kind, values=list(arg))
+    elif kind == "valid_splits":
+        if path != "curriculum.splits" or arg is not True:
+            raise SpaceError(f"{where}: valid_splits: expected `curriculum.splits: {{valid_splits: true}}`")
+        dim = Dimension(path, kind, values=valid_splits(base, where))
+    elif kind == "permutations":
+        if path != "curriculum.order" or arg is not True:
+            raise SpaceError(f"{where}: permutations: expected `curriculum.order: {{permutations: true}}`")
+        dim = Dimension(path, kind, values=[list(p) for p in itertools.permutations(range(base.num_groups()))])
+    else:
+        ok = (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                              for x in arg) and arg[0] < arg[1])
+        if not ok or (kind == "loguniform" and arg[0] <= 0):
+            raise SpaceError(f"{where}: {kind}: expected [low, high] with low < high"
+                             f"{' and low > 0' if kind == 'loguniform' else ''}, got {arg!r}")
+        dim = Dimension(path, kind, low=float(arg[0]), high=float(arg[1]))
+    for value in dim.values if dim.discrete else [dim.low, dim.high]:
+        try:
+            apply_values(base, {path: value}, source=f"{source}: search").validate()
+        except SpaceError:
+            raise
+        except ConfigError as err:
+            raise SpaceError(f"{where}: candidate {value!r} is invalid for the base experiment: {err}") from None
+    return dim
+
+
+def valid_splits(base: Experiment, where: str) -> list:
+    """Every strictly increasing tuple of one block index per grade that ends at the last block."""
+    from raydistill.models import num_blocks
+    grades, blocks = base.num_groups(), num_blocks(base.student.arch)
+    tuples = [list(c) + [blocks] for c in itertools.combinations(range(1, blocks), grades - 1)]
+    if not tuples:
+        raise SpaceError(f"{where}: valid_splits: no strictly increasing split points exist: {grades} grades need "
+                         f"{grades} distinct block indices but {base.student.arch} has {blocks} blocks")
+    return tuples
+
+
+def space_fingerprint(space: SearchSpace, candidates: list) -> dict:
+    """What a search directory was created for; a resumed search must match it."""
+    return {"space": space.name, "base": space.base.to_dict(), "candidates": candidates,
+            "scheduler": space.scheduler, "grace_period": space.grace_period,
+            "reduction_factor": space.reduction_factor}
+
+
+def space_to_dict(space: SearchSpace) -> dict:
+    """A self-contained space file for `space` (base inlined, dimensions as explicit candidates or
+    ranges): `space_from_dict` of it samples the same trials. Used to ship a search as a Ray Job."""
+    search = {d.path: ({"choice": list(d.values)} if d.discrete else {d.kind: [d.low, d.high]})
+              for d in space.dimensions}
+    return {"name": space.name, "base": space.base.to_dict(), "search": search, "samples": space.samples,
+            "scheduler": space.scheduler,
+            "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor},
+            "max_concurrent": space.max_concurrent, "seed": space.seed, "output": space.output}

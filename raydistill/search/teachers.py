@@ -1,0 +1,64 @@
+"""Teachers once per search: trained (or loaded) before any trial, saved under <search dir>/teachers.
+
+Every trial gets `teachers.checkpoints` pointing at these files, so `runner.teacher_stage` loads
+instead of training. Each training event appends a line to `teachers/trained.jsonl`: that file is
+the count of how often teachers were actually trained (a resumed search must add nothing).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from raydistill.config import Experiment
+from raydistill.distill.curriculum import teachers_needed
+
+TRAINED_LOG = "trained.jsonl"
+
+
+def teacher_paths(exp: Experiment, search_dir: Path) -> dict:
+    """{key: path} of the teachers the ed curriculum needs, inside the search directory."""
+    return {key: search_dir / "teachers" / f"{key}.pt" for key in teachers_needed(["ed"], exp.num_groups())}
+
+
+def training_events(search_dir: Path) -> list:
+    """One record per teacher actually trained for this search."""
+    log = Path(search_dir) / "teachers" / TRAINED_LOG
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+
+
+def prepare_search_teachers(exp: Experiment, search_dir: Path, log: Callable[[str], None]) -> dict:
+    """Train or load every missing teacher; reuse files already in the search directory.
+    With `ray.use_gpu` the work runs as a Ray task on a GPU node (Ray must be initialized), so a
+    CPU-only head node does not train them; the search directory must then be shared storage."""
+    paths = teacher_paths(exp, search_dir)
+    missing = [key for key, path in paths.items() if not path.is_file()]
+    for key in paths:
+        if key not in missing:
+            log(f"teacher {key}: reusing {paths[key]}")
+    if missing:
+        if exp.ray.use_gpu:
+            import ray
+            task = ray.remote(num_gpus=1, num_cpus=1)(_train_missing)
+            ray.get(task.remote(exp.to_dict(), str(search_dir), missing))
+        else:
+            _train_missing(exp.to_dict(), str(search_dir), missing, log)
+    return {key: str(path) for key, path in paths.items()}
+
+
+def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[str], None] = print) -> None:
+    from raydistill.runner import pick_device, teacher_stage
+    from raydistill.workspace import prepare_data
+
+    exp = Experiment.from_dict(exp_dict)
+    out = Path(search_dir)
+    data = prepare_data(exp)
+    device = pick_device(exp)
+    for key in keys:
+        started = time.time()
+        _, info = teacher_stage(exp, data, out, key, device, log)   # saves out/teachers/<key>.pt
+        if info["source"] == "trained":
+            with open(out / "teachers" / TRAINED_LOG, "a") as f:
+                f.write(json.dumps({"key": key, "arch": info["arch"], "test_acc": info["test_acc"],
+                                    "seconds": round(time.time() - started, 2)}) + "\n")

@@ -1,0 +1,84 @@
+"""One Tune trial = one Ray Train run (`run_distributed`) of the ed curriculum with the trial's values.
+
+The trial's driver is a Tune function trainable that holds almost no CPU; its TorchTrainer
+workers hold the cores. Every ed epoch that Ray Train reports is forwarded to Tune, so ASHA can
+stop a weak curriculum after any epoch; the final "done" report of the run (no accuracy) is not.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from raydistill.config import Experiment
+from raydistill.search.space import apply_values
+
+# what each epoch report carries to Tune (the rest of the run's metrics stay in its run directory)
+FORWARDED = ("epoch", "grade", "num_classes", "blocks", "lr", "loss", "train_acc", "val_acc", "test_acc")
+TRIAL_CPU = 0.01   # the trial driver only waits on its TorchTrainer; the workers need the cores
+
+
+def trial_name(index: int) -> str:
+    return f"trial-{index:03d}"
+
+
+def trial_experiment(base: dict, values: dict, teachers: dict, trials_dir: str, index: int,
+                     cpus_per_worker: float) -> Experiment:
+    """The complete experiment a trial runs: base + searched values, ed only, the search's teachers."""
+    exp = apply_values(Experiment.from_dict(base), values)
+    return exp.with_overrides([
+        "methods=[ed]",
+        f"teachers.checkpoints={_flow(teachers)}",
+        f"output.dir={_flow(trials_dir)}",
+        f"output.name={trial_name(index)}",
+        f"ray.cpus_per_worker={cpus_per_worker}",
+    ]).validate()
+
+
+def _flow(value) -> str:
+    import yaml
+    return yaml.safe_dump(value, default_flow_style=True, width=10 ** 6).strip().removesuffix("...").strip()
+
+
+def run_trial(config: dict, setup: dict) -> None:
+    """Tune function trainable. config: {"candidate": {"index", "values"}}; setup (tune.with_parameters):
+    the base experiment, teacher paths, trials directory and CPUs per worker."""
+    from raydistill.distributed.trainer import run_distributed
+
+    candidate = config["candidate"]
+    exp = trial_experiment(setup["base"], candidate["values"], setup["teachers"], setup["trials_dir"],
+                           candidate["index"], setup["cpus_per_worker"])
+    Path(setup["trials_dir"]).mkdir(parents=True, exist_ok=True)
+    run_distributed(exp, progress=print, callbacks=[epoch_report_callback(exp.total_epochs())])
+
+
+def epoch_report_callback(epochs_planned: int):
+    """A Ray Train callback (runs in the Train controller) that forwards each ed epoch to Tune,
+    with the trial's planned epochs (the scheduler lets a trial's last epoch end on its own).
+    Built here because TuneReportCallback must be created inside the Tune trial."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            first = metrics[0] if metrics else {}
+            if first.get("stage") != "method:ed" or "val_acc" not in first:
+                return   # teacher stages (none when loaded) and the final "done" report
+            forwarded = {k: first[k] for k in FORWARDED if k in first}
+            super().after_report(run_context, [{**forwarded, "epochs_planned": epochs_planned}], None)
+
+    return EpochReport()
+
+
+def curriculum_asha(max_t: int, grace_period: int, reduction_factor: int):
+    """ASHA that never stops a trial at its own last epoch: the trial is finishing anyway, and a
+    stop there would kill it before its run directory gets summary.json and the final checkpoint."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class CurriculumASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if result.get("epoch", 0) >= result.get("epochs_planned", float("inf")):
+                return TrialScheduler.CONTINUE
+            return decision
+
+    # max_t + 1: ASHA's own "reached max_t" stop must not fire at the longest trial's last epoch
+    return CurriculumASHA(time_attr="training_iteration", max_t=max_t + 1, grace_period=min(grace_period, max_t),
+                          reduction_factor=reduction_factor)

@@ -1,0 +1,220 @@
+"""`tune(space)`: validate the space, train teachers once, run the trials with Ray Tune, write results.
+
+Order matters: the space and the data are checked before Ray starts; teachers are trained (or
+loaded) before the Tuner starts; the Tuner restores itself when the search directory already holds
+its state, so re-running the same command resumes an interrupted search.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from raydistill.search.results import (BEST_FILE, best_row, export_best, format_best, table_frame, trial_rows,
+                                       write_table)
+from raydistill.search.space import SCHEDULERS, SearchSpace, SpaceError, load_space, space_fingerprint
+from raydistill.search.teachers import prepare_search_teachers
+from raydistill.search.trainable import TRIAL_CPU, curriculum_asha, run_trial
+
+TUNER_DIR = "tuner"
+LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+@dataclass
+class SearchResult:
+    search_dir: Path
+    table: object                  # pandas DataFrame, one row per trial (also trials.parquet)
+    best: Optional[dict]           # the best trial's row (chosen on val_acc), None if none completed
+    best_config: Optional[Path]    # best.yaml
+
+    def summary(self, top: int = 5) -> str:
+        return format_best(self.table, top)
+
+
+def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = None,
+         scheduler: Optional[str] = None, max_concurrent: Optional[int] = None, output: Optional[str] = None,
+         top: int = 5, progress: Optional[Callable[[str], None]] = print) -> SearchResult:
+    """Run (or resume) a curriculum search. Arguments left None come from the space file."""
+    log = progress or (lambda _msg: None)
+    space = load_space(space_or_path)
+    samples = samples or space.samples
+    scheduler = scheduler or space.scheduler
+    if scheduler not in SCHEDULERS:
+        raise SpaceError(f"scheduler: expected one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise SpaceError(f"max_concurrent: expected a positive integer, got {max_concurrent!r}")
+    if output:
+        space.output = output
+    candidates = space.candidates(samples)
+    search_dir = space.search_dir
+    base = space.base
+
+    from raydistill.workspace import prepare_data
+    data = prepare_data(base)   # data problems fail here, before teachers or Ray
+    search_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = _check_same_search(search_dir, space_fingerprint(space, candidates), scheduler)
+    log(f"search {space.name}: {len(candidates)} trials, scheduler {scheduler}, directory {search_dir}")
+
+    import ray
+    started_ray = _init_ray(base)
+    try:
+        teachers = prepare_search_teachers(base, search_dir, log)
+        if base.teachers.soft_labels == "cache":
+            shared_soft_labels(base, data, teachers, search_dir / "trials", log)
+        cpus_per_worker, concurrent = _resources(base, max_concurrent or space.max_concurrent)
+        log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each")
+        (search_dir / "space.json").write_text(json.dumps(fingerprint, indent=1))   # what a resume must match
+        grid = _run_tuner(space, candidates, scheduler, concurrent, search_dir, {
+            "base": _absolute_paths(base).to_dict(),
+            "teachers": {k: str(Path(p).resolve()) for k, p in teachers.items()},
+            "trials_dir": str((search_dir / "trials").resolve()), "cpus_per_worker": cpus_per_worker})
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    rows = trial_rows(space, grid, candidates, scheduler)
+    frame = table_frame(rows, space.dimensions)
+    table_path = write_table(frame, search_dir)
+    best = best_row(rows)
+    best_path = None
+    unfinished = [r["trial"] for r in rows if r["stop_reason"].startswith(("interrupted", "not run"))]
+    if unfinished:
+        best = None   # a best of a partial search would not be the search's best
+        log(f"search interrupted: {len(unfinished)} trial(s) unfinished; re-run the same command to resume")
+    if best is not None:
+        values = candidates[int(best["trial"].split("-")[1])]
+        # absolute paths: Ray Train workers load teacher checkpoints from their own working directory;
+        # run alone, the best experiment gets the whole cores the trial's torch threads used
+        best_path = export_best(space, best, values, {k: str(Path(p).resolve()) for k, p in teachers.items()},
+                                search_dir, float(max(1, int(cpus_per_worker))))
+    log(f"\n{len(rows)} trials ({table_path}); best {min(top, len(rows))} by validation accuracy "
+        f"(accuracies in %; test is reported, never used to choose):\n{format_best(frame, top)}")
+    if best:
+        log(f"best: {best['trial']} -> {best_path}")
+    elif not unfinished:
+        log("no trial completed its curriculum: nothing exported")
+    return SearchResult(search_dir, frame, best, best_path)
+
+
+def shared_soft_labels(base, data, teacher_paths: dict, trials_dir: Path, log) -> None:
+    """One soft-label cache for all trials, built here before they start, where every trial's run
+    looks for it (teachers.cache_dir, else <trials' output.dir>/softlabels): trials only load it,
+    and never race to build the same cache."""
+    from raydistill.softlabels import ensure_soft_label_cache
+    from raydistill.teachers import load_teacher
+    frozen = {key: load_teacher(path) for key, path in teacher_paths.items()}
+    root = Path(base.teachers.cache_dir).expanduser() if base.teachers.cache_dir else trials_dir / "softlabels"
+    ensure_soft_label_cache(base, data, frozen, root=root, log=log)
+
+
+def _check_same_search(search_dir: Path, fingerprint: dict, scheduler: str) -> dict:
+    """A resumed search must be the same search: same base, candidates and scheduler."""
+    fingerprint = json.loads(json.dumps({**fingerprint, "scheduler": scheduler}))
+    path = search_dir / "space.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != fingerprint:
+            changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+            raise SpaceError(f"search directory {search_dir} holds a different search (changed: "
+                             f"{', '.join(changed)}); resume with the same space and options, or use --output "
+                             f"for a new search")
+    return fingerprint
+
+
+def _absolute_paths(exp):
+    """Trials run in other processes (maybe other working directories): make local data paths absolute."""
+    d = exp.data
+    updates = [f"data.{name}={json.dumps(str(Path(getattr(d, name)).resolve()))}"
+               for name in ("root", "train_path", "test_path")
+               if getattr(d, name) and "://" not in getattr(d, name)]
+    return exp.with_overrides(updates) if updates else exp
+
+
+def _init_ray(base) -> bool:
+    """Connect to ray.address or start a local instance (unless one is running). True if started here."""
+    import ray
+    os.environ.update(LOCAL_ENV)   # read by Tune in this process (no chdir into trial dirs)
+    if ray.is_initialized():
+        return False
+    if base.ray.address:
+        ray.init(address=base.ray.address, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    else:
+        # the dashboard serves the State API that Ray Train's placement-group cleaner polls
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, runtime_env={"env_vars": dict(LOCAL_ENV)})
+    return True
+
+
+def _resources(base, max_concurrent: Optional[int]) -> tuple:
+    """(CPUs per worker, concurrent trials) such that every running trial's driver and workers fit
+    at once: a trial whose workers cannot be placed would wait forever while holding its slot.
+    Each trial driver holds TRIAL_CPU, so on N cores the workers get slightly under N/concurrent
+    (e.g. 0.99: Ray schedules the fraction, torch still runs one thread)."""
+    import ray
+    available = ray.cluster_resources()
+    cpus = float(available.get("CPU", 1))
+    r = base.ray
+    workers, per_worker = r.workers, r.cpus_per_worker
+    actors = r.teacher_cpus * base.num_groups() if r.teachers == "actors" else 0.0   # per trial
+    concurrent = max_concurrent or max(1, int(cpus // (workers * (per_worker or 1) + actors)))
+    if r.use_gpu and not max_concurrent:
+        concurrent = max(1, min(concurrent, int(available.get("GPU", 0) // workers)))
+    if per_worker is None:
+        per_worker = math.floor(100 * (cpus - concurrent * (TRIAL_CPU + actors)) / (concurrent * workers)) / 100
+    need = concurrent * (workers * per_worker + TRIAL_CPU + actors)
+    if per_worker <= 0 or need > cpus + 1e-9:
+        raise SpaceError(f"max_concurrent: {concurrent} trials x ({workers} worker(s) x {per_worker} CPU + "
+                         f"{TRIAL_CPU} for the trial driver + {actors} for teacher actors) need {need:.2f} CPUs, the cluster has {cpus:g}; lower "
+                         f"--max-concurrent (or ray.workers / ray.cpus_per_worker in the base experiment)")
+    return per_worker, concurrent
+
+
+def _run_tuner(space: SearchSpace, candidates: list, scheduler: str, concurrent: int, search_dir: Path,
+               setup: dict) -> list:
+    """Fit (or restore and finish) the Tuner; returns one plain dict per trial."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": TRIAL_CPU})
+    storage = str(search_dir.resolve())
+    path = os.path.join(storage, TUNER_DIR)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        max_t = max(space.experiment_for(c).total_epochs() for c in candidates)
+        sched = (curriculum_asha(max_t, space.grace_period, space.reduction_factor)
+                 if scheduler == "asha" else FIFOScheduler())
+        param_space = {"candidate": tune.grid_search([{"index": i, "values": v} for i, v in enumerate(candidates)])}
+        tuner = tune.Tuner(trainable, param_space=param_space,
+                           tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched,
+                                                       num_samples=1, max_concurrent_trials=concurrent),
+                           run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1))
+    grid = tuner.fit()
+    # Trial status tells an ASHA stop (TERMINATED early) from an interrupted search (PENDING/RUNNING);
+    # ResultGrid keeps its trials in the same order as its results.
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [None] * len(grid)
+    out = []
+    for result, trial in zip(grid, trials):
+        config = result.config or {}
+        out.append({"index": config.get("candidate", {}).get("index"), "metrics": result.metrics or {},
+                    "error": result.error, "status": getattr(trial, "status", None)})
+    return out
+
+
+def load_search(search_dir) -> SearchResult:
+    """A finished (or interrupted) search read back from its directory: trials.parquet and best.yaml."""
+    import pandas as pd
+    from raydistill.search.results import TABLE_FILE
+    search_dir = Path(search_dir)
+    table_path = search_dir / TABLE_FILE
+    if not table_path.is_file():
+        raise SpaceError(f"{search_dir}: no {TABLE_FILE} (not a search directory, or the search has not "
+                         f"written its results yet)")
+    table = pd.read_parquet(table_path)
+    best_config = search_dir / BEST_FILE
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+    best = best_row(rows) if best_config.is_file() else None
+    return SearchResult(search_dir, table, best, best_config if best_config.is_file() else None)

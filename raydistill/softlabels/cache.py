@@ -1,0 +1,99 @@
+"""`ensure_soft_label_cache`: load the cache whose key matches these teachers, data and bank, or
+build and store it. Called once per run (and by a search once before its trials); every later
+run with the same teachers, data and bank only reads it."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from raydistill.softlabels.bank import AugmentationBank
+from raydistill.softlabels.build import build_labels, ray_task_options
+from raydistill.softlabels.client import CachedTeachers
+from raydistill.softlabels.key import cache_key, dataset_fingerprint, teacher_fingerprint
+from raydistill.softlabels.store import SoftLabelCacheError, cache_bytes, read_labels, read_meta, write_cache
+
+
+@dataclass
+class SoftLabelCache:
+    directory: Path
+    key: str
+    bank: AugmentationBank
+    labels: dict                        # {teacher key: TeacherLabels}
+    bytes: int                          # Parquet bytes on disk
+    build_seconds: Optional[float]      # None when it was loaded, not built
+
+    def client(self) -> CachedTeachers:
+        return CachedTeachers(self.bank, self.labels)
+
+    @property
+    def samples(self) -> int:
+        """(sample, teacher) pairs stored, each with every draw."""
+        return sum(len(lab.samples) for lab in self.labels.values())
+
+
+def cache_root(exp, run_dir: Optional[Path] = None) -> Path:
+    """`teachers.cache_dir`, else `<output.dir>/softlabels` (the parent of the run directory, so
+    every run and trial under one output.dir shares it; a URI output.dir uses its staging dir)."""
+    if exp.teachers.cache_dir:
+        return Path(exp.teachers.cache_dir).expanduser()
+    if run_dir is not None:
+        return Path(run_dir).parent / "softlabels"
+    from raydistill import storage
+    return Path(storage.local_experiment(exp).output.dir).expanduser() / "softlabels"
+
+
+def bank_for(exp, num_samples: int) -> AugmentationBank:
+    """The bank of an experiment: `teachers.cache_draws` draws of crop (pad 4) + flip per sample,
+    seeded by `data.seed` (the seed that fixes the training set), not the training seed, so runs
+    with different seeds share one cache. Without augmentation: one identity draw."""
+    if not exp.data.augment:
+        return AugmentationBank.make(num_samples, 1, padding=0, flip=False, seed=exp.data.seed)
+    return AugmentationBank.make(num_samples, exp.teachers.cache_draws, padding=4, flip=True, seed=exp.data.seed)
+
+
+def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] = None,
+                            log: Optional[Callable[[str], None]] = None) -> SoftLabelCache:
+    """The cache for `teachers` ({key: FrozenTeacher}) on `data.train` (PreparedData): loaded when
+    `<root>/<key[:16]>` holds a complete cache with this key, else built (Ray tasks when Ray is
+    initialised and has room, else in this process) and written atomically."""
+    log = log or (lambda _msg: None)
+    t = exp.teachers
+    train = data.train
+    bank = bank_for(exp, len(train))
+    storage = {"format": t.cache_format, "topk": t.cache_topk if t.cache_format == "topk" else None}
+    prints = {k: {"fingerprint": teacher_fingerprint(v), "classes": v.class_ids} for k, v in teachers.items()}
+    key, components = cache_key(prints, dataset_fingerprint(train.images, train.labels), bank.params(), storage)
+    directory = Path(root or cache_root(exp)) / key[:16]
+    try:
+        meta = read_meta(directory)
+        if meta is not None and meta.get("key") == key:
+            cache = SoftLabelCache(directory, key, bank, read_labels(directory, meta), cache_bytes(directory), None)
+            log(f"soft labels: cache {directory} ({len(teachers)} teachers, {bank.num_draws} draws) loaded")
+            return cache
+    except SoftLabelCacheError as err:
+        log(f"soft labels: {err}; rebuilding")
+        shutil.rmtree(directory, ignore_errors=True)
+    options = ray_task_options(exp.ray.teacher_cpus, exp.ray.teacher_gpus, exp.ray.teacher_resources)
+    log(f"soft labels: building cache {directory} ({len(teachers)} teachers x {bank.num_draws} draws, "
+        f"{t.cache_format}, {'Ray tasks' if options else 'in this process'})")
+    started = time.perf_counter()
+    labels = build_labels(teachers, train.images, train.labels, bank, t.cache_format, t.cache_topk, options)
+    seconds = time.perf_counter() - started
+    size = write_cache(directory, key, components, labels, seconds)
+    log(f"soft labels: built in {seconds:.1f} s, {size / 1e6:.2f} MB")
+    return SoftLabelCache(directory, key, bank, labels, size, seconds)
+
+
+def load_soft_label_cache(directory: Path) -> SoftLabelCache:
+    """A complete cache directory by path (Ray workers other than rank 0 load what rank 0 ensured,
+    so teachers that differ in the last bit across ranks cannot split the key)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    if meta is None:
+        raise SoftLabelCacheError(f"soft-label cache {directory}: no meta.json, expected a complete cache")
+    b = meta["bank"]
+    bank = AugmentationBank.make(b["samples"], b["draws"], b["padding"], b["flip"], b["seed"])
+    return SoftLabelCache(directory, meta["key"], bank, read_labels(directory, meta), cache_bytes(directory), None)

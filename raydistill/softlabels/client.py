@@ -1,0 +1,32 @@
+"""The engine's TeacherClient for cached soft labels: no teacher forward, a table lookup.
+
+It carries the augmentation bank as its `replay`, so the engine augments sample i in epoch e
+with draw `e mod A` and asks for the logits of exactly (sample i, draw, teacher).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from raydistill.softlabels.bank import AugmentationBank
+from raydistill.softlabels.store import SoftLabelCacheError
+
+
+class CachedTeachers:
+    def __init__(self, bank: AugmentationBank, labels: dict):
+        self.replay = bank
+        self.labels = labels            # {teacher key: TeacherLabels}
+
+    def submit(self, key: str, images: torch.Tensor, index: Optional[torch.Tensor] = None,
+               draw: Optional[torch.Tensor] = None) -> Any:
+        if index is None or draw is None:
+            raise SoftLabelCacheError("cached soft labels: submit needs the samples' `index` and `draw` "
+                                      "(the engine passes them to clients that have a `replay`)")
+        if key not in self.labels:
+            raise SoftLabelCacheError(f"cached soft labels: no teacher {key!r} in the cache "
+                                      f"(it holds {sorted(self.labels)})")
+        return self.labels[key].logits(index, draw)
+
+    def fetch(self, handle: Any) -> torch.Tensor:
+        return handle

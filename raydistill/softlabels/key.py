@@ -1,0 +1,45 @@
+"""The cache key: what the cached logits depend on, hashed.
+
+Teacher weights (+ architecture, class ids and input normalisation), the training images and
+labels, the augmentation bank and the storage format. Any change gives a new key and so a new
+cache directory; nothing stale is ever read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+
+def _update(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+def teacher_fingerprint(teacher) -> str:
+    """sha256 of a FrozenTeacher: arch, class ids, mean/std and every parameter and buffer."""
+    h = hashlib.sha256()
+    m = teacher.model
+    h.update(json.dumps([getattr(m, "arch", type(m).__name__), teacher.class_ids, list(teacher.mean),
+                         list(teacher.std)]).encode())
+    for name, t in sorted(m.state_dict().items()):
+        h.update(name.encode())
+        _update(h, t)
+    return h.hexdigest()
+
+
+def dataset_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the training images and labels, in order (sample index = position)."""
+    h = hashlib.sha256()
+    _update(h, images)
+    _update(h, labels.to(torch.int64))
+    return h.hexdigest()
+
+
+def cache_key(teachers: dict, dataset: str, bank: dict, storage: dict) -> tuple[str, dict]:
+    """(hex key, components): teachers = {key: {"fingerprint", "classes"}}."""
+    components = {"version": 1, "teachers": {k: teachers[k] for k in sorted(teachers)}, "dataset": dataset,
+                  "bank": bank, "storage": storage}
+    return hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest(), components
