@@ -351,3 +351,14 @@ def test_cli_resume_with_changed_config_is_refused(tmp_path, capsys, monkeypatch
     assert "curriculum.temperature: 4.0 -> 2.0" in err and "optimizer.lr: 0.05 -> 0.1" in err
     assert "max_failures" not in err        # how a run executes may change on resume
     assert (out / "config.yaml").read_text() == before
+
+
+def test_invalid_search_space_names_the_file_and_dimension(tmp_path, capsys):
+    """An order of the wrong length in a search space: exit 2 from `raydistill tune`, naming the space
+    file and the dimension (the full set of invalid spaces is in tests/test_tune.py)."""
+    path = tmp_path / "bad_space.yaml"
+    path.write_text("base: {data: {source: builtin, num_classes: 6}, student: {arch: resnet8}}\n"
+                    "search:\n  curriculum.order: {choice: [[0, 1]]}\n")
+    err = _cli(capsys, "tune", str(path))
+    assert "bad_space.yaml: search.curriculum.order: candidate [0, 1] is invalid" in err
+    assert "expected a permutation of [0, 1, 2]" in err
