@@ -153,25 +153,13 @@ class JobSpec:
     location: str       # where results are read back (run directory, or search directory)
 
 
-def _absolute(path: Optional[str]) -> Optional[str]:
-    """A relative local path as the submitting machine sees it (the job runs in another directory)."""
-    if not path or _storage.is_uri(path):
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
 def _portable(exp: Experiment) -> Experiment:
-    """Data, teacher and output paths made absolute, so they mean the same thing inside the job."""
-    exp = copy.deepcopy(exp)
-    d = exp.data
-    d.root, d.train_path, d.test_path = _absolute(d.root), _absolute(d.train_path), _absolute(d.test_path)
-    if exp.teachers.checkpoints:
-        exp.teachers.checkpoints = {k: _absolute(v) for k, v in exp.teachers.checkpoints.items()}
+    """Paths made absolute on this machine (the job runs in another directory); an unusable storage
+    URI fails here, not on the cluster."""
+    from raydistill.workspace import with_absolute_paths
     if _storage.is_uri(exp.output.dir):
-        _storage.filesystem(exp.output.dir)   # an unusable URI fails here, not on the cluster
-    else:
-        exp.output.dir = _absolute(exp.output.dir)
-    return exp
+        _storage.filesystem(exp.output.dir)
+    return with_absolute_paths(exp)
 
 
 def experiment_job(experiment: Union[Experiment, str], storage: Optional[str] = None) -> JobSpec:
@@ -193,7 +181,7 @@ def search_job(space, storage: Optional[str] = None) -> JobSpec:
     if _storage.is_uri(output):
         raise JobError(f"search output {output!r}: a search writes to a shared filesystem path (NFS, a local "
                        f"cluster), not a URI")
-    space.output = _absolute(output)
+    space.output = str(Path(output).expanduser().resolve())
     space.base = _portable(space.base)
     space.base.ray.address = "auto"
     text = yaml.safe_dump(space_to_dict(space), sort_keys=False)

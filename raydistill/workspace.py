@@ -81,16 +81,21 @@ def teacher_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
 
 
 def with_absolute_paths(exp: Experiment) -> Experiment:
-    """A copy whose local output.dir and teacher checkpoint paths are absolute: Ray workers run in
-    another working directory, so a relative path would name a different (or no) file there."""
+    """A copy whose local data paths, teacher checkpoint paths and output.dir are absolute: Ray
+    workers, Tune trials and Ray Jobs run in another working directory, where a relative path
+    would name a different (or no) file. URIs are left as they are."""
     import copy
     from raydistill.storage import is_uri
+
+    def absolute(path):
+        return path if not path or is_uri(path) else str(Path(path).expanduser().resolve())
+
     exp = copy.deepcopy(exp)
-    if exp.output.dir and not is_uri(exp.output.dir):
-        exp.output.dir = str(Path(exp.output.dir).expanduser().resolve())
+    d = exp.data
+    d.root, d.train_path, d.test_path = absolute(d.root), absolute(d.train_path), absolute(d.test_path)
     if exp.teachers.checkpoints:
-        exp.teachers.checkpoints = {k: v if is_uri(v) else str(Path(v).expanduser().resolve())
-                                    for k, v in exp.teachers.checkpoints.items()}
+        exp.teachers.checkpoints = {k: absolute(v) for k, v in exp.teachers.checkpoints.items()}
+    exp.output.dir = absolute(exp.output.dir)
     return exp
 
 

@@ -17,6 +17,7 @@ from raydistill.search.results import (BEST_FILE, best_row, export_best, format_
                                        write_table)
 from raydistill.search.space import SCHEDULERS, SearchSpace, SpaceError, load_space, space_fingerprint
 from raydistill.search.teachers import prepare_search_teachers
+from raydistill.workspace import with_absolute_paths
 from raydistill.search.trainable import TRIAL_CPU, curriculum_asha, run_trial
 
 TUNER_DIR = "tuner"
@@ -68,7 +69,7 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each")
         (search_dir / "space.json").write_text(json.dumps(fingerprint, indent=1))   # what a resume must match
         grid = _run_tuner(space, candidates, scheduler, concurrent, search_dir, {
-            "base": _absolute_paths(base).to_dict(),
+            "base": with_absolute_paths(base).to_dict(),
             "teachers": {k: str(Path(p).resolve()) for k, p in teachers.items()},
             "trials_dir": str((search_dir / "trials").resolve()), "cpus_per_worker": cpus_per_worker})
     finally:
@@ -122,15 +123,6 @@ def _check_same_search(search_dir: Path, fingerprint: dict, scheduler: str) -> d
                              f"{', '.join(changed)}); resume with the same space and options, or use --output "
                              f"for a new search")
     return fingerprint
-
-
-def _absolute_paths(exp):
-    """Trials run in other processes (maybe other working directories): make local data paths absolute."""
-    d = exp.data
-    updates = [f"data.{name}={json.dumps(str(Path(getattr(d, name)).resolve()))}"
-               for name in ("root", "train_path", "test_path")
-               if getattr(d, name) and "://" not in getattr(d, name)]
-    return exp.with_overrides(updates) if updates else exp
 
 
 def _init_ray(base) -> bool:
