@@ -137,6 +137,7 @@ class Experiment:
     seed: int = 0
     methods: list = field(default_factory=lambda: list(METHODS))
     device: str = "auto"                # auto | cpu | cuda
+    channels_last: bool = True          # NHWC activations and weights: faster convs on CPU and tensor cores
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     student: StudentConfig = field(default_factory=StudentConfig)

@@ -68,10 +68,10 @@ def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
     return data, out
 
 
-def local_train(device) -> TrainFn:
+def local_train(device, channels_last: bool = True) -> TrainFn:
     def train(plan, train_set, val_set, test_set, client, settings, log=None):
-        return train_plan(plan, train_set, val_set, test_set, client, settings, TrainContext(device=device),
-                          progress=log)
+        return train_plan(plan, train_set, val_set, test_set, client, settings,
+                          TrainContext(device=device, channels_last=channels_last), progress=log)
     return train
 
 
@@ -84,19 +84,21 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, devi
     given = (exp.teachers.checkpoints or {}).get(key)
     started = time.perf_counter()
     if given:
-        teacher = load_teacher(given, classes, expected_arch=exp.teachers.arch, device=device)
+        teacher = load_teacher(given, classes, expected_arch=exp.teachers.arch, device=device,
+                               channels_last=exp.channels_last)
         source = str(given)
         if write:
             save_teacher(path, teacher.model, teacher.mean, teacher.std)
     else:
         log(f"training teacher {key} ({exp.teachers.arch}, {len(classes)} classes, {exp.teachers.epochs} epochs)")
-        train = train or local_train(device)
-        subsets = [d.of_classes(classes) for d in (data.train, data.val, data.test)]
+        train = train or local_train(device, exp.channels_last)
+        # no per-epoch test evaluation: a teacher's history is not kept, its test accuracy is measured below
+        subsets = [data.train.of_classes(classes), data.val.of_classes(classes), None]
         model, _ = train(teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs), *subsets, None,
                          teacher_settings(exp, data), log=log)
         if write:
             save_teacher(path, model, data.mean, data.std)
-        teacher = FrozenTeacher(model, data.mean, data.std, device=device)
+        teacher = FrozenTeacher(model, data.mean, data.std, device=device, channels_last=exp.channels_last)
         source = "trained"
     info = {"arch": teacher.model.arch, "classes": len(classes), "source": source,
             "params": count_parameters(teacher.model), "seconds": time.perf_counter() - started,
@@ -175,7 +177,8 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
         from raydistill.softlabels import cache_root, ensure_soft_label_cache
         client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp, out), log=log).client()
     for method in exp.methods:
-        history, result.methods[method] = method_stage(exp, data, out, method, client, log, local_train(device))
+        history, result.methods[method] = method_stage(exp, data, out, method, client, log,
+                                                          local_train(device, exp.channels_last))
         result.history += history
         write_metrics(out, result)
     return finish_run(exp, result, log)

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- no Ray --------------------------------------------------------------------------------
 
 def test_fold_batchnorm_keeps_outputs():
-    from raydistill.distributed.teacher_actors import fold_batchnorm, inference_teacher
     from raydistill.models import build_model
     from raydistill.teachers import FrozenTeacher
+    from raydistill.teachers.serving import fold_batchnorm
     torch.manual_seed(0)
     model = build_model("resnet14", 5)
     for m in model.modules():
@@ -34,11 +34,13 @@ def test_fold_batchnorm_keeps_outputs():
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.normal_(0, 0.1)
-    teacher = FrozenTeacher(model, (0.5,) * 3, (0.25,) * 3)
-    fast = inference_teacher(teacher)
+    plain = FrozenTeacher(model, (0.5,) * 3, (0.25,) * 3, fold_bn=False, channels_last=False)
+    fast = FrozenTeacher(model, (0.5,) * 3, (0.25,) * 3)   # the default: folded, channels_last
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.net.modules())
+    assert fast.model is model and fast.model.state_dict().keys() == plain.model.state_dict().keys()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_batchnorm(model).modules())
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    ref, got = teacher(x), fast(x.contiguous(memory_format=torch.channels_last))
+    ref, got = plain(x), fast(x)
     assert torch.allclose(ref, got, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "original left unchanged"
 

@@ -85,3 +85,24 @@ def test_scratch_plan_without_teachers(tiny_data):
     plan = plan_single_grade("scratch", "resnet8", 3, data.groups, 2)
     _, history = train_plan(plan, data.train, data.val, data.test, None, settings(data))
     assert len(history) == 2 and all(h["kd"] == 0 for h in history)
+
+
+def test_channels_last_changes_layout_not_math(tiny_data):
+    """The engine in NHWC and NCHW computes the same losses and BN statistics up to float rounding
+    (lr 0: SGD amplifies rounding differences chaotically, in either layout), and an NHWC-trained
+    state_dict loads into a plain NCHW model."""
+    from raydistill.models import build_model
+    data = tiny_data
+    plan = plan_single_grade("scratch", "resnet8", 3, data.groups, 1)
+    s = settings(data, schedule="constant", lr=0.0)
+    nhwc, h1 = train_plan(plan, data.train, data.val, data.test, None, s, TrainContext(channels_last=True))
+    nchw, h2 = train_plan(plan, data.train, data.val, data.test, None, s, TrainContext(channels_last=False))
+    conv = next(p for p in nhwc.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert abs(h1[0]["loss"] - h2[0]["loss"]) < 1e-5 * h2[0]["loss"]
+    for (name, a), b in zip(nhwc.state_dict().items(), nchw.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+    plain = build_model("resnet8", data.num_classes)
+    plain.load_state_dict(nhwc.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(plain.eval()(x), nhwc.eval()(x), atol=1e-5)

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,3 +147,28 @@ def test_smoke_search_trains_teachers_once_and_exports_a_runnable_best(ray_sessi
     assert all(Path(t["source"]).parent == search_dir / "teachers" for t in summary["teachers"].values())
     assert summary["methods"]["ed"]["final_val_acc"] == pytest.approx(best["val_acc"], abs=1e-9)
     assert len(training_events(search_dir)) == 2
+
+
+def test_search_cache_is_built_once_and_trials_load_it(tmp_path):
+    """`teachers.soft_labels: cache` in a search: the search builds one cache before the trials
+    (shared_soft_labels), and a trial's run finds it under its own output.dir and only loads it."""
+    from raydistill.runner import run
+    from raydistill.search.teachers import prepare_search_teachers
+    from raydistill.search.trainable import trial_experiment
+    from raydistill.search.tuner import shared_soft_labels
+    from raydistill.workspace import prepare_data
+    search_dir = tmp_path / "search"
+    base = tiny_experiment(search_dir, **{"teachers.soft_labels": "cache", "teachers.epochs": 1,
+                                          "teachers.cache_draws": 2})
+    teachers = prepare_search_teachers(base, search_dir, lambda _m: None)
+    built = []
+    shared_soft_labels(base, prepare_data(base), teachers, search_dir / "trials", built.append)
+    assert any("building cache" in line for line in built), built
+    trial = trial_experiment(base.to_dict(), {"curriculum.grade_epochs": [1, 1, 1]}, teachers,
+                             str(search_dir / "trials"), 0, 1.0)
+    seen = []
+    result = run(trial, progress=seen.append)
+    assert any("soft labels: cache" in line and line.endswith("loaded") for line in seen), seen
+    assert not any("building" in line for line in seen)
+    assert result.methods["ed"]["epochs"] == 3
+    assert len(list((search_dir / "trials" / "softlabels").iterdir())) == 1

@@ -88,6 +88,20 @@ class TrainContext:
     world_size: int = 1
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    channels_last: bool = True          # layout of weights and input batches (speed only)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on this worker's device, in this context's memory layout."""
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def batch(self, images_uint8: torch.Tensor, s: "TrainSettings") -> torch.Tensor:
+        """Normalised float input on this worker's device, in this context's memory layout."""
+        return normalize(images_uint8, s.mean, s.std).to(self.device, memory_format=self.memory_format,
+                                                         non_blocking=True)
 
 
 # ---- learning rate ---------------------------------------------------------------------------
@@ -165,7 +179,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
         aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
         for batch, teacher_out in _prefetched(batches, data, grade, tables, teachers, s, aug_gen, epoch):
             images, labels, lessons = batch
-            x = normalize(images, s.mean, s.std).to(ctx.device, non_blocking=True)
+            x = ctx.batch(images, s)
             targets = tables.position[labels].to(ctx.device)
             logits = model(x)
             kd_sum = None
@@ -245,7 +259,7 @@ def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx:
     index = torch.nonzero(torch.isin(data.labels, ids)).flatten()[ctx.rank::ctx.world_size]
     counts = torch.zeros(2, dtype=torch.float64)
     for chunk in torch.split(index, s.eval_batch_size):
-        x = normalize(data.images[chunk], s.mean, s.std).to(ctx.device)
+        x = ctx.batch(data.images[chunk], s)
         predicted = ids[model(x).argmax(1).cpu()]
         counts += torch.tensor([(predicted == data.labels[chunk]).sum().item(), len(chunk)], dtype=torch.float64)
     counts = ctx.all_reduce_sum(counts.to(ctx.device)).cpu()
@@ -296,7 +310,7 @@ def grade_model(plan: Plan, grade: Grade, num_classes_total: int, s: TrainSettin
     return model
 
 
-def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: ImageSet, teachers: Optional[TeacherClient],
+def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageSet], teachers: Optional[TeacherClient],
                s: TrainSettings, ctx: TrainContext = None, *, resume: Optional[TrainState] = None,
                on_epoch_end: Callable[[dict, Callable[[], TrainState]], None] = None,
                progress: Callable[[str], None] = None) -> tuple[nn.Module, list]:
@@ -304,7 +318,8 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: ImageSet, teach
 
     At a grade switch the next grade's model is built, every parameter and buffer whose name and
     shape match is carried over, and the optimizer is rebuilt at the current lr.
-    `on_epoch_end(metrics, make_state)` is where backends report and checkpoint.
+    `on_epoch_end(metrics, make_state)` is where backends report and checkpoint. `test=None` skips
+    the per-epoch test evaluation (teachers: their test accuracy is measured once, at the end).
     """
     ctx = ctx or TrainContext()
     history = list(resume.history) if resume else []
@@ -312,7 +327,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: ImageSet, teach
     model = optimizer = wrapped = current_grade = None
     if resume is not None:
         current_grade = plan.grades[resume.grade]
-        model = grade_model(plan, current_grade, train.num_classes, s).to(ctx.device)
+        model = ctx.place(grade_model(plan, current_grade, train.num_classes, s))
         model.load_state_dict(resume.model)
         optimizer = build_optimizer(model, s, s.lr)
         optimizer.load_state_dict(resume.optimizer)
@@ -321,7 +336,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: ImageSet, teach
         grade = plan.grade_at(epoch)
         lr = learning_rate(s, plan, epoch)
         if current_grade is None or grade.index != current_grade.index:
-            new_model = grade_model(plan, grade, train.num_classes, s).to(ctx.device)
+            new_model = ctx.place(grade_model(plan, grade, train.num_classes, s))
             new_opt = build_optimizer(new_model, s, lr)
             if model is not None:
                 carried = carry_over(model, new_model, carry_head_rows=s.carry_head_rows)
@@ -338,7 +353,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: ImageSet, teach
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
                    "val_acc": evaluate(model, val, grade.class_ids, s, ctx),
-                   "test_acc": evaluate(model, test, grade.class_ids, s, ctx)}
+                   "test_acc": evaluate(model, test, grade.class_ids, s, ctx) if test is not None else float("nan")}
         history.append(metrics)
         if progress and ctx.rank == 0:
             progress(f"{plan.method:>13} grade {grade.index + 1}/{len(plan.grades)} epoch {epoch + 1:>3}/"

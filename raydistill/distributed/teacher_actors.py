@@ -1,62 +1,24 @@
 """Teachers as Ray actors: uint8 numpy batches in, float logits (numpy) out.
 
-A `TeacherActor` holds one frozen teacher, prepared for inference (BatchNorm folded into the
-preceding convolution, channels_last, `torch.inference_mode`, torch threads = the actor's CPUs).
+A `TeacherActor` holds one frozen teacher, prepared for inference like every `FrozenTeacher`
+(BatchNorm folded, channels_last, `torch.inference_mode`), torch threads = the actor's CPUs.
 `ActorTeachers` is the engine's `TeacherClient` for a set of actors: `submit` returns an
 ObjectRef at once (the engine submits batch k+1 before training batch k, so the teacher runs on
 its own core while the student steps), `fetch` is a zero-copy `ray.get` of a numpy array.
 """
 from __future__ import annotations
 
-import copy
 import io
 import warnings
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from raydistill.teachers import FrozenTeacher, load_teacher
 
 
-# ---- inference-only model preparation (no Ray) -----------------------------------------------
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of an eval-mode model with every BatchNorm2d that directly follows a Conv2d folded
-    into it (Sequential pairs, and the conv1/bn1, conv2/bn2 pairs of post-activation basic
-    blocks). Pre-activation blocks (BN before conv) are left as they are."""
-    model = copy.deepcopy(model).eval()
-
-    def visit(module: nn.Module) -> None:
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in zip(names, names[1:]):
-                conv, bn = module._modules[a], module._modules[b]
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    module._modules[a] = fuse_conv_bn_eval(conv, bn)
-                    module._modules[b] = nn.Identity()
-        elif type(module).__name__ == "BasicBlock":
-            for i in (1, 2):
-                conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                    setattr(module, f"bn{i}", nn.Identity())
-        for child in module.children():
-            visit(child)
-
-    visit(model)
-    return model
-
-
-def inference_teacher(teacher: FrozenTeacher, fold_bn: bool = True, channels_last: bool = True) -> FrozenTeacher:
-    """The same teacher, prepared for serving: BN folded, channels_last weights."""
-    model = fold_batchnorm(teacher.model) if fold_bn else teacher.model
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return FrozenTeacher(model, teacher.mean, teacher.std, device=teacher.device)
-
+# ---- shipping a teacher through the object store (no Ray) ------------------------------------
 
 def teacher_bytes(teacher: FrozenTeacher) -> bytes:
     """A teacher checkpoint (the `save_teacher` format) as bytes, to ship through the object store."""
@@ -68,13 +30,13 @@ def teacher_bytes(teacher: FrozenTeacher) -> bytes:
     return buf.getvalue()
 
 
-def teacher_from_bytes(blob: bytes, device="cpu") -> FrozenTeacher:
+def teacher_from_bytes(blob: bytes, device="cpu", **serving) -> FrozenTeacher:
     import tempfile
     from pathlib import Path
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "teacher.pt"
         path.write_bytes(blob)
-        return load_teacher(path, device=device)
+        return load_teacher(path, device=device, **serving)
 
 
 # ---- the actor ------------------------------------------------------------------------------
@@ -87,18 +49,15 @@ class TeacherActor:
         torch.set_num_threads(max(1, int(threads)))
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
-        teacher = teacher_from_bytes(source, device) if isinstance(source, (bytes, bytearray)) \
-            else load_teacher(source, device=device)
-        self.teacher = inference_teacher(teacher, fold_bn=fold_bn, channels_last=channels_last and device == "cpu")
-        self.channels_last = channels_last and device == "cpu"
+        serving = {"fold_bn": fold_bn, "channels_last": channels_last}
+        self.teacher = teacher_from_bytes(source, device, **serving) if isinstance(source, (bytes, bytearray)) \
+            else load_teacher(source, device=device, **serving)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """uint8 [B,3,H,W] → float32 logits [B, classes of this teacher]."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # read-only object-store buffer; never written
             x = torch.from_numpy(images)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return self.teacher(x).numpy()
 
     def class_ids(self) -> list:
@@ -111,7 +70,7 @@ class TeacherActor:
 
 def start_teacher_actors(sources: dict, cpus: float = 1.0, gpus: float = 0.0, resources: Optional[dict] = None,
                          name_prefix: Optional[str] = None, threads: Optional[int] = None,
-                         fold_bn: bool = True) -> dict:
+                         fold_bn: bool = True, channels_last: bool = True) -> dict:
     """One actor per teacher key; `sources[key]` is a checkpoint path, bytes or an ObjectRef to bytes.
     Torch threads default to the actor's CPUs (at least 1). Returns {key: actor handle} once every
     actor has loaded its teacher."""
@@ -124,7 +83,7 @@ def start_teacher_actors(sources: dict, cpus: float = 1.0, gpus: float = 0.0, re
         options = {"num_cpus": cpus, "num_gpus": gpus, "resources": dict(resources or {}), "max_restarts": 0}
         if name_prefix:
             options["name"] = f"{name_prefix}{key}"
-        actors[key] = remote_cls.options(**options).remote(source, threads, device, fold_bn, fold_bn)
+        actors[key] = remote_cls.options(**options).remote(source, threads, device, fold_bn, channels_last)
     ray.get([a.class_ids.remote() for a in actors.values()])   # fail here, not mid-epoch
     return actors
 

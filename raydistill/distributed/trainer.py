@@ -18,6 +18,7 @@ and `placement.json` (nodes of workers and teacher actors).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -221,7 +222,8 @@ def _context(exp: Experiment):
             dist.all_reduce(t)
         return t
 
-    return TrainContext(device=device, rank=rank, world_size=world, wrap_model=wrap, all_reduce_sum=all_reduce_sum)
+    return TrainContext(device=device, rank=rank, world_size=world, wrap_model=wrap, all_reduce_sum=all_reduce_sum,
+                        channels_last=exp.channels_last)
 
 
 def _broadcast(obj, ctx: TrainContext):
@@ -259,6 +261,9 @@ def _train_stages(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    # Ray Train V2 logs every report at INFO through a logger that hangs off the worker's root
+    # logger, past LoggingConfig's level: raise the root level, our progress lines are prints
+    logging.getLogger().setLevel(logging.WARNING)
     exp = Experiment.from_dict(config["exp"])
     data = unpack_data(ray.get(config["data"]))
     out = Path(config["run_dir"])
@@ -325,7 +330,8 @@ def _train_stages(config: dict) -> None:
         key = stage.split(":", 1)[1]
         if stage in completed:
             if methods_left:
-                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device)
+                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device,
+                                              channels_last=exp.channels_last)
             continue
         train, _ = stage_train(stage)
         frozen[key], info = teacher_stage(exp, data, out, key, ctx.device, log, train=train, write=writer)
@@ -368,7 +374,8 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
         r = exp.ray
         actors = start_teacher_actors({k: ray.put(teacher_bytes(t)) for k, t in frozen.items()},
                                       cpus=r.teacher_cpus, gpus=r.teacher_gpus,
-                                      resources=r.teacher_resources, name_prefix=prefix)
+                                      resources=r.teacher_resources, name_prefix=prefix,
+                                      channels_last=exp.channels_last)
         placement = {"workers": nodes, "teachers": {k: ray.get(a.node_id.remote()) for k, a in actors.items()}}
         (out / "placement.json").write_text(json.dumps(placement, indent=2))
     _broadcast(None, ctx)   # barrier: the actors exist

@@ -6,8 +6,8 @@ chunk of samples) pieces. When Ray is initialised and the cluster has room for o
 the teacher actors' resources (`ray.teacher_cpus/teacher_gpus/teacher_resources`), the pieces run
 as parallel Ray tasks; otherwise (the `--local` backend, or a single Ray Train worker that holds
 every core of the machine) they run in this process with the frozen teachers. Either way the
-teacher is prepared as for serving (BatchNorm folded, channels_last on CPU), which changes the
-logits by far less than float16 rounding.
+teacher is a `FrozenTeacher` prepared for inference (BatchNorm folded, channels_last), which
+changes the logits by far less than float16 rounding.
 """
 from __future__ import annotations
 
@@ -33,14 +33,11 @@ def teacher_samples(classes, labels: torch.Tensor) -> torch.Tensor:
 def compute_logits(teacher, images: torch.Tensor, bank: AugmentationBank) -> torch.Tensor:
     """float32 [n, A, C]: the teacher's logits for every draw of `bank` (made for these n images)."""
     n, out = len(images), []
-    channels_last = teacher.device.type == "cpu"
     for start in range(0, n, BATCH):
         index = torch.arange(start, min(start + BATCH, n))
         per_draw = []
         for a in range(bank.num_draws):
             x = bank.apply(images[index], index, torch.full((len(index),), a, dtype=torch.long))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             per_draw.append(teacher(x))
         out.append(torch.stack(per_draw, dim=1))
     return torch.cat(out)
@@ -54,9 +51,9 @@ def _piece(teacher, images, samples: torch.Tensor, bank: AugmentationBank, fmt: 
 def _task(blob: bytes, images: np.ndarray, samples: np.ndarray, draws: np.ndarray, padding: int, flip: bool,
           fmt: str, topk: int, threads: int, device: str) -> TeacherLabels:
     """One piece in a Ray task: the teacher arrives as checkpoint bytes, the images as numpy."""
-    from raydistill.distributed.teacher_actors import inference_teacher, teacher_from_bytes
+    from raydistill.distributed.teacher_actors import teacher_from_bytes
     torch.set_num_threads(threads)
-    teacher = inference_teacher(teacher_from_bytes(blob, device), channels_last=device == "cpu")
+    teacher = teacher_from_bytes(blob, device)
     samples = torch.from_numpy(samples)
     sub = AugmentationBank(torch.from_numpy(draws), padding, flip, 0)
     return encode(samples, compute_logits(teacher, torch.from_numpy(images[samples.numpy()]), sub), fmt, topk)
@@ -82,9 +79,7 @@ def build_labels(teachers: dict, images: torch.Tensor, labels: torch.Tensor, ban
     """{teacher key: TeacherLabels} for every teacher in `teachers` ({key: FrozenTeacher})."""
     pieces = {key: torch.split(teacher_samples(t.class_ids, labels), CHUNK) for key, t in teachers.items()}
     if ray_options is None:
-        from raydistill.distributed.teacher_actors import inference_teacher
-        return {key: concat([_piece(inference_teacher(t, channels_last=t.device.type == "cpu"), images, s, bank,
-                                    fmt, topk) for s in pieces[key]])
+        return {key: concat([_piece(t, images, s, bank, fmt, topk) for s in pieces[key]])
                 for key, t in teachers.items()}
     import ray
     from raydistill.distributed.teacher_actors import teacher_bytes
