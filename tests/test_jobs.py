@@ -187,3 +187,21 @@ def test_a_search_ships_as_one_self_contained_space(tmp_path, monkeypatch):
     assert shipped.base.ray.address == "auto" and Path(shipped.output).is_absolute()
     with pytest.raises(Exception, match="not a URI"):
         search_job("smoke", storage="s3://bucket/tune")
+
+
+@pytest.mark.slow
+def test_search_runs_as_a_job_end_to_end(ray_head, tmp_path, capsys):
+    """`raydistill submit --space smoke --wait`: the search runs inside the job (teachers once, one
+    Ray Train run per trial) and its files land in --storage; the trials table is printed."""
+    import pandas as pd
+    from raydistill.cli import main
+    rc = main(["submit", "--address", ray_head, "--space", "smoke", "--storage", str(tmp_path / "tune"),
+               "--wait", "--timeout", "400"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.startswith("raydistill-smoke-") and "trial-000" in out
+    search_dir = tmp_path / "tune" / "smoke"
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    assert len(trials) == 4 and trials["trial"].nunique() == 4
+    assert (search_dir / "best.yaml").is_file()
+    assert sorted(p.name for p in (search_dir / "teachers").glob("*.pt")) == ["group0.pt", "group1.pt"]
