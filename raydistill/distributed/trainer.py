@@ -41,7 +41,10 @@ from raydistill.workspace import PreparedData, with_absolute_paths
 
 STATE_FILE = "state.pt"
 ABORTED_FILE = "aborted.json"   # written by rank 0 when a non-finite loss stops the run
-LOCAL_ENV = {"RAY_AUTH_MODE": "disabled"}
+# For a Ray instance this process starts on one machine: no token auth (Ray 2.60 enables it by
+# itself), and no preemption watcher (it polls for cloud node preemption, meaningless on one
+# machine, and its actor logs a core_worker error line into every run's output).
+LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class RunInterrupted(RuntimeError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from raydistill.distributed.trainer import LOCAL_ENV as TRAIN_LOCAL_ENV
 from raydistill.search.results import (BEST_FILE, best_row, export_best, format_best, table_frame, trial_rows,
                                        write_table)
 from raydistill.search.space import SCHEDULERS, SearchSpace, SpaceError, load_space, space_fingerprint
@@ -21,7 +22,7 @@ from raydistill.workspace import with_absolute_paths
 from raydistill.search.trainable import TRIAL_CPU, curriculum_asha, run_trial
 
 TUNER_DIR = "tuner"
-LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+LOCAL_ENV = {**TRAIN_LOCAL_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 
 
 @dataclass
