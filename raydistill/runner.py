@@ -176,9 +176,9 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
     if exp.teachers.soft_labels == "cache" and teachers:
         from raydistill.softlabels import cache_root, ensure_soft_label_cache
         client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp, out), log=log).client()
+    train = local_train(device, exp.channels_last)
     for method in exp.methods:
-        history, result.methods[method] = method_stage(exp, data, out, method, client, log,
-                                                          local_train(device, exp.channels_last))
+        history, result.methods[method] = method_stage(exp, data, out, method, client, log, train)
         result.history += history
         write_metrics(out, result)
     return finish_run(exp, result, log)

@@ -334,7 +334,7 @@ def _train_stages(config: dict) -> None:
         if stage in completed:
             if methods_left:
                 frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device,
-                                              channels_last=exp.channels_last)
+                                           channels_last=exp.channels_last)
             continue
         train, _ = stage_train(stage)
         frozen[key], info = teacher_stage(exp, data, out, key, ctx.device, log, train=train, write=writer)
