@@ -194,7 +194,8 @@ def main(argv=None) -> int:
             # each actor asks for a share of one CPU: only one teacher is busy at a time in sequential mode
             cpus = 1.0 / len(teachers)
             actors = start_teacher_actors({k: teacher_bytes(t) for k, t in teachers.items()}, cpus=cpus,
-                                          threads=args.teacher_threads, fold_bn=not args.no_fold_bn)
+                                          threads=args.teacher_threads, fold_bn=not args.no_fold_bn,
+                                          channels_last=not args.no_fold_bn)
             torch.set_num_threads(args.student_threads)
             client = ActorTeachers(actors)
             results["c"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
