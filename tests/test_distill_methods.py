@@ -107,3 +107,17 @@ def test_local_run_of_method_loss_combinations_with_cached_soft_labels(tmp_path)
     assert "ed+dkd" in table and "multi_teacher+lskd" in table
     with pytest.raises(Exception, match="teachers.cache_format: expected float16 when a method distils with dkd"):
         run(exp.with_overrides(["teachers.cache_format=topk"]), progress=None)
+
+
+def test_ray_train_run_of_a_method_loss_combination(ray_session, tmp_path):
+    """The Ray backend serves teachers to a `kd+lskd` stage (its loss term is on every epoch) and
+    names its files and results after the entry."""
+    from raydistill.distributed.trainer import run_distributed
+    exp = tiny_experiment(tmp_path, **{"methods": "[kd+lskd]", "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]",
+                                       "data.train_per_class": 40, "data.test_per_class": 10})
+    result = run_distributed(exp, progress=None)
+    assert list(result.methods) == ["kd+lskd"] and result.methods["kd+lskd"]["loss"] == "lskd"
+    assert list(result.teachers) == ["all"]
+    rows = [h for h in result.history if h["method"] == "kd+lskd"]
+    assert len(rows) == 3 and all(h["kd"] > 0 for h in rows)
+    assert (result.run_dir / "checkpoints" / "kd+lskd.pt").is_file()
