@@ -36,9 +36,10 @@ def format_table(methods: dict, teachers: dict | None = None) -> str:
         lines += ["teachers (test top-1 on their own classes):"]
         lines += [f"  {k:<8} {v['arch']:<11} {v['classes']:>4} classes  {_pct(v['test_acc'])}%"
                   for k, v in teachers.items()]
-    lines += ["", f"{'method':<14}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}{'wall s':>9}"]
+    w = max([14] + [len(method_label(name, m)) + 1 for name, m in methods.items()])   # multi_teacher+lskd
+    lines += ["", f"{'method':<{w}}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}{'wall s':>9}"]
     for name, m in methods.items():
-        lines.append(f"{method_label(name, m):<14}{_pct(m['final_test_acc']):>13}{_pct(m['final_val_acc']):>12}"
+        lines.append(f"{method_label(name, m):<{w}}{_pct(m['final_test_acc']):>13}{_pct(m['final_val_acc']):>12}"
                      f"{m['params']:>10,}{m['epochs']:>8}{m['wall_s']:>9.1f}")
     for name, m in methods.items():
         if len(m["grades"]) > 1:
