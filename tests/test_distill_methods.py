@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_experiment
-from raydistill.config import Experiment
+from raydistill.config import ConfigError, Experiment
 from raydistill.data import ImageSet
 from raydistill.distill.curriculum import plan_ed, plan_for, plan_single_grade, teachers_needed
 from raydistill.distill.engine import TrainSettings, train_plan
@@ -105,7 +105,7 @@ def test_local_run_of_method_loss_combinations_with_cached_soft_labels(tmp_path)
         assert (result.run_dir / "checkpoints" / f"{method}.pt").is_file()
     table = result.table()
     assert "ed+dkd" in table and "multi_teacher+lskd" in table
-    with pytest.raises(Exception, match="teachers.cache_format: expected float16 when a method distils with dkd"):
+    with pytest.raises(ConfigError, match="teachers.cache_format: expected float16 when a method distils with dkd"):
         run(exp.with_overrides(["teachers.cache_format=topk"]), progress=None)
 
 
