@@ -31,7 +31,7 @@ from raydistill.data import ImageSet, normalize, random_crop_flip
 from raydistill.distill.curriculum import plan_ed
 from raydistill.distill.engine import (GradeTables, TrainContext, TrainSettings, build_optimizer, grade_model,
                                        train_epoch)
-from raydistill.distill.losses import ed_loss, sliced_kd_loss
+from raydistill.distill.losses import ed_loss, kd as kd_loss
 from raydistill.models import build_model, num_blocks
 from raydistill.teachers import FrozenTeacher, LocalTeachers
 
@@ -95,7 +95,8 @@ def bare_loop(data, plan, grade, teachers, s, epoch) -> float:
                 rows = torch.nonzero(lessons == li).flatten()
                 with torch.inference_mode():
                     t = teachers[grade.lessons[li].teacher].model(normalize(images[rows], s.mean, s.std))
-                term = sliced_kd_loss(logits[rows], t, tables.slices[li], s.temperature, reduction="sum")
+                term = kd_loss(logits[rows][:, tables.slices[li]], t, tables.in_slice[labels[rows]],
+                               temperature=s.temperature).sum()
                 kd = term if kd is None else kd + term
             loss = ed_loss(logits, tables.position[labels], kd, s.alpha)["loss"]
             opt.zero_grad(set_to_none=True)

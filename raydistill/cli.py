@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train teachers, run ED and the baselines, print the results table")
     _add_config_args(p)
-    p.add_argument("--methods", nargs="+", help="subset of: ed scratch kd multi_teacher")
+    p.add_argument("--methods", nargs="+", help="subset of: ed scratch kd multi_teacher, each but scratch optionally "
+                   "with +loss (kd, dkd, lskd), e.g. ed+dkd")
     p.add_argument("--output", help="output directory (output.dir)")
     p.add_argument("--backend", choices=["ray", "local"], default="ray",
                    help="ray: one Ray Train run over the whole experiment (default; re-running resumes); "

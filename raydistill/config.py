@@ -17,6 +17,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 import yaml
 
 METHODS = ("ed", "scratch", "kd", "multi_teacher")
+LOSSES = ("kd", "dkd", "lskd")          # = raydistill.distill.losses.LOSSES (a test keeps them equal)
 PASS_MODES = ("sequential", "mixed")
 SCHEDULES = ("step", "cosine", "constant")
 SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
@@ -45,6 +46,12 @@ _Loader.add_implicit_resolver(
 
 def load_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
+
+
+def split_method(entry: str) -> tuple:
+    """A `methods` entry as (method, loss): `ed+dkd` -> ("ed", "dkd"), `ed` -> ("ed", None)."""
+    base, sep, loss = str(entry).partition("+")
+    return base, (loss if sep else None)
 
 
 @dataclass
@@ -101,6 +108,32 @@ class CurriculumConfig:
 
 
 @dataclass
+class KDLossConfig:
+    temperature: Optional[float] = None  # null: curriculum.temperature
+
+
+@dataclass
+class DKDLossConfig:
+    alpha: float = 1.0                  # weight of TCKD (target vs non-target, binary KL)
+    beta: float = 8.0                   # weight of NCKD (KL among the non-target classes)
+    warmup: int = 20                    # epochs of linear warm-up of the loss weight: min(epoch/warmup, 1); 0 = none
+    temperature: Optional[float] = None  # null: curriculum.temperature
+
+
+@dataclass
+class LSKDLossConfig:
+    temperature: Optional[float] = 2.0  # base temperature on z-scored logits; null: curriculum.temperature
+
+
+@dataclass
+class DistillConfig:
+    loss: str = "kd"                    # loss of every `methods` entry that does not name one (ed+dkd does)
+    kd: KDLossConfig = field(default_factory=KDLossConfig)
+    dkd: DKDLossConfig = field(default_factory=DKDLossConfig)
+    lskd: LSKDLossConfig = field(default_factory=LSKDLossConfig)
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = 0.05
     momentum: float = 0.9
@@ -142,6 +175,7 @@ class Experiment:
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -216,9 +250,16 @@ class Experiment:
 
         need(isinstance(self.methods, list) and len(self.methods) > 0, "methods",
              f"a non-empty list of {list(METHODS)}", self.methods)
+        need(self.distill.loss in LOSSES, "distill.loss", f"one of {list(LOSSES)}", self.distill.loss)
         for m in self.methods:
-            need(m in METHODS, "methods", f"each one of {list(METHODS)}", m)
-        need(len(set(self.methods)) == len(self.methods), "methods", "no duplicates", self.methods)
+            base, loss = split_method(m)
+            need(isinstance(m, str) and base in METHODS and loss in (None, *LOSSES), "methods",
+                 f"each one of {list(METHODS)}, or method+loss with a loss in {list(LOSSES)} (e.g. ed+dkd)", m)
+            need(not (base == "scratch" and loss), "methods", "scratch without a loss (it trains with CE only)", m)
+        resolved = [self.method_loss(m) for m in self.methods]
+        need(len(set(resolved)) == len(resolved), "methods",
+             f"no duplicates (an entry without +loss uses distill.loss: {self.distill.loss})", self.methods)
+        self._validate_losses(need)
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
 
         d = self.data
@@ -310,7 +351,36 @@ class Experiment:
         need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
         return self
 
+    def _validate_losses(self, need) -> None:
+        """Each loss's parameter block, and the one combination the soft-label cache cannot serve."""
+        for name in LOSSES:
+            for key, value in dataclasses.asdict(getattr(self.distill, name)).items():
+                path = f"distill.{name}.{key}"
+                if key == "temperature":
+                    need(value is None or value > 0, path, "a positive number or null (curriculum.temperature)", value)
+                elif key == "warmup":
+                    need(isinstance(value, int) and value >= 0, path, "a non-negative integer (epochs; 0 = none)",
+                         value)
+                else:
+                    need(value >= 0, path, "a non-negative number", value)
+        t = self.teachers
+        dkd_methods = [m for m in self.methods if self.method_loss(m)[1] == "dkd" and split_method(m)[0] != "scratch"]
+        need(not (dkd_methods and t.soft_labels == "cache" and t.cache_format == "topk"), "teachers.cache_format",
+             f"float16 when a method distils with dkd ({', '.join(dkd_methods)}): DKD's target-class term needs "
+             "the teacher's exact target-class logit, and top-k stores the mean of the dropped logits in its place "
+             "whenever the target is not among the k largest", t.cache_format)
+
     # ---- derived values ------------------------------------------------------------------
+    def method_loss(self, entry: str) -> tuple:
+        """(method, distillation loss) of a `methods` entry; without `+loss` it is `distill.loss`."""
+        base, loss = split_method(entry)
+        return base, loss or self.distill.loss
+
+    def loss_params(self) -> dict:
+        """{loss: its configured parameters}, unset (null) ones left to the engine's defaults."""
+        return {name: {k: v for k, v in dataclasses.asdict(getattr(self.distill, name)).items() if v is not None}
+                for name in LOSSES}
+
     def num_groups(self) -> int:
         if self.data.groups is not None:
             if not isinstance(self.data.groups, list) or not self.data.groups:

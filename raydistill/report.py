@@ -14,8 +14,16 @@ def method_summary(plan, history: list, params: int, wall_s: float) -> dict:
         if rows:
             grades.append({"grade": g.index + 1, "blocks": g.split, "classes": g.num_classes, "epochs": g.epochs,
                            "val_acc": rows[-1]["val_acc"], "test_acc": rows[-1]["test_acc"]})
+    distils = any(lesson.teacher for g in plan.grades for lesson in g.lessons)
     return {"final_test_acc": last["test_acc"], "final_val_acc": last["val_acc"], "params": params,
-            "epochs": plan.total_epochs, "wall_s": wall_s, "grades": grades}
+            "epochs": plan.total_epochs, "wall_s": wall_s, "grades": grades, "loss": plan.loss if distils else None}
+
+
+def method_label(name: str, summary: dict) -> str:
+    """The name a table shows: the method and its loss (`ed+dkd`) unless the loss is plain KD
+    or the name already says it."""
+    loss = summary.get("loss")
+    return name if "+" in name or loss in (None, "kd") else f"{name}+{loss}"
 
 
 def _pct(x) -> str:
@@ -28,9 +36,10 @@ def format_table(methods: dict, teachers: dict | None = None) -> str:
         lines += ["teachers (test top-1 on their own classes):"]
         lines += [f"  {k:<8} {v['arch']:<11} {v['classes']:>4} classes  {_pct(v['test_acc'])}%"
                   for k, v in teachers.items()]
-    lines += ["", f"{'method':<14}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}{'wall s':>9}"]
+    w = max([14] + [len(method_label(name, m)) + 1 for name, m in methods.items()])   # multi_teacher+lskd
+    lines += ["", f"{'method':<{w}}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}{'wall s':>9}"]
     for name, m in methods.items():
-        lines.append(f"{name:<14}{_pct(m['final_test_acc']):>13}{_pct(m['final_val_acc']):>12}"
+        lines.append(f"{method_label(name, m):<{w}}{_pct(m['final_test_acc']):>13}{_pct(m['final_val_acc']):>12}"
                      f"{m['params']:>10,}{m['epochs']:>8}{m['wall_s']:>9.1f}")
     for name, m in methods.items():
         if len(m["grades"]) > 1:

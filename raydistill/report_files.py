@@ -138,8 +138,8 @@ def write_curves(path: Path, history: list, summary: dict | None = None) -> Path
     fig = Figure(figsize=(9, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    runs = _by_method(history, STUDENT_METHODS)
-    colors = {m: f"C{i}" for i, m in enumerate(STUDENT_METHODS)}
+    runs = {m: rows for m, rows in _by_method(history).items() if m.split("+")[0] in STUDENT_METHODS}
+    colors = {m: f"C{i}" for i, m in enumerate(runs)}
     for method, rows in runs.items():
         epochs = [r["epoch"] for r in rows]
         for key, style, label in (("test_acc", "-", "test"), ("val_acc", "--", "val")):
@@ -147,7 +147,8 @@ def write_curves(path: Path, history: list, summary: dict | None = None) -> Path
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colors[method], marker="o",
                         markersize=3, linewidth=1.6 if label == "test" else 1.1, label=f"{method} ({label})")
-    for row, prev in zip(runs.get("ed", [])[1:], runs.get("ed", [])):
+    ed_rows = next((rows for m, rows in runs.items() if m.split("+")[0] == "ed"), [])   # ed+dkd switches alike
+    for row, prev in zip(ed_rows[1:], ed_rows):
         if row.get("grade") != prev.get("grade"):
             x = row["epoch"] - 0.5
             ax.axvline(x, color="0.4", linestyle="--", linewidth=1)

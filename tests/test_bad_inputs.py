@@ -111,8 +111,36 @@ def test_order_not_a_permutation(tmp_path):
 
 
 def test_unknown_method(tmp_path):
-    _invalid(tmp_path, r"methods: expected each one of \['ed', 'scratch', 'kd', 'multi_teacher'\], got 'distill'",
-             methods="[ed, distill]")
+    _invalid(tmp_path, r"methods: expected each one of \['ed', 'scratch', 'kd', 'multi_teacher'\], or method\+loss "
+             r"with a loss in \['kd', 'dkd', 'lskd'\] \(e\.g\. ed\+dkd\), got 'distill'", methods="[ed, distill]")
+
+
+def test_unknown_loss(tmp_path):
+    _invalid(tmp_path, r"distill\.loss: expected one of \['kd', 'dkd', 'lskd'\], got 'hinton'", **{"distill.loss": "hinton"})
+    _invalid(tmp_path, r"methods: expected each one of .* got 'ed\+hinton'", methods="[ed+hinton]")
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("dkd.beta", -1, "a non-negative number"), ("dkd.alpha", -0.5, "a non-negative number"),
+    ("dkd.warmup", -2, "a non-negative integer"), ("lskd.temperature", 0, "a positive number or null"),
+    ("kd.temperature", -4, "a positive number or null")])
+def test_bad_loss_parameter(tmp_path, field, value, expected):
+    _invalid(tmp_path, rf"distill\.{field}: expected {expected}.*got {float(value) if field != 'dkd.warmup' else value}",
+             **{f"distill.{field}": value})
+
+
+def test_loss_on_scratch_or_twice(tmp_path):
+    _invalid(tmp_path, r"methods: expected scratch without a loss \(it trains with CE only\), got 'scratch\+dkd'",
+             methods="[scratch+dkd]")
+    _invalid(tmp_path, r"methods: expected no duplicates \(an entry without \+loss uses distill\.loss: kd\), "
+             r"got \['ed', 'ed\+kd'\]", methods="[ed, ed+kd]")
+
+
+def test_dkd_with_topk_soft_labels(tmp_path):
+    """DKD's target-class term needs the teacher's exact target logit, which top-k may not hold."""
+    _invalid(tmp_path, r"teachers\.cache_format: expected float16 when a method distils with dkd \(ed\+dkd\): .*"
+             r"got 'topk'", methods="[ed+dkd]", **{"teachers.soft_labels": "cache", "teachers.cache_format": "topk"})
+    _exp(tmp_path, methods="[ed+lskd]", **{"teachers.soft_labels": "cache", "teachers.cache_format": "topk"}).validate()
 
 
 def test_val_fraction_one(tmp_path):
@@ -308,6 +336,15 @@ def test_cli_data_error_before_ray(tmp_path, capsys, monkeypatch):
 def test_cli_invalid_field_exit_code(tmp_path, capsys):
     err = _cli(capsys, "validate", "--set", "teachers.epochs=0")
     assert "teachers.epochs: expected a positive integer, got 0" in err
+
+
+def test_cli_bad_loss_parameter_before_ray(tmp_path, capsys, monkeypatch):
+    _no_ray(monkeypatch)
+    err = _cli(capsys, "run", "--methods", "ed+dkd", "--set", "distill.dkd.beta=-1", "--output", str(tmp_path))
+    assert "distill.dkd.beta: expected a non-negative number, got -1.0" in err
+    err = _cli(capsys, "run", "--methods", "ed+hinton", "--output", str(tmp_path))
+    assert "got 'ed+hinton'" in err
+    assert not any(tmp_path.iterdir())
 
 
 def _no_ray(monkeypatch):

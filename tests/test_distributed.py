@@ -65,6 +65,8 @@ def test_stages_progress_and_data_packing(tiny_data, tmp_path):
     exp = tiny_experiment(tmp_path, methods="[ed,kd,scratch]")
     assert run_stages(exp, 3) == ["teacher:group0", "teacher:group1", "teacher:group2", "teacher:all",
                                   "method:ed", "method:kd", "method:scratch"]
+    assert run_stages(tiny_experiment(tmp_path, methods="[kd+dkd,scratch]"), 3) == [
+        "teacher:all", "method:kd+dkd", "method:scratch"]
     back = unpack_data(pack_data(tiny_data))
     assert torch.equal(back.train.images, tiny_data.train.images) and back.groups == tiny_data.groups
     completed = {"teacher:group0": {"info": {"test_acc": 0.5}},

@@ -27,3 +27,20 @@ def test_summaries_report_the_last_epoch():
             mine = [h for h in history if h["method"] == method]
             assert [h["epoch"] for h in mine] == list(range(1, m["epochs"] + 1))
             assert m["final_test_acc"] == mine[-1]["test_acc"]
+
+
+def test_per_method_results_merge_per_seed_in_the_loss_table_order(tmp_path):
+    """The benchmark's per-(seed, method) layout, seed<S>/<method>/summary.json, aggregates per seed,
+    methods in the loss table's order, teachers merged over the methods' runs."""
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        for method, teacher in (("ed+dkd", "group0"), ("scratch", None), ("kd+lskd", "all")):
+            d = tmp_path / f"seed{seed}" / method
+            d.mkdir(parents=True)
+            teachers = {teacher: {"arch": "resnet8", "classes": 3, "test_acc": 0.9}} if teacher else {}
+            (d / "summary.json").write_text(json.dumps({"methods": {method: {
+                "final_test_acc": acc, "params": 10, "epochs": 3}}, "teachers": teachers}))
+    agg = accuracy.aggregate(accuracy.load_summaries(tmp_path))
+    assert list(agg["methods"]) == ["scratch", "kd+lskd", "ed+dkd"]
+    assert agg["methods"]["ed+dkd"]["runs"] == [0.5, 0.7] and agg["seeds"] == [0, 1]
+    assert set(agg["teachers"]) == {"group0", "all"}
+    assert "| `kd+lskd` | 60.00 ± 14.14 | 50.00 / 70.00 | 10 | 3 |" in accuracy.table_markdown(agg)

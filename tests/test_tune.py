@@ -45,6 +45,31 @@ def test_space_smaller_than_samples_is_refused(tmp_path):
         space.candidates(5)
 
 
+def test_distillation_loss_and_its_parameters_are_search_dimensions(tmp_path):
+    """`distill.loss` and a loss's parameters are dimensions like any other: every combination is
+    sampled, each trial's ed plan distils with its loss, and an invalid candidate names the dimension."""
+    from raydistill.distill.curriculum import plan_for
+    from raydistill.search.space import SpaceError, space_from_dict
+    from raydistill.search.trainable import trial_experiment
+    base = {"data": {"source": "builtin", "num_classes": 6, "ratio": "1:1:1"}, "student": {"arch": "resnet8"}}
+    space = space_from_dict({"base": base, "samples": 6, "search": {
+        "distill.loss": {"choice": ["kd", "dkd", "lskd"]}, "distill.dkd.beta": {"choice": [1.0, 8.0]}}})
+    trials = space.candidates()
+    assert {(t["distill.loss"], t["distill.dkd.beta"]) for t in trials} == {
+        (loss, beta) for loss in ("kd", "dkd", "lskd") for beta in (1.0, 8.0)}
+    for values in trials:
+        exp = trial_experiment(space.base.to_dict(), values, {}, str(tmp_path), 0, 1.0)
+        assert exp.methods == ["ed"] and plan_for("ed", exp, [[0, 1], [2, 3], [4, 5]]).loss == values["distill.loss"]
+        assert exp.loss_params()["dkd"]["beta"] == values["distill.dkd.beta"]
+    for dimension, pattern in (({"distill.dkd.beta": {"uniform": [-1, 4]}},
+                                r"search\.distill\.dkd\.beta: candidate -1\.0 is invalid .*distill\.dkd\.beta: "
+                                r"expected a non-negative number"),
+                               ({"distill.loss": {"choice": ["kd", "hinton"]}},
+                                r"search\.distill\.loss: candidate 'hinton' is invalid .*distill\.loss: expected one of")):
+        with pytest.raises(SpaceError, match=pattern):
+            space_from_dict({"base": base, "search": dimension})
+
+
 BAD_SPACES = {   # the dimension, and what its error must say
     "splits": ("curriculum.splits: {choice: [[1, 2, 3], [2, 1, 3]]}",   # cannot be increasing
                r"search\.curriculum\.splits: candidate \[2, 1, 3\] is invalid .*strictly increasing"),

@@ -5,13 +5,14 @@ ED and its baselines are all plans of the same shape, so one trainer runs them a
 - multi_teacher: one grade, complete student, all group teachers (ED without the curriculum);
 - kd: one grade, complete student, one teacher over all classes;
 - scratch: one grade, complete student, CE only.
+A method entry may name its distillation loss (`ed+dkd`, `kd+lskd`); the plan carries it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from raydistill.config import METHODS, PASS_MODES
+from raydistill.config import METHODS, PASS_MODES, split_method
 
 
 class CurriculumError(ValueError):
@@ -52,6 +53,7 @@ class Plan:
     arch: str
     grades: tuple
     pass_mode: str
+    loss: str = "kd"                # distillation loss (a name in raydistill.distill.losses.LOSSES)
 
     @property
     def total_epochs(self) -> int:
@@ -121,22 +123,27 @@ def plan_single_grade(method: str, arch: str, num_blocks: int, groups: Sequence[
 
 
 def plan_for(method: str, experiment, groups: Sequence[Sequence[int]]) -> Plan:
-    """The plan of `method` under an Experiment's curriculum settings."""
+    """The plan of a `methods` entry (`ed`, `ed+dkd`, …) under an Experiment's settings; an entry
+    without a loss uses `distill.loss`. The plan keeps the entry as its name."""
     from raydistill.models import num_blocks
+    base, loss = experiment.method_loss(method)
     arch = experiment.student.arch
     blocks = num_blocks(arch)
     c = experiment.curriculum
-    if method == "ed":
-        return plan_ed(arch, blocks, groups, experiment.splits(), experiment.order(), experiment.grade_epochs(),
+    if base == "ed":
+        plan = plan_ed(arch, blocks, groups, experiment.splits(), experiment.order(), experiment.grade_epochs(),
                        experiment.head_widths(), c.pass_mode)
-    pass_mode = c.pass_mode if method == "multi_teacher" else "mixed"
-    return plan_single_grade(method, arch, blocks, groups, experiment.total_epochs(), pass_mode)
+    else:
+        pass_mode = c.pass_mode if base == "multi_teacher" else "mixed"
+        plan = plan_single_grade(base, arch, blocks, groups, experiment.total_epochs(), pass_mode)
+    return replace(plan, method=method, loss=loss)
 
 
 def teachers_needed(methods: Sequence[str], num_groups: int) -> list:
+    bases = {split_method(m)[0] for m in methods}
     keys = []
-    if any(m in ("ed", "multi_teacher") for m in methods):
+    if bases & {"ed", "multi_teacher"}:
         keys += [group_key(p) for p in range(num_groups)]
-    if "kd" in methods:
+    if "kd" in bases:
         keys.append("all")
     return keys

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from raydistill.data import ImageSet, normalize, random_crop_flip
 from raydistill.distill.curriculum import Grade, Plan
-from raydistill.distill.losses import ed_loss, sliced_kd_loss
+from raydistill.distill.losses import Distillation, ed_loss
 from raydistill.models import build_grade_model, carry_over
 
 
@@ -68,8 +68,9 @@ class TrainSettings:
     milestones: tuple = ()
     gamma: float = 0.1
     restart_per_grade: bool = False
-    temperature: float = 4.0
+    temperature: float = 4.0            # of every distillation loss whose parameters name none
     alpha: float = 0.3
+    losses: dict = field(default_factory=dict)   # loss name -> its configured parameters (distill.<loss>)
     carry_head_rows: bool = False
     keep_momentum: bool = False
     head_relu: bool = True
@@ -151,26 +152,38 @@ def grade_passes(grade: Grade, labels: torch.Tensor, pass_mode: str) -> list[tor
     return [torch.cat(per_lesson)]
 
 
+def distillation(loss: str, s: TrainSettings) -> Distillation:
+    """The registered loss `loss` with its configured parameters (temperature: `s.temperature`
+    unless the loss's own block sets one)."""
+    return Distillation.of(loss, {"temperature": s.temperature, **s.losses.get(loss, {})})
+
+
 # ---- one epoch ----------------------------------------------------------------------------
 
 class GradeTables:
-    """Index tables of a grade: output position of each class, lesson of each class."""
+    """Index tables of a grade: output position of each class, lesson of each class, and each
+    class's position inside its lesson's slice (the target position of the target-class terms)."""
 
     def __init__(self, grade: Grade, num_classes: int, device: torch.device):
         ids = grade.class_ids
         self.position = torch.full((num_classes,), -1, dtype=torch.long)
         self.position[torch.tensor(ids)] = torch.arange(len(ids))
         self.lesson = torch.full((num_classes,), -1, dtype=torch.long)
+        self.in_slice = torch.full((num_classes,), -1, dtype=torch.long)
         for li, lesson in enumerate(grade.lessons):
             self.lesson[torch.tensor(lesson.classes)] = li
+            self.in_slice[torch.tensor(lesson.classes)] = torch.arange(len(lesson.classes))
         self.slices = [self.position[torch.tensor(lesson.classes)].to(device) for lesson in grade.lessons]
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade, pass_mode: str,
                 data: ImageSet, teachers: Optional[TeacherClient], s: TrainSettings, ctx: TrainContext,
-                epoch: int) -> dict:
-    """Train one epoch of one grade; returns summed loss terms and counts (reduced over workers)."""
+                epoch: int, distill: Optional[Distillation] = None) -> dict:
+    """Train one epoch of one grade; returns summed loss terms and counts (reduced over workers).
+    `distill` is the method's loss (default: KD), applied per lesson to the lesson's slice of the
+    student's logits with each sample's target position inside that slice."""
     model.train()
+    distill = distill or distillation("kd", s)
     tables = GradeTables(grade, data.num_classes, ctx.device)
     sums = torch.zeros(5, dtype=torch.float64)  # loss, ce, kd (sample-weighted), correct, samples
     started = time.perf_counter()
@@ -184,8 +197,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
             logits = model(x)
             kd_sum = None
             for li, (rows, t_logits) in teacher_out.items():
-                term = sliced_kd_loss(logits.index_select(0, rows.to(ctx.device)), t_logits.to(ctx.device),
-                                      tables.slices[li], s.temperature, reduction="sum")
+                student = logits.index_select(0, rows.to(ctx.device)).index_select(1, tables.slices[li])
+                term = distill(student, t_logits.to(ctx.device), tables.in_slice[labels[rows]].to(ctx.device),
+                               epoch).sum()
                 kd_sum = term if kd_sum is None else kd_sum + term
             terms = ed_loss(logits, targets, kd_sum, s.alpha)
             # collective, so every worker stops at the same step instead of one of them hanging in DDP's all-reduce
@@ -322,6 +336,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
     the per-epoch test evaluation (teachers: their test accuracy is measured once, at the end).
     """
     ctx = ctx or TrainContext()
+    distill = distillation(plan.loss, s)
     history = list(resume.history) if resume else []
     start_epoch = resume.epoch if resume else 0
     model = optimizer = wrapped = current_grade = None
@@ -347,7 +362,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:
-            metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch)
+            metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch, distill)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{plan.method}: {err}") from None
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,

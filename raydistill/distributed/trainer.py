@@ -341,7 +341,7 @@ def _train_stages(config: dict) -> None:
         record(stage, {"info": info})
 
     client, actors = None, None
-    needs_teachers = any(m in ("ed", "kd", "multi_teacher") for m in (s.split(":", 1)[1] for s in methods_left))
+    needs_teachers = bool(teachers_needed([s.split(":", 1)[1] for s in methods_left], len(data.groups)))
     if needs_teachers and frozen and exp.teachers.soft_labels == "cache":
         client = _cache_client(exp, data, frozen, ctx, out, writer, log)
     elif needs_teachers and frozen:

@@ -16,6 +16,8 @@ File format (see tune_spaces/*.yaml)::
       curriculum.head_widths: {choice: [16, 32, 64]}
       optimizer.lr: {loguniform: [0.01, 0.2]}
       curriculum.alpha: {uniform: [0.1, 0.5]}
+      distill.loss: {choice: [kd, dkd, lskd]}     # the distillation loss and its parameters, too
+      distill.dkd.beta: {uniform: [1.0, 8.0]}
     samples: 8                   # trials (distinct configurations)
     scheduler: asha              # asha | fifo
     asha: {grace_period: 2, reduction_factor: 2}
