@@ -94,6 +94,16 @@ def test_fp16_without_cuda_is_refused_before_any_work():
         Experiment.load("default").with_overrides(["precision=fp8"]).validate()
 
 
+def test_gpu_fields_are_validated():
+    def refused(overrides, pattern):
+        with pytest.raises(ConfigError, match=pattern):
+            Experiment.load("default").with_overrides(overrides).validate()
+    refused(["device_data_fraction=2"], r"^device_data_fraction: expected a number in \[0, 1\], got 2")
+    refused(["ray.gpus_per_worker=0"], r"^ray.gpus_per_worker: expected a positive number, got 0")
+    refused(["ray.workers=2", "ray.gpus_per_worker=0.5"],
+            r"^ray.gpus_per_worker: expected at least 1 with more than one worker \(nccl")
+
+
 def test_only_fp16_scales_the_loss():
     assert Precision("bf16", "cuda").scaler is None and Precision("fp32", "cpu").scaler is None
 
