@@ -120,7 +120,7 @@ class RayConfig:
     address: Optional[str] = None
     teachers: str = "local"             # "actors": teachers served as Ray actors
     teacher_cpus: float = 1.0
-    teacher_gpus: float = 0.0           # fractions share a GPU, e.g. 0.25: three teachers + the student on one
+    teacher_gpus: float = 0.0           # fractions share a GPU, e.g. 0.2: four teachers + the student on one
     colocate_teachers: bool = False     # teacher actors on rank 0's node (soft: elsewhere if it has no room)
     gpus_per_worker: float = 1.0        # with use_gpu; a fraction (one worker only) leaves room for teacher actors
     teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}

@@ -80,6 +80,16 @@ def test_teachers_infer_in_the_given_precision(tiny_data):
     assert torch.allclose(a, b, rtol=0.05, atol=0.05 * a.abs().max().item())
 
 
+def test_soft_label_cache_key_tells_teacher_precisions_apart(tiny_data):
+    from raydistill.softlabels.key import teacher_fingerprint
+    from raydistill.teachers import FrozenTeacher
+    model = build_model("resnet8", 2)
+    keys = {p: teacher_fingerprint(FrozenTeacher(model, tiny_data.mean, tiny_data.std, precision=p))
+            for p in ("fp32", "bf16", "fp16")}
+    assert len(set(keys.values())) == 3
+    assert keys["fp32"] == teacher_fingerprint(FrozenTeacher(model, tiny_data.mean, tiny_data.std))
+
+
 def test_fp16_without_cuda_is_refused_before_any_work():
     with pytest.raises(ConfigError, match=r"^precision: expected fp32 or bf16 when device puts the work on cpu"):
         Experiment.load("default").with_overrides(["precision=fp16", "device=cpu"]).validate()
