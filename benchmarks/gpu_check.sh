@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 PRECISION=${PRECISION:-bf16}
 LOGS=${GPU_CHECK_LOGS:-$(mktemp -d)}
-export RAY_AUTH_MODE=disabled PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# its own local Ray instances, never a cluster already running on the machine
+export RAY_ADDRESS=local RAY_AUTH_MODE=disabled PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     DEVICE=cpu
