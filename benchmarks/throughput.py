@@ -12,6 +12,8 @@
                replayed; no teacher forward in the step.
 
 Random-weight models and synthetic uint8 data (speed only). Ratios are against (a).
+`--device cuda` runs all four on the GPU (models, teachers, the uint8 set resident on the device;
+actors in (c) get `--actor-gpus` of it each); `--precision` sets the autocast of student and teachers.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py            # defaults below
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py --only ad --repeats 2
@@ -27,11 +29,12 @@ from pathlib import Path
 
 import torch
 
-from raydistill.data import ImageSet, normalize, random_crop_flip
+from raydistill.data import ImageSet, normalize, random_crop_flip, resident_on
 from raydistill.distill.curriculum import plan_ed
 from raydistill.distill.engine import (GradeTables, TrainContext, TrainSettings, build_optimizer, grade_model,
                                        train_epoch)
 from raydistill.distill.losses import ed_loss, kd as kd_loss
+from raydistill.distill.precision import Precision
 from raydistill.models import build_model, num_blocks
 from raydistill.teachers import FrozenTeacher, LocalTeachers
 
@@ -53,9 +56,14 @@ def make_setup(args):
         m = build_model(args.teacher, len(grp))
         m.class_ids.copy_(torch.tensor(grp))
         calibrate_batchnorm(m, normalize(images[:256], (0.5,) * 3, (0.25,) * 3))
-        teachers[f"group{p}"] = FrozenTeacher(m, (0.5,) * 3, (0.25,) * 3)
+        teachers[f"group{p}"] = FrozenTeacher(m, (0.5,) * 3, (0.25,) * 3, device=args.device,
+                                              precision=args.precision)
     s = TrainSettings(batch_size=args.batch, mean=(0.5,) * 3, std=(0.25,) * 3, schedule="constant")
     return data, plan, plan.grades[-1], teachers, s
+
+
+def context(args) -> TrainContext:
+    return TrainContext(device=torch.device(args.device), precision=args.precision)
 
 
 @torch.no_grad()
@@ -71,11 +79,14 @@ def calibrate_batchnorm(model, x) -> None:
     model.eval()
 
 
-def bare_loop(data, plan, grade, teachers, s, epoch) -> float:
-    """The same math as the engine's step, written as the plain loop a user would write."""
-    model = grade_model(plan, grade, data.num_classes, s)
+def bare_loop(data, plan, grade, teachers, s, epoch, ctx: TrainContext) -> float:
+    """The same math as the engine's step, written as the plain loop a user would write (on the
+    device: the uint8 set resident there, crop/flip/normalise there, autocast in ctx's precision)."""
+    dev, amp = ctx.device, ctx.amp
+    model = grade_model(plan, grade, data.num_classes, s).to(dev)
     opt = build_optimizer(model, s, s.lr)
-    tables = GradeTables(grade, data.num_classes, torch.device("cpu"))
+    tables = GradeTables(grade, data.num_classes, dev)
+    images_all = data.images.to(dev)
     gen = torch.Generator().manual_seed(epoch)
     model.train()
     n, started = 0, time.perf_counter()
@@ -86,30 +97,37 @@ def bare_loop(data, plan, grade, teachers, s, epoch) -> float:
             [c for li in lesson_ids for c in grade.lessons[li].classes]))).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
         for b in torch.split(idx, s.batch_size):
-            images = random_crop_flip(data.images[b], padding=4, generator=gen)
+            images = random_crop_flip(images_all[b], padding=4, generator=gen)
             labels = data.labels[b]
             lessons = tables.lesson[labels]
-            logits = model(normalize(images, s.mean, s.std))
+            logits = amp.forward(model, normalize(images, s.mean, s.std))
             kd = None
             for li in lesson_ids:
                 rows = torch.nonzero(lessons == li).flatten()
                 with torch.inference_mode():
-                    t = teachers[grade.lessons[li].teacher].model(normalize(images[rows], s.mean, s.std))
-                term = kd_loss(logits[rows][:, tables.slices[li]], t, tables.in_slice[labels[rows]],
-                               temperature=s.temperature).sum()
+                    t = amp.forward(teachers[grade.lessons[li].teacher].model,
+                                    normalize(images[rows.to(dev)], s.mean, s.std))
+                term = kd_loss(logits[rows.to(dev)][:, tables.slices[li]], t,
+                               tables.in_slice[labels[rows]].to(dev), temperature=s.temperature).sum()
                 kd = term if kd is None else kd + term
-            loss = ed_loss(logits, tables.position[labels], kd, s.alpha)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = ed_loss(logits, tables.position[labels].to(dev), kd, s.alpha)["loss"]
+            amp.step(loss, opt)
             n += len(b)
+    _sync(dev)
     return n / (time.perf_counter() - started)
 
 
-def engine_epoch(data, plan, grade, client, s, epoch) -> float:
-    model = grade_model(plan, grade, data.num_classes, s)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def engine_epoch(data, plan, grade, client, s, epoch, ctx: TrainContext) -> float:
+    """One engine epoch as `train_plan` runs it: model placed, training set resident on the device."""
+    model = ctx.place(grade_model(plan, grade, data.num_classes, s))
     opt = build_optimizer(model, s, s.lr)
-    m = train_epoch(model, opt, grade, plan.pass_mode, data, client, s, TrainContext(), epoch)
+    data = resident_on(data, ctx.device, ctx.device_data_fraction)
+    m = train_epoch(ctx.train_model(model), opt, grade, plan.pass_mode, data, client, s, ctx, epoch)
     return m["images_per_s"]
 
 
@@ -169,21 +187,26 @@ def main(argv=None) -> int:
     p.add_argument("--cache-build", default="local", choices=["local", "ray"],
                    help="(d): build in this process, or as Ray tasks (one CPU each)")
     p.add_argument("--only", default="abc", help="which of a, b, c, d to run")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where all four run")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--actor-gpus", type=float, default=0.25, help="(c) with --device cuda: GPU share per actor")
     args = p.parse_args(argv)
 
     data, plan, grade, teachers, s = make_setup(args)
+    ctx = context(args)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} cores"
     print(f"ED grade {grade.index + 1}/{len(plan.grades)} step ({args.pass_mode}): student {args.student}, "
           f"{args.groups} teachers {args.teacher}, batch {args.batch}, {len(data)} images/epoch, "
-          f"{os.cpu_count()} cores")
+          f"{args.precision} on {where}")
     results = {}
     if "a" in args.only:
         torch.set_num_threads(args.threads)
-        results["a"] = measure(lambda e: bare_loop(data, plan, grade, teachers, s, e), args.repeats)
+        results["a"] = measure(lambda e: bare_loop(data, plan, grade, teachers, s, e, ctx), args.repeats)
         print(f"(a) bare PyTorch loop, {args.threads} threads:            {results['a']:7.1f} img/s", flush=True)
     if "b" in args.only:
         torch.set_num_threads(args.threads)
         client = LocalTeachers(teachers)
-        results["b"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
+        results["b"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e, ctx), args.repeats)
         print(f"(b) engine + LocalTeachers, {args.threads} threads:       {results['b']:7.1f} img/s", flush=True)
     if "c" in args.only:
         import ray
@@ -195,11 +218,12 @@ def main(argv=None) -> int:
             # each actor asks for a share of one CPU: only one teacher is busy at a time in sequential mode
             cpus = 1.0 / len(teachers)
             actors = start_teacher_actors({k: teacher_bytes(t) for k, t in teachers.items()}, cpus=cpus,
+                                          gpus=args.actor_gpus if args.device == "cuda" else 0.0,
                                           threads=args.teacher_threads, fold_bn=not args.no_fold_bn,
-                                          channels_last=not args.no_fold_bn)
+                                          channels_last=not args.no_fold_bn, precision=args.precision)
             torch.set_num_threads(args.student_threads)
             client = ActorTeachers(actors)
-            results["c"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
+            results["c"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e, ctx), args.repeats)
             print(f"(c) engine + teacher actors, {args.student_threads}+{args.teacher_threads} threads:"
                   f"      {results['c']:7.1f} img/s", flush=True)
         finally:
@@ -207,7 +231,7 @@ def main(argv=None) -> int:
     if "d" in args.only:
         torch.set_num_threads(args.threads)
         client = cached_client(args, data, teachers)
-        results["d"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e), args.repeats)
+        results["d"] = measure(lambda e: engine_epoch(data, plan, grade, client, s, e, ctx), args.repeats)
         print(f"(d) engine + cached soft labels, {args.threads} threads:  {results['d']:7.1f} img/s", flush=True)
     if "a" in results:
         for key in ("b", "c", "d"):

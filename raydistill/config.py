@@ -153,7 +153,9 @@ class RayConfig:
     address: Optional[str] = None
     teachers: str = "local"             # "actors": teachers served as Ray actors
     teacher_cpus: float = 1.0
-    teacher_gpus: float = 0.0
+    teacher_gpus: float = 0.0           # fractions share a GPU, e.g. 0.2: four teachers + the student on one
+    colocate_teachers: bool = False     # teacher actors on rank 0's node (soft: elsewhere if it has no room)
+    gpus_per_worker: float = 1.0        # with use_gpu; a fraction (one worker only) leaves room for teacher actors
     teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}
     max_failures: int = 0
 
@@ -171,6 +173,9 @@ class Experiment:
     methods: list = field(default_factory=lambda: list(METHODS))
     device: str = "auto"                # auto | cpu | cuda
     channels_last: bool = True          # NHWC activations and weights: faster convs on CPU and tensor cores
+    precision: str = "fp32"             # fp32 | bf16 | fp16: autocast of student and teacher forwards
+    compile: bool = False               # torch.compile the student and the teachers
+    device_data_fraction: float = 0.5   # uint8 training set moves to the GPU if it needs at most this of free memory
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -261,6 +266,12 @@ class Experiment:
              f"no duplicates (an entry without +loss uses distill.loss: {self.distill.loss})", self.methods)
         self._validate_losses(need)
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        from raydistill.distill.precision import PRECISIONS
+        need(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}", self.precision)
+        if self.device == "cpu":
+            self.check_precision_on("cpu", "device")
+        need(0 <= self.device_data_fraction <= 1, "device_data_fraction", "a number in [0, 1]",
+             self.device_data_fraction)
 
         d = self.data
         need(d.source in SOURCES, "data.source", f"one of {list(SOURCES)}", d.source)
@@ -345,6 +356,9 @@ class Experiment:
         need(r.max_failures >= 0, "ray.max_failures", "a non-negative integer", r.max_failures)
         need(r.teacher_cpus >= 0 and r.teacher_gpus >= 0, "ray.teacher_cpus/teacher_gpus", "non-negative numbers",
              (r.teacher_cpus, r.teacher_gpus))
+        need(r.gpus_per_worker > 0, "ray.gpus_per_worker", "a positive number", r.gpus_per_worker)
+        need(r.workers == 1 or r.gpus_per_worker >= 1, "ray.gpus_per_worker",
+             "at least 1 with more than one worker (nccl cannot run two ranks on one GPU)", r.gpus_per_worker)
         need(isinstance(r.teacher_resources, dict) and all(
             isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in r.teacher_resources.items()),
             "ray.teacher_resources", "a mapping of resource name to a non-negative amount", r.teacher_resources)
@@ -417,6 +431,28 @@ class Experiment:
 
     def total_epochs(self) -> int:
         return sum(self.grade_epochs())
+
+    def context_options(self) -> dict:
+        """TrainContext fields set by the experiment: how the step runs on its device."""
+        return {"channels_last": self.channels_last, "precision": self.precision, "compile": self.compile,
+                "device_data_fraction": self.device_data_fraction}
+
+    def serving_options(self) -> dict:
+        """FrozenTeacher options: teachers infer in the student's layout and precision, compiled with it."""
+        return {"channels_last": self.channels_last, "precision": self.precision, "compile": self.compile}
+
+    def check_precision_on(self, device_type: str, field: str) -> None:
+        """fp16 needs CUDA: on the CPU its autocast is emulated (slow) and GradScaler is CUDA's.
+        `field` names the setting that put the work on `device_type`."""
+        if self.precision == "fp16" and device_type != "cuda":
+            raise ConfigError(f"precision: expected fp32 or bf16 when {field} puts the work on {device_type} "
+                              f"(fp16 needs a CUDA device), got 'fp16'")
+
+    def check_devices(self, student_device: str, backend: str) -> None:
+        """Checks that need the device a backend trains on (`run` resolves device auto first)."""
+        self.check_precision_on(student_device, "device" if backend == "local" else "ray.use_gpu")
+        if backend == "ray" and self.ray.teachers == "actors":
+            self.check_precision_on("cuda" if self.ray.teacher_gpus > 0 else "cpu", "ray.teacher_gpus")
 
     def worker_cpus(self) -> float:
         """CPUs (and torch threads) per training worker: the configured value, or on a local

@@ -68,10 +68,12 @@ def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
     return data, out
 
 
-def local_train(device, channels_last: bool = True) -> TrainFn:
+def local_train(device, **context) -> TrainFn:
+    """`context`: TrainContext options (`Experiment.context_options()`)."""
+    ctx = TrainContext(device=device, **context)
+
     def train(plan, train_set, val_set, test_set, client, settings, log=None):
-        return train_plan(plan, train_set, val_set, test_set, client, settings,
-                          TrainContext(device=device, channels_last=channels_last), progress=log)
+        return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, progress=log)
     return train
 
 
@@ -85,20 +87,20 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, devi
     started = time.perf_counter()
     if given:
         teacher = load_teacher(given, classes, expected_arch=exp.teachers.arch, device=device,
-                               channels_last=exp.channels_last)
+                               **exp.serving_options())
         source = str(given)
         if write:
             save_teacher(path, teacher.model, teacher.mean, teacher.std)
     else:
         log(f"training teacher {key} ({exp.teachers.arch}, {len(classes)} classes, {exp.teachers.epochs} epochs)")
-        train = train or local_train(device, exp.channels_last)
+        train = train or local_train(device, **exp.context_options())
         # no per-epoch test evaluation: a teacher's history is not kept, its test accuracy is measured below
         subsets = [data.train.of_classes(classes), data.val.of_classes(classes), None]
         model, _ = train(teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs), *subsets, None,
                          teacher_settings(exp, data), log=log)
         if write:
             save_teacher(path, model, data.mean, data.std)
-        teacher = FrozenTeacher(model, data.mean, data.std, device=device, channels_last=exp.channels_last)
+        teacher = FrozenTeacher(model, data.mean, data.std, device=device, **exp.serving_options())
         source = "trained"
     info = {"arch": teacher.model.arch, "classes": len(classes), "source": source,
             "params": count_parameters(teacher.model), "seconds": time.perf_counter() - started,
@@ -168,15 +170,16 @@ def say(message: str) -> None:
 def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> RunResult:
     """Run an experiment in this process; everything is validated before training starts."""
     log = progress or (lambda _msg: None)
-    data, out = start_run(exp)
     device = pick_device(exp)
+    exp.check_devices(device.type, "local")
+    data, out = start_run(exp)
     result = RunResult(out)
     teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
     client = LocalTeachers(teachers)
     if exp.teachers.soft_labels == "cache" and teachers:
         from raydistill.softlabels import cache_root, ensure_soft_label_cache
         client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp, out), log=log).client()
-    train = local_train(device, exp.channels_last)
+    train = local_train(device, **exp.context_options())
     for method in exp.methods:
         history, result.methods[method] = method_stage(exp, data, out, method, client, log, train)
         result.history += history

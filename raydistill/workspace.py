@@ -117,7 +117,7 @@ def check_output_dir(exp: Experiment) -> Path:
 
 
 # What may differ between a run and the command that resumes it: where and how it runs, not what it trains.
-RESUMABLE_FIELDS = ("name", "device", "ray", "output")
+RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

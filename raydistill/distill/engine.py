@@ -18,9 +18,10 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 import torch
 import torch.nn as nn
 
-from raydistill.data import ImageSet, normalize, random_crop_flip
+from raydistill.data import ImageSet, normalize, random_crop_flip, resident_on
 from raydistill.distill.curriculum import Grade, Plan
 from raydistill.distill.losses import Distillation, ed_loss
+from raydistill.distill.precision import Precision
 from raydistill.models import build_grade_model, carry_over
 
 
@@ -90,6 +91,17 @@ class TrainContext:
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     channels_last: bool = True          # layout of weights and input batches (speed only)
+    precision: str = "fp32"             # fp32 | bf16 | fp16: autocast dtype of forwards (see precision.py)
+    compile: bool = False               # torch.compile the model being trained
+    device_data_fraction: float = 0.5   # training set moves to the GPU if it takes at most this much free memory
+
+    def __post_init__(self):
+        self.amp = Precision(self.precision, self.device)
+
+    def train_model(self, model: nn.Module) -> nn.Module:
+        """What the training step calls: the model wrapped (DDP) and, with `compile`, compiled."""
+        wrapped = self.wrap_model(model)
+        return torch.compile(wrapped) if self.compile else wrapped
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -194,7 +206,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
             images, labels, lessons = batch
             x = ctx.batch(images, s)
             targets = tables.position[labels].to(ctx.device)
-            logits = model(x)
+            logits = ctx.amp.forward(model, x)
             kd_sum = None
             for li, (rows, t_logits) in teacher_out.items():
                 student = logits.index_select(0, rows.to(ctx.device)).index_select(1, tables.slices[li])
@@ -207,9 +219,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
             if bad.item() > 0:
                 raise NonFiniteLossError(f"non-finite loss ({terms['loss'].item()} on rank {ctx.rank}) in grade "
                                          f"{grade.index + 1}, epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+            ctx.amp.step(terms["loss"], optimizer)
             n = len(labels)
             sums += torch.tensor([terms["loss"].item() * n, terms["ce"].item() * n, terms["kd"].item() * n,
                                   (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
@@ -274,7 +284,7 @@ def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx:
     counts = torch.zeros(2, dtype=torch.float64)
     for chunk in torch.split(index, s.eval_batch_size):
         x = ctx.batch(data.images[chunk], s)
-        predicted = ids[model(x).argmax(1).cpu()]
+        predicted = ids[ctx.amp.forward(model, x).argmax(1).cpu()]
         counts += torch.tensor([(predicted == data.labels[chunk]).sum().item(), len(chunk)], dtype=torch.float64)
     counts = ctx.all_reduce_sum(counts.to(ctx.device)).cpu()
     return counts[0].item() / counts[1].item() if counts[1] > 0 else float("nan")
@@ -337,6 +347,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
     """
     ctx = ctx or TrainContext()
     distill = distillation(plan.loss, s)
+    train = resident_on(train, ctx.device, ctx.device_data_fraction)
     history = list(resume.history) if resume else []
     start_epoch = resume.epoch if resume else 0
     model = optimizer = wrapped = current_grade = None
@@ -346,7 +357,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         model.load_state_dict(resume.model)
         optimizer = build_optimizer(model, s, s.lr)
         optimizer.load_state_dict(resume.optimizer)
-        wrapped = ctx.wrap_model(model)
+        wrapped = ctx.train_model(model)
     for epoch in range(start_epoch, plan.total_epochs):
         grade = plan.grade_at(epoch)
         lr = learning_rate(s, plan, epoch)
@@ -358,7 +369,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
                 if s.keep_momentum:
                     _carry_momentum(model, optimizer, new_model, new_opt, carried)
             model, optimizer, current_grade = new_model, new_opt, grade
-            wrapped = ctx.wrap_model(model)
+            wrapped = ctx.train_model(model)
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:

@@ -45,11 +45,11 @@ class TeacherActor:
     """One frozen teacher behind a Ray actor. `source` is a checkpoint path or checkpoint bytes."""
 
     def __init__(self, source, threads: int = 1, device: str = "cpu", fold_bn: bool = True,
-                 channels_last: bool = True):
+                 channels_last: bool = True, precision: str = "fp32", compile: bool = False):
         torch.set_num_threads(max(1, int(threads)))
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
-        serving = {"fold_bn": fold_bn, "channels_last": channels_last}
+        serving = {"fold_bn": fold_bn, "channels_last": channels_last, "precision": precision, "compile": compile}
         self.teacher = teacher_from_bytes(source, device, **serving) if isinstance(source, (bytes, bytearray)) \
             else load_teacher(source, device=device, **serving)
 
@@ -63,14 +63,32 @@ class TeacherActor:
     def class_ids(self) -> list:
         return self.teacher.class_ids
 
+    def device(self) -> str:
+        """Where this teacher computes (cuda:N on a (fractional) GPU)."""
+        return str(self.teacher.device)
+
     def node_id(self) -> str:
         import ray
         return ray.get_runtime_context().get_node_id()
 
 
+def actor_options(cpus: float, gpus: float, resources: Optional[dict] = None, name: Optional[str] = None,
+                  node_id: Optional[str] = None) -> dict:
+    """Ray actor options of one teacher: `gpus` may be a fraction (0.25: four share a GPU); with
+    `node_id` the actor is placed on that node (the student's) when it has room, elsewhere if not."""
+    options = {"num_cpus": cpus, "num_gpus": gpus, "resources": dict(resources or {}), "max_restarts": 0}
+    if name:
+        options["name"] = name
+    if node_id:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+    return options
+
+
 def start_teacher_actors(sources: dict, cpus: float = 1.0, gpus: float = 0.0, resources: Optional[dict] = None,
                          name_prefix: Optional[str] = None, threads: Optional[int] = None,
-                         fold_bn: bool = True, channels_last: bool = True) -> dict:
+                         node_id: Optional[str] = None, fold_bn: bool = True, channels_last: bool = True,
+                         precision: str = "fp32", compile: bool = False) -> dict:
     """One actor per teacher key; `sources[key]` is a checkpoint path, bytes or an ObjectRef to bytes.
     Torch threads default to the actor's CPUs (at least 1). Returns {key: actor handle} once every
     actor has loaded its teacher."""
@@ -80,10 +98,9 @@ def start_teacher_actors(sources: dict, cpus: float = 1.0, gpus: float = 0.0, re
     device = "cuda" if gpus > 0 else "cpu"
     actors = {}
     for key, source in sources.items():
-        options = {"num_cpus": cpus, "num_gpus": gpus, "resources": dict(resources or {}), "max_restarts": 0}
-        if name_prefix:
-            options["name"] = f"{name_prefix}{key}"
-        actors[key] = remote_cls.options(**options).remote(source, threads, device, fold_bn, channels_last)
+        options = actor_options(cpus, gpus, resources, f"{name_prefix}{key}" if name_prefix else None, node_id)
+        actors[key] = remote_cls.options(**options).remote(source, threads, device, fold_bn, channels_last,
+                                                           precision, compile)
     ray.get([a.class_ids.remote() for a in actors.values()])   # fail here, not mid-epoch
     return actors
 
@@ -95,7 +112,7 @@ class ActorTeachers:
         self.actors = actors
 
     def submit(self, key: str, images: torch.Tensor) -> Any:
-        return self.actors[key].logits.remote(images.numpy())
+        return self.actors[key].logits.remote(images.cpu().numpy())   # from the GPU when the data lives there
 
     def fetch(self, handle: Any) -> torch.Tensor:
         import ray

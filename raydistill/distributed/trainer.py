@@ -160,6 +160,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
 
     log = progress or (lambda _msg: None)
     check_cluster_address(exp)
+    exp.check_devices("cuda" if exp.ray.use_gpu else "cpu", "ray")
     exp = with_absolute_paths(exp)
     data, out = start_run(exp)
     (out / ABORTED_FILE).unlink(missing_ok=True)   # from an earlier attempt
@@ -169,7 +170,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
         r = exp.ray
         resources = {"CPU": exp.worker_cpus()}
         if r.use_gpu:
-            resources["GPU"] = 1
+            resources["GPU"] = r.gpus_per_worker
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"exp": exp.to_dict(), "data": ray.put(pack_data(data)), "run_dir": str(out),
@@ -226,7 +227,7 @@ def _context(exp: Experiment):
         return t
 
     return TrainContext(device=device, rank=rank, world_size=world, wrap_model=wrap, all_reduce_sum=all_reduce_sum,
-                        channels_last=exp.channels_last)
+                        **exp.context_options())
 
 
 def _broadcast(obj, ctx: TrainContext):
@@ -334,7 +335,7 @@ def _train_stages(config: dict) -> None:
         if stage in completed:
             if methods_left:
                 frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device,
-                                           channels_last=exp.channels_last)
+                                           **exp.serving_options())
             continue
         train, _ = stage_train(stage)
         frozen[key], info = teacher_stage(exp, data, out, key, ctx.device, log, train=train, write=writer)
@@ -378,7 +379,8 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
         actors = start_teacher_actors({k: ray.put(teacher_bytes(t)) for k, t in frozen.items()},
                                       cpus=r.teacher_cpus, gpus=r.teacher_gpus,
                                       resources=r.teacher_resources, name_prefix=prefix,
-                                      channels_last=exp.channels_last)
+                                      node_id=node if r.colocate_teachers else None,
+                                      **exp.serving_options())
         placement = {"workers": nodes, "teachers": {k: ray.get(a.node_id.remote()) for k, a in actors.items()}}
         (out / "placement.json").write_text(json.dumps(placement, indent=2))
     _broadcast(None, ctx)   # barrier: the actors exist

@@ -107,7 +107,7 @@ def shared_soft_labels(base, data, teacher_paths: dict, trials_dir: Path, log) -
     and never race to build the same cache."""
     from raydistill.softlabels import ensure_soft_label_cache
     from raydistill.teachers import load_teacher
-    frozen = {key: load_teacher(path) for key, path in teacher_paths.items()}
+    frozen = {key: load_teacher(path, **base.serving_options()) for key, path in teacher_paths.items()}
     root = Path(base.teachers.cache_dir).expanduser() if base.teachers.cache_dir else trials_dir / "softlabels"
     ensure_soft_label_cache(base, data, frozen, root=root, log=log)
 

@@ -49,11 +49,11 @@ def _piece(teacher, images, samples: torch.Tensor, bank: AugmentationBank, fmt: 
 
 
 def _task(blob: bytes, images: np.ndarray, samples: np.ndarray, draws: np.ndarray, padding: int, flip: bool,
-          fmt: str, topk: int, threads: int, device: str) -> TeacherLabels:
+          fmt: str, topk: int, threads: int, device: str, precision: str = "fp32") -> TeacherLabels:
     """One piece in a Ray task: the teacher arrives as checkpoint bytes, the images as numpy."""
     from raydistill.distributed.teacher_actors import teacher_from_bytes
     torch.set_num_threads(threads)
-    teacher = teacher_from_bytes(blob, device)
+    teacher = teacher_from_bytes(blob, device, precision=precision)
     samples = torch.from_numpy(samples)
     sub = AugmentationBank(torch.from_numpy(draws), padding, flip, 0)
     return encode(samples, compute_logits(teacher, torch.from_numpy(images[samples.numpy()]), sub), fmt, topk)
@@ -91,5 +91,5 @@ def build_labels(teachers: dict, images: torch.Tensor, labels: torch.Tensor, ban
     for key, t in teachers.items():
         blob = ray.put(teacher_bytes(t))
         refs[key] = [task.remote(blob, images_ref, s.numpy(), bank.draws[s].numpy(), bank.padding, bank.flip,
-                                 fmt, topk, threads, device) for s in pieces[key]]
+                                 fmt, topk, threads, device, t.amp.name) for s in pieces[key]]
     return {key: concat(ray.get(r)) for key, r in refs.items()}

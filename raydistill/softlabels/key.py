@@ -19,11 +19,15 @@ def _update(h, t: torch.Tensor) -> None:
 
 
 def teacher_fingerprint(teacher) -> str:
-    """sha256 of a FrozenTeacher: arch, class ids, mean/std and every parameter and buffer."""
+    """sha256 of a FrozenTeacher: arch, class ids, mean/std, every parameter and buffer, and its
+    precision when it is not fp32 (bf16/fp16 forwards give other logits; fp32 keys are unchanged)."""
     h = hashlib.sha256()
     m = teacher.model
-    h.update(json.dumps([getattr(m, "arch", type(m).__name__), teacher.class_ids, list(teacher.mean),
-                         list(teacher.std)]).encode())
+    described = [getattr(m, "arch", type(m).__name__), teacher.class_ids, list(teacher.mean), list(teacher.std)]
+    precision = getattr(getattr(teacher, "amp", None), "name", "fp32")
+    if precision != "fp32":
+        described.append(precision)
+    h.update(json.dumps(described).encode())
     for name, t in sorted(m.state_dict().items()):
         h.update(name.encode())
         _update(h, t)
