@@ -123,6 +123,7 @@ class RayConfig:
     teacher_gpus: float = 0.0
     teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}
     max_failures: int = 0
+    sync_batchnorm: Optional[bool] = None    # one set of BN statistics over workers; null: on when workers > 1
 
 
 @dataclass
@@ -359,6 +360,11 @@ class Experiment:
         import os
         spare = (os.cpu_count() or 1) - (r.teacher_cpus * (self.num_groups() + 1) if r.teachers == "actors" else 0)
         return float(max(1, int(spare // r.workers)))
+
+    def sync_batchnorm(self) -> bool:
+        """ray.sync_batchnorm, defaulting to on when there is more than one worker."""
+        s = self.ray.sync_batchnorm
+        return self.ray.workers > 1 if s is None else s
 
     def run_name(self) -> str:
         return self.output.name or self.name

@@ -89,6 +89,9 @@ class TrainContext:
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     channels_last: bool = True          # layout of weights and input batches (speed only)
+    # called on the unwrapped model after every epoch, before evaluation and checkpoint: makes the
+    # ranks' BatchNorm running statistics one set (DDP keeps only the parameters equal)
+    sync_statistics: Callable[[nn.Module], None] = lambda model: None
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -350,6 +353,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
             metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{plan.method}: {err}") from None
+        ctx.sync_statistics(model)
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
                    "val_acc": evaluate(model, val, grade.class_ids, s, ctx),
