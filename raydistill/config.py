@@ -33,6 +33,19 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader without YAML 1.1 base-60 integers, so `ratio: 1:1:1` stays the string '1:1:1'."""
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A mapping that refuses a key given twice (PyYAML keeps the last one silently)."""
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -308,6 +321,9 @@ class Experiment:
         need(isinstance(r.teacher_resources, dict) and all(
             isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in r.teacher_resources.items()),
             "ray.teacher_resources", "a mapping of resource name to a non-negative amount", r.teacher_resources)
+        for field_path, batch in (("optimizer.batch_size", o.batch_size), ("teachers.batch_size", t.batch_size)):
+            need(batch % r.workers == 0 and batch // r.workers >= 2, field_path,
+                 f"a multiple of ray.workers ({r.workers}) with at least 2 samples per worker (BatchNorm)", batch)
         need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
         return self
 

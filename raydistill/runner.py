@@ -15,13 +15,14 @@ from typing import Callable, Optional
 import torch
 
 from raydistill import storage
-from raydistill.config import METHODS, Experiment
+from raydistill.config import Experiment
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import count_parameters
 from raydistill.report import format_table, method_summary
 from raydistill.report_files import write_report_files
-from raydistill.teachers import FrozenTeacher, LocalTeachers, TeacherError, load_teacher, save_teacher
+from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
+                                 save_teacher)
 from raydistill.teachers.training import teacher_plan
 from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, refuse_changed_config,
                                   student_settings, teacher_settings, write_json)
@@ -48,20 +49,14 @@ def pick_device(exp: Experiment) -> torch.device:
 
 
 def teacher_classes(key: str, data: PreparedData) -> list:
-    if key == "all":
-        return [c for g in data.groups for c in g]
-    return list(data.groups[int(key.removeprefix("group"))])
+    return classes_of(key, data.groups)
 
 
 def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
     """Validate, load the data, create the run directory and write config.yaml — before any training."""
     exp.validate()
     data = prepare_data(exp)
-    for key, path in (exp.teachers.checkpoints or {}).items():  # fail before any training or cluster work
-        if key not in teachers_needed(list(METHODS), len(data.groups)):
-            raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
-                               f"{len(data.groups) - 1} or all")
-        load_teacher(path, teacher_classes(key, data), expected_arch=exp.teachers.arch)
+    check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
     out = check_output_dir(storage.local_experiment(exp))   # a URI output.dir: local staging dir
     refuse_changed_config(out, exp)
     (out / "config.yaml").write_text(exp.to_yaml())

@@ -1,8 +1,11 @@
 """The engine end to end on tiny built-in data: ED learns, resume is exact, growth carries weights."""
+import pytest
 import torch
 
+from raydistill.config import ConfigError, Experiment
 from raydistill.distill.curriculum import plan_ed, plan_single_grade
-from raydistill.distill.engine import TrainContext, TrainSettings, TrainState, learning_rate, shard_batches, train_plan
+from raydistill.distill.engine import (TrainContext, TrainSettings, TrainState, build_optimizer, grade_model,
+                                      epoch_generator, learning_rate, shard_batches, train_epoch, train_plan)
 from raydistill.teachers import FrozenTeacher, LocalTeachers, train_teacher
 
 
@@ -71,13 +74,58 @@ def test_learning_rate_schedules():
         [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005]
     s = TrainSettings(lr=0.1, schedule="cosine", restart_per_grade=True)
     assert learning_rate(s, plan, 150) == 0.1 and learning_rate(s, plan, 180) == 0.1
+    # step + restart: milestones count from each grade's start, so every grade decays
+    s = TrainSettings(lr=0.1, schedule="step", milestones=(20, 25), gamma=0.1, restart_per_grade=True)
+    assert [round(learning_rate(s, plan, e), 6) for e in (0, 19, 20, 25, 150, 170, 175, 180, 200, 205)] == \
+        [0.1, 0.1, 0.01, 0.001, 0.1, 0.01, 0.001, 0.1, 0.01, 0.001]
 
 
 def test_shards_are_disjoint_and_equal_sized():
-    idx = torch.arange(101)
-    shards = [torch.cat(shard_batches(idx, 16, 0, 3, 0, r, 2)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 51
-    assert set(torch.cat(shards).tolist()) == set(range(101))
+    idx = torch.arange(1000, 1101)                      # 101 samples over 2 ranks: one padded duplicate
+    shards = [shard_batches(idx, 16, 0, 3, 0, r, 2) for r in range(2)]
+    assert all(len(b) == 8 for shard in shards for b, _ in shard[:-1])     # global batch 16 = 8 per worker
+    assert sum(len(b) for b, _ in shards[0]) == sum(len(b) for b, _ in shards[1]) == 51
+    real = [torch.cat([b[:n] for b, n in shard]) for shard in shards]
+    assert len(real[0]) + len(real[1]) == 101                       # the duplicate is not a real sample
+    assert not set(real[0].tolist()) & set(real[1].tolist())          # disjoint
+    assert set(torch.cat(real).tolist()) == set(range(1000, 1101))   # and together everything
+
+
+def test_generator_streams_never_share_a_seed():
+    """(epoch, stream) and (stream, rank) pairs that the old mixed-radix seed formula mapped together."""
+    def first(*args):
+        return torch.randint(0, 2**62, (1,), generator=epoch_generator(*args)).item()
+    pairs = [((0, 0, 0, 1009), (0, 1, 0, 0)),      # augmentation stream 1000+9 vs next epoch's shuffle
+             ((0, 0, 101, 0), (0, 0, 0, 1)),       # rank 101 vs stream 1
+             ((0, 2, 5, 3), (0, 2, 5, 3))]
+    assert [first(*a) == first(*b) for a, b in pairs] == [False, False, True]
+
+
+def test_batch_must_divide_into_at_least_two_per_worker():
+    with pytest.raises(ValueError, match="batch size 15 over 2 worker"):
+        shard_batches(torch.arange(40), 15, 0, 0, 0, 0, 2)
+    with pytest.raises(ValueError, match="at least 2 samples per worker"):
+        shard_batches(torch.arange(40), 4, 0, 0, 0, 0, 4)
+    with pytest.raises(ConfigError, match=r"optimizer.batch_size: expected a multiple of ray.workers \(2\)"):
+        Experiment.from_dict({"ray": {"workers": 2}, "optimizer": {"batch_size": 33}}).validate()
+    with pytest.raises(ConfigError, match=r"teachers.batch_size: .*at least 2 samples per worker"):
+        Experiment.from_dict({"ray": {"workers": 4}, "teachers": {"batch_size": 4}}).validate()
+
+
+def test_padding_is_not_counted_in_train_metrics(tiny_data):
+    """Two ranks' shares of an odd-sized pass hold one padded duplicate; the counted images of both
+    ranks add up to the real samples (each rank run here in turn, the all-reduce left out)."""
+    data = tiny_data.train.subset(torch.arange(81))
+    grade = plan_single_grade("scratch", "resnet8", 3, tiny_data.groups, 1).grades[0]
+    s = settings(tiny_data, batch_size=16, schedule="constant")
+    counted = []
+    for rank in range(2):
+        model = grade_model(plan_single_grade("scratch", "resnet8", 3, tiny_data.groups, 1), grade,
+                            data.num_classes, s)
+        m = train_epoch(model, build_optimizer(model, s, 0.05), grade, "mixed", data, None, s,
+                        TrainContext(rank=rank, world_size=2), 0)
+        counted.append(m["train_images"])
+    assert counted == [41, 40]
 
 
 def test_scratch_plan_without_teachers(tiny_data):

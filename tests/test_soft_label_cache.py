@@ -2,6 +2,7 @@
 teacher forward (float16 tolerance), any change of teacher weights or data gives a new cache,
 top-k round-trips, and a `run` with soft_labels=cache works end to end and reuses its cache."""
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -154,6 +155,31 @@ def test_changed_teacher_weights_or_data_invalidate_the_cache(built, small):
     assert ensure_soft_label_cache(exp, small, teachers).key == cache.key     # unchanged: same cache
 
 
+def test_changed_draws_with_the_same_bank_parameters_invalidate_the_cache(built, small, monkeypatch):
+    """What if the code that makes or applies draws changes while the bank's parameters do not:
+    the key hashes the draws and their effect, so stale logits are never read."""
+    import raydistill.softlabels.cache as cache_module
+    exp, teachers, cache = built
+    original = cache_module.bank_for
+
+    def shifted(exp, n):           # the same parameters, other draws (as changed bank code would give)
+        bank = original(exp, n)
+        return AugmentationBank(torch.roll(bank.draws, 1, dims=0), bank.padding, bank.flip, bank.seed)
+
+    monkeypatch.setattr(cache_module, "bank_for", shifted)
+    other = ensure_soft_label_cache(exp, small, teachers)
+    assert other.bank.params() == cache.bank.params()
+    assert other.key != cache.key and other.build_seconds is not None
+
+
+def test_topk_cache_key_holds_the_temperature(built, small):
+    exp, teachers, _ = built
+    topk = exp.with_overrides(["teachers.cache_format=topk"])
+    a = ensure_soft_label_cache(topk, small, teachers)
+    b = ensure_soft_label_cache(topk.with_overrides(["curriculum.temperature=2"]), small, teachers)
+    assert a.key != b.key
+
+
 def test_topk_round_trip(tmp_path):
     torch.manual_seed(0)
     logits = torch.randn(40, 3, 10) * 3
@@ -170,7 +196,8 @@ def test_topk_round_trip(tmp_path):
     top = orig.topk(4, dim=1)
     torch.testing.assert_close(rec.gather(1, top.indices), top.values, rtol=1e-3, atol=5e-3)
     rest = torch.ones_like(orig, dtype=torch.bool).scatter_(1, top.indices, False)
-    expected_rest = (orig * rest).sum(1) / 6
+    # encoded at T=1 (the default): the tail value is the log-mean-exp of the logits left out
+    expected_rest = torch.logsumexp(orig.masked_fill(~rest, float("-inf")), dim=1) - math.log(6)
     torch.testing.assert_close(rec[rest].view(4, 6), expected_rest[:, None].expand(4, 6), rtol=1e-3, atol=5e-3)
     assert (rec[rest].view(4, 6).max(1).values <= top.values[:, -1] + 1e-2).all()
     assert torch.equal(rec.argmax(1), orig.argmax(1))
@@ -178,6 +205,27 @@ def test_topk_round_trip(tmp_path):
         store.from_table(table.slice(1), 3, tmp_path / "t.parquet")
     with pytest.raises(SoftLabelCacheError, match=r"no logits for training samples \[1\]"):
         back.logits(torch.tensor([1]), torch.tensor([0]))
+
+
+def test_topk_tail_keeps_the_softmax_mass_at_the_cache_temperature():
+    """33 classes, k=5, T=4 (the issue's case): the reconstruction's softmax at T has the teacher's
+    top-5 probabilities and tail mass; the KL to the full softmax is what spreading the tail
+    evenly costs (a mean-logit tail measured KL 0.09 here)."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    t, logits = 4.0, torch.randn(64, 1, 33) * 4
+    rec = store.encode(torch.arange(64), logits, "topk", 5, temperature=t).logits(torch.arange(64),
+                                                                               torch.zeros(64, dtype=torch.long))
+    p, q = F.softmax(logits[:, 0] / t, dim=1), F.softmax(rec / t, dim=1)
+    top = logits[:, 0].topk(5, dim=1).indices
+    tail = torch.ones_like(p, dtype=torch.bool).scatter_(1, top, False)
+    torch.testing.assert_close((q * tail).sum(1), (p * tail).sum(1), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(q.gather(1, top), p.gather(1, top), rtol=2e-3, atol=2e-3)
+    kl = (p * (p.log() - q.log())).sum(1).mean().item()
+    mean_tail = logits[:, 0].masked_fill(~tail, 0).sum(1, keepdim=True) / 28
+    kl_mean = (p * (p.log() - F.log_softmax(torch.where(tail, mean_tail, logits[:, 0]) / t, dim=1))).sum(1).mean()
+    print(f"topk tail KL at T=4: log-mean-exp {kl:.4f}, mean logit {kl_mean.item():.4f}")
+    assert kl < kl_mean.item() / 2
 
 
 def test_interrupted_build_leaves_no_cache(built, small, tmp_path, monkeypatch):

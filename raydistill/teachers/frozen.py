@@ -5,6 +5,7 @@ ship raw uint8 batches, the cheapest thing to move.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,6 +81,9 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
         raise TeacherError(f"teacher checkpoint {path}: file not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: the file holds code, never run it
+        raise TeacherError(f"teacher checkpoint {path}: holds Python objects beyond tensors and plain values "
+                           f"(pickled code), refused; expected a file written by save_teacher") from None
     except Exception as err:  # truncated or not a torch file
         raise TeacherError(f"teacher checkpoint {path}: cannot be read, expected a file written by save_teacher "
                            f"(truncated or not a torch file? {type(err).__name__}: {err})") from None
@@ -102,6 +106,25 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
         raise TeacherError(f"teacher checkpoint {path}: weights do not fit {ckpt['arch']} "
                            f"with {len(classes)} classes ({str(err).splitlines()[0]})") from None
     return FrozenTeacher(model, ckpt["mean"], ckpt["std"], device=device, **serving)
+
+
+def classes_of(key: str, groups: Sequence[Sequence[int]]) -> list:
+    """Global class ids a teacher serves, in its output order: `all` or `group<p>`."""
+    if key == "all":
+        return [c for g in groups for c in g]
+    return list(groups[int(key.removeprefix("group"))])
+
+
+def check_teacher_checkpoints(checkpoints: dict | None, groups: Sequence[Sequence[int]],
+                              expected_arch: str | None) -> None:
+    """Every configured `teachers.checkpoints` file loads and serves its teacher's classes: what
+    `run` and `validate` both check before any training or cluster work."""
+    keys = [f"group{p}" for p in range(len(groups))] + ["all"]
+    for key, path in (checkpoints or {}).items():
+        if key not in keys:
+            raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
+                               f"{len(groups) - 1} or all")
+        load_teacher(path, classes_of(key, groups), expected_arch=expected_arch)
 
 
 def _short(ids) -> str:
