@@ -111,6 +111,7 @@ class CurriculumConfig:
     alpha: float = 0.3                  # weight of CE; (1 - alpha) weights the KD term
     carry_head_rows: bool = False       # copy old reference-head rows into the new head
     keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
+    bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass of the grade before eval/save
 
 
 @dataclass

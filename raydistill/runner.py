@@ -122,7 +122,8 @@ def method_stage(exp: Experiment, data: PreparedData, out: Path, method: str, cl
     """Train one method's plan; save its final model under out/checkpoints. Returns (history, summary)."""
     plan: Plan = plan_for(method, exp, data.groups)
     if not any(lesson.teacher for grade in plan.grades for lesson in grade.lessons):
-        client = None   # scratch: no teacher, so fresh augmentation even when soft labels are cached
+        from raydistill.softlabels import teacherless_client
+        client = teacherless_client(exp, data.train, client)   # scratch: no teacher calls; cache on: the same bank
     started = time.perf_counter()
     model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log)
     wall = wall_offset + time.perf_counter() - started

@@ -69,6 +69,7 @@ def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
                          schedule=o.schedule, milestones=tuple(o.milestones), gamma=o.gamma,
                          restart_per_grade=o.restart_per_grade, temperature=c.temperature, alpha=c.alpha,
                          carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
+                         bn_recalibrate=c.bn_recalibrate,
                          augment=exp.data.augment, mean=tuple(data.mean), std=tuple(data.std), seed=exp.seed)
 
 

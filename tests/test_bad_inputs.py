@@ -301,6 +301,34 @@ def test_cli_validate_checks_teacher_checkpoints_like_run(tmp_path, capsys):
     assert "t.pt: trained for 3 classes [0, 1, 2], expected 2 classes [0, 1]" in err
 
 
+def test_resumed_run_with_a_teacher_of_other_classes_is_refused_before_ray(tmp_path, monkeypatch):
+    """A run directory's teachers/group0.pt (reloaded on resume) that serves other classes than the
+    run's group 0, or is another architecture, stops the Ray backend before Ray starts."""
+    import raydistill.distributed.trainer as trainer
+
+    class Started(Exception):
+        pass
+
+    def no_ray(*_a, **_k):
+        raise Started
+    monkeypatch.setattr(trainer, "init_ray", no_ray)
+    exp = _exp(tmp_path)
+    with pytest.raises(Started):
+        trainer.run_distributed(exp, progress=None)                 # first attempt: the run directory exists
+    teachers = tmp_path / "runs" / "tiny" / "teachers"
+    model = build_model("resnet8", 2)
+    model.class_ids.copy_(torch.tensor([2, 3]))                       # group 1's classes
+    save_teacher(teachers / "group0.pt", model, [0.5] * 3, [0.25] * 3)
+    with pytest.raises(TeacherError, match=r"group0\.pt: trained for 2 classes \[2, 3\], expected 2 classes \[0, 1\]"):
+        trainer.run_distributed(exp, progress=None)
+    _teacher(teachers / "group0.pt", arch="resnet20")
+    with pytest.raises(TeacherError, match=r"group0\.pt: architecture 'resnet20', expected 'resnet8'"):
+        trainer.run_distributed(exp, progress=None)
+    (teachers / "group0.pt").unlink()
+    with pytest.raises(Started):
+        trainer.run_distributed(exp, progress=None)
+
+
 def test_missing_teacher_checkpoint(tmp_path):
     with pytest.raises(TeacherError, match=r"nope\.pt: file not found"):
         load_teacher(tmp_path / "nope.pt")

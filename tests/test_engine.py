@@ -1,4 +1,6 @@
 """The engine end to end on tiny built-in data: ED learns, resume is exact, growth carries weights."""
+import math
+
 import pytest
 import torch
 
@@ -18,7 +20,8 @@ def group_teachers(data):
     s = settings(data, schedule="cosine")
     teachers = {}
     for p, classes in enumerate(data.groups):
-        model, _ = train_teacher("resnet8", classes, 4, data.train, data.val, data.test, s)
+        model, history = train_teacher("resnet8", classes, 4, data.train, data.val, s)
+        assert all(math.isnan(h["test_acc"]) for h in history)     # never looked at the test set
         teachers[f"group{p}"] = FrozenTeacher(model, data.mean, data.std)
     return LocalTeachers(teachers)
 
@@ -115,7 +118,7 @@ def test_batch_must_divide_into_at_least_two_per_worker():
 def test_padding_is_not_counted_in_train_metrics(tiny_data):
     """Two ranks' shares of an odd-sized pass hold one padded duplicate; the counted images of both
     ranks add up to the real samples (each rank run here in turn, the all-reduce left out)."""
-    data = tiny_data.train.subset(torch.arange(81))
+    data = tiny_data.train.subset(torch.arange(83))   # 42 per rank in batches of 8: 5 x 8 + 2
     grade = plan_single_grade("scratch", "resnet8", 3, tiny_data.groups, 1).grades[0]
     s = settings(tiny_data, batch_size=16, schedule="constant")
     counted = []
@@ -125,7 +128,7 @@ def test_padding_is_not_counted_in_train_metrics(tiny_data):
         m = train_epoch(model, build_optimizer(model, s, 0.05), grade, "mixed", data, None, s,
                         TrainContext(rank=rank, world_size=2), 0)
         counted.append(m["train_images"])
-    assert counted == [41, 40]
+    assert counted == [42, 41]
 
 
 def test_scratch_plan_without_teachers(tiny_data):
@@ -154,3 +157,36 @@ def test_channels_last_changes_layout_not_math(tiny_data):
     plain.load_state_dict(nhwc.state_dict())
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(plain.eval()(x), nhwc.eval()(x), atol=1e-5)
+
+
+def _stem_bn_mean_over(model, data, classes, s):
+    """The mean of the stem BN layer's input over every sample of `classes` (train-mode statistics)."""
+    from raydistill.data import normalize
+    bn = next(m for m in model.stem.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    handle = bn.register_forward_pre_hook(lambda m, args: seen.append(args[0].mean((0, 2, 3)) * len(args[0])))
+    index = torch.nonzero(torch.isin(data.labels, torch.tensor(classes))).flatten()
+    with torch.no_grad():
+        model.eval()(normalize(data.images[index], s.mean, s.std))
+    handle.remove()
+    return bn, seen[0] / len(index)
+
+
+def test_bn_recalibration_describes_every_class_of_a_sequential_grade(tiny_data):
+    """Sequential passes leave BN statistics dominated by the last lesson; with bn_recalibrate the
+    saved model's statistics are those of a mixed pass over all the grade's classes."""
+    data = tiny_data
+    plan = plan_single_grade("multi_teacher", "resnet8", 3, data.groups, 1, pass_mode="sequential")
+    classes = plan.grades[0].class_ids
+    errors = {}
+    for recalibrate in (False, True):
+        s = settings(data, schedule="constant", batch_size=30, bn_recalibrate=recalibrate)
+        model, _ = train_plan(plan, data.train, data.val, data.test, None, s, TrainContext(channels_last=False))
+        bn, mean = _stem_bn_mean_over(model, data.train, classes, s)
+        errors[recalibrate] = (bn.running_mean - mean).abs().max().item()
+    assert errors[True] < 1e-4 < errors[False], errors
+
+
+def test_bn_recalibrate_is_a_config_field():
+    exp = Experiment().with_overrides(["curriculum.bn_recalibrate=true"]).validate()
+    assert exp.curriculum.bn_recalibrate is True

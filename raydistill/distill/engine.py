@@ -79,6 +79,7 @@ class TrainSettings:
     std: tuple = (0.25, 0.25, 0.25)
     seed: int = 0
     eval_batch_size: int = 512
+    bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass before evaluating/saving
 
 
 @dataclass
@@ -274,6 +275,21 @@ def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teac
         yield pending[0], {li: (rows, teachers.fetch(h)) for li, (rows, h) in pending[1].items()}
 
 
+RECALIBRATION_STREAM = 2000   # shuffling stream of the recalibration pass (apart from the training passes')
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, grade: Grade, data: ImageSet, s: TrainSettings, ctx: TrainContext,
+                          epoch: int) -> None:
+    """Recompute BN running statistics as the plain average over one no-grad, un-augmented pass of
+    mixed batches of all the grade's classes (torch's `update_bn`). A sequential epoch ends with a
+    whole pass over its last lesson, so the running statistics otherwise describe that group only."""
+    from torch.optim.swa_utils import update_bn
+    index = grade_passes(grade, data.labels, "mixed")[0]
+    batches = shard_batches(index, s.batch_size, s.seed, epoch, RECALIBRATION_STREAM, ctx.rank, ctx.world_size)
+    update_bn((ctx.batch(data.images[b], s) for b, _ in batches), model)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx: TrainContext) -> float:
     """Top-1 accuracy (eval mode, no grads) on the samples of the given classes, predicting among
@@ -374,6 +390,8 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
             metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{plan.method}: {err}") from None
+        if s.bn_recalibrate:
+            recalibrate_batchnorm(model, grade, train, s, ctx, epoch)
         ctx.sync_statistics(model)
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,

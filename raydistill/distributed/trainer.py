@@ -37,7 +37,8 @@ from raydistill.distill.curriculum import teachers_needed
 from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
 from raydistill.runner import (RunResult, finish_run, method_stage, start_run, teacher_stage, write_metrics)
 from raydistill.distributed.consistency import plain_model, same_teacher_on_every_rank
-from raydistill.teachers import FrozenTeacher, LocalTeachers, load_teacher
+from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
+                                 saved_teachers)
 from raydistill.workspace import PreparedData, with_absolute_paths
 
 STATE_FILE = "state.pt"
@@ -163,6 +164,8 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     check_cluster_address(exp)
     exp = with_absolute_paths(exp)
     data, out = start_run(exp)
+    # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
+    check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
     (out / ABORTED_FILE).unlink(missing_ok=True)   # from an earlier attempt
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers)
@@ -320,7 +323,8 @@ def _train_stages(config: dict) -> None:
         key = stage.split(":", 1)[1]
         if stage in completed:
             if methods_left:
-                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device,
+                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", classes_of(key, data.groups),
+                                           expected_arch=exp.teachers.arch, device=ctx.device,
                                            channels_last=exp.channels_last)
             continue
         train, _ = stage_train(stage)

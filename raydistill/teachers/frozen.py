@@ -43,9 +43,13 @@ class FrozenTeacher:
         return self.model.class_ids.tolist()
 
     @torch.inference_mode()
-    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    def device_logits(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """float logits on the teacher's device (an in-process student on that device uses them as is)."""
         x = normalize(images_uint8, self.mean, self.std).to(self.device, memory_format=self.memory_format)
-        return self.net(x).float().cpu()
+        return self.net(x).float()
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.device_logits(images_uint8).cpu()
 
 
 class LocalTeachers:
@@ -55,7 +59,7 @@ class LocalTeachers:
         self.teachers = teachers
 
     def submit(self, key: str, images: torch.Tensor) -> Any:
-        return self.teachers[key](images)
+        return self.teachers[key].device_logits(images)   # no round trip through host memory
 
     def fetch(self, handle: Any) -> torch.Tensor:
         return handle
@@ -125,6 +129,12 @@ def check_teacher_checkpoints(checkpoints: dict | None, groups: Sequence[Sequenc
             raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
                                f"{len(groups) - 1} or all")
         load_teacher(path, classes_of(key, groups), expected_arch=expected_arch)
+
+
+def saved_teachers(run_dir: Path, num_groups: int) -> dict:
+    """{key: path} of the teacher files an earlier attempt of a run left in `<run_dir>/teachers`."""
+    keys = [f"group{p}" for p in range(num_groups)] + ["all"]
+    return {k: Path(run_dir) / "teachers" / f"{k}.pt" for k in keys if (Path(run_dir) / "teachers" / f"{k}.pt").is_file()}
 
 
 def _short(ids) -> str:
