@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_experiment
+from conftest import saved_test_accuracy, tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,18 +99,6 @@ def _shape(obj):
     return "number" if isinstance(obj, (int, float)) else type(obj).__name__
 
 
-def _saved_test_accuracy(path: Path, output_dir) -> float:
-    from raydistill.distill.engine import TrainContext, TrainSettings, evaluate
-    from raydistill.models import build_model
-    from raydistill.workspace import prepare_data
-    data = prepare_data(tiny_experiment(output_dir))
-    ckpt = torch.load(path, weights_only=True)
-    model = build_model(ckpt["arch"], len(ckpt["class_ids"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return evaluate(model, data.test, ckpt["class_ids"], TrainSettings(mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"])),
-                    TrainContext())
-
-
 def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
     from raydistill.distributed.trainer import run_distributed
     from raydistill.runner import run
@@ -138,8 +126,9 @@ def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
     ckpt = torch.load(result.run_dir / "checkpoints" / "ed.pt", weights_only=True)
     assert ckpt["arch"] == "resnet8"
     # one model: the saved checkpoint, evaluated in this process, scores exactly the reported accuracy
-    assert _saved_test_accuracy(result.run_dir / "checkpoints" / "ed.pt", tmp_path / "ray") == \
-        result.methods["ed"]["final_test_acc"]
+    from raydistill.workspace import prepare_data
+    assert saved_test_accuracy(result.run_dir / "checkpoints" / "ed.pt", prepare_data(tiny_experiment(tmp_path))) \
+        == result.methods["ed"]["final_test_acc"]
     placement = json.loads((result.run_dir / "placement.json").read_text())
     assert len(placement["workers"]) == 2 and set(placement["teachers"]) == {"group0", "group1", "group2"}
 
