@@ -3,7 +3,6 @@ Ray workers use it (`ddp_context`), BatchNorm statistics included, and teachers 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -25,17 +24,22 @@ def _start(rank: int, world: int, tmp: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
 
 
-def _train_rank(rank: int, world: int, tmp: str) -> None:
+def _train(ctx):
     from raydistill.distill.curriculum import plan_single_grade
-    from raydistill.distill.engine import TrainSettings, evaluate, train_plan
+    from raydistill.distill.engine import TrainSettings, train_plan
+    s = TrainSettings(lr=0.1, batch_size=16, schedule="constant", augment=False)
+    train, test = _data(24, 0).subset(torch.arange(95)), _data(10, 1)     # 95: one rank gets a padded copy
+    plan = plan_single_grade("scratch", "resnet8", 3, [[0, 1], [2, 3]], 2)
+    return train_plan(plan, train, test, test, None, s, ctx)
+
+
+def _train_rank(rank: int, world: int, tmp: str) -> None:
     from raydistill.distributed.consistency import ddp_context, state_fingerprint
     _start(rank, world, tmp)
     ctx = ddp_context(torch.device("cpu"), rank, world, sync_batchnorm=True, channels_last=False)
-    s = TrainSettings(lr=0.1, batch_size=16, schedule="constant", augment=False)
-    train, test = _data(24, 0), _data(10, 1)
-    plan = plan_single_grade("scratch", "resnet8", 3, [[0, 1], [2, 3]], 2)
-    model, history = train_plan(plan, train, test, test, None, s, ctx)
-    out = {"fingerprint": state_fingerprint(model), "reported": history[-1]["test_acc"]}
+    model, history = _train(ctx)
+    out = {"fingerprint": state_fingerprint(model), "reported": history[-1]["test_acc"],
+           "train_images": [h["train_images"] for h in history]}
     torch.save(model.state_dict(), Path(tmp) / f"model{rank}.pt")
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(out))
     torch.distributed.destroy_process_group()
@@ -54,6 +58,9 @@ def test_two_ddp_ranks_end_with_one_model_whose_accuracy_is_reported(tmp_path):
     assert any(not torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in bn), "BN never trained"
     accuracy = evaluate(model, _data(10, 1), range(4), TrainSettings(augment=False), _plain_context())
     assert accuracy == ranks[0]["reported"] == ranks[1]["reported"]
+    # 2 workers vs 1 worker: the same samples are counted (padding is not), the same epochs run
+    _, single = _train(_plain_context())
+    assert ranks[0]["train_images"] == [h["train_images"] for h in single] == [95, 95]
 
 
 def _plain_context():
