@@ -46,7 +46,9 @@ def cmd_run(args) -> int:
 def cmd_validate(args) -> int:
     exp = _load(args)
     from raydistill.workspace import prepare_data
+    from raydistill.teachers import check_teacher_checkpoints
     data = prepare_data(exp)
+    check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)   # what `run` checks too
     print(f"{args.config}: valid; {data.num_classes} classes in groups of "
           f"{[len(g) for g in data.groups]}; train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}")
     return 0

@@ -34,6 +34,19 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader without YAML 1.1 base-60 integers, so `ratio: 1:1:1` stays the string '1:1:1'."""
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A mapping that refuses a key given twice (PyYAML keeps the last one silently)."""
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -105,6 +118,7 @@ class CurriculumConfig:
     alpha: float = 0.3                  # weight of CE; (1 - alpha) weights the KD term
     carry_head_rows: bool = False       # copy old reference-head rows into the new head
     keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
+    bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass of the grade before eval/save
 
 
 @dataclass
@@ -158,6 +172,7 @@ class RayConfig:
     gpus_per_worker: float = 1.0        # with use_gpu; a fraction (one worker only) leaves room for teacher actors
     teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}
     max_failures: int = 0
+    sync_batchnorm: Optional[bool] = None    # one set of BN statistics over workers; null: on when workers > 1
 
 
 @dataclass
@@ -362,6 +377,9 @@ class Experiment:
         need(isinstance(r.teacher_resources, dict) and all(
             isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in r.teacher_resources.items()),
             "ray.teacher_resources", "a mapping of resource name to a non-negative amount", r.teacher_resources)
+        for field_path, batch in (("optimizer.batch_size", o.batch_size), ("teachers.batch_size", t.batch_size)):
+            need(batch % r.workers == 0 and batch // r.workers >= 2, field_path,
+                 f"a multiple of ray.workers ({r.workers}) with at least 2 samples per worker (BatchNorm)", batch)
         need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
         return self
 
@@ -465,6 +483,11 @@ class Experiment:
         import os
         spare = (os.cpu_count() or 1) - (r.teacher_cpus * (self.num_groups() + 1) if r.teachers == "actors" else 0)
         return float(max(1, int(spare // r.workers)))
+
+    def sync_batchnorm(self) -> bool:
+        """ray.sync_batchnorm, defaulting to on when there is more than one worker."""
+        s = self.ray.sync_batchnorm
+        return self.ray.workers > 1 if s is None else s
 
     def run_name(self) -> str:
         return self.output.name or self.name

@@ -15,13 +15,14 @@ from typing import Callable, Optional
 import torch
 
 from raydistill import storage
-from raydistill.config import METHODS, Experiment
+from raydistill.config import Experiment
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import count_parameters
 from raydistill.report import format_table, method_summary
 from raydistill.report_files import write_report_files
-from raydistill.teachers import FrozenTeacher, LocalTeachers, TeacherError, load_teacher, save_teacher
+from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
+                                 save_teacher)
 from raydistill.teachers.training import teacher_plan
 from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, refuse_changed_config,
                                   student_settings, teacher_settings, write_json)
@@ -48,20 +49,14 @@ def pick_device(exp: Experiment) -> torch.device:
 
 
 def teacher_classes(key: str, data: PreparedData) -> list:
-    if key == "all":
-        return [c for g in data.groups for c in g]
-    return list(data.groups[int(key.removeprefix("group"))])
+    return classes_of(key, data.groups)
 
 
 def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
     """Validate, load the data, create the run directory and write config.yaml — before any training."""
     exp.validate()
     data = prepare_data(exp)
-    for key, path in (exp.teachers.checkpoints or {}).items():  # fail before any training or cluster work
-        if key not in teachers_needed(list(METHODS), len(data.groups)):
-            raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
-                               f"{len(data.groups) - 1} or all")
-        load_teacher(path, teacher_classes(key, data), expected_arch=exp.teachers.arch)
+    check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
     out = check_output_dir(storage.local_experiment(exp))   # a URI output.dir: local staging dir
     refuse_changed_config(out, exp)
     (out / "config.yaml").write_text(exp.to_yaml())
@@ -129,7 +124,8 @@ def method_stage(exp: Experiment, data: PreparedData, out: Path, method: str, cl
     """Train one method's plan; save its final model under out/checkpoints. Returns (history, summary)."""
     plan: Plan = plan_for(method, exp, data.groups)
     if not any(lesson.teacher for grade in plan.grades for lesson in grade.lessons):
-        client = None   # scratch: no teacher, so fresh augmentation even when soft labels are cached
+        from raydistill.softlabels import teacherless_client
+        client = teacherless_client(exp, data.train, client)   # scratch: no teacher calls; cache on: the same bank
     started = time.perf_counter()
     model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log)
     wall = wall_offset + time.perf_counter() - started

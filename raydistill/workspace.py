@@ -70,6 +70,7 @@ def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
                          restart_per_grade=o.restart_per_grade, temperature=c.temperature, alpha=c.alpha,
                          losses=exp.loss_params(),
                          carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
+                         bn_recalibrate=c.bn_recalibrate,
                          augment=exp.data.augment, mean=tuple(data.mean), std=tuple(data.std), seed=exp.seed)
 
 

@@ -56,3 +56,14 @@ def ray_session():
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()
+
+
+def saved_test_accuracy(path, data) -> float:
+    """Test accuracy of a saved student checkpoint, evaluated here in one process (eval mode)."""
+    from raydistill.distill.engine import TrainContext, TrainSettings, evaluate
+    from raydistill.models import build_model
+    ckpt = torch.load(path, weights_only=True)
+    model = build_model(ckpt["arch"], len(ckpt["class_ids"]))
+    model.load_state_dict(ckpt["state_dict"])
+    s = TrainSettings(mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
+    return evaluate(model, data.test, ckpt["class_ids"], s, TrainContext())

@@ -167,6 +167,20 @@ def test_explicit_groups(tmp_path, groups, match):
         prepare_data(exp)
 
 
+def test_one_class_group_is_named(tmp_path):
+    exp = _exp(tmp_path, **{"data.groups": "[[0, 1, 2], [3], [4, 5]]"}).validate()
+    with pytest.raises(DataError, match=r"data\.groups: group 1 \[3\]: expected at least 2 classes per group"):
+        prepare_data(exp)
+
+
+def test_yaml_with_a_duplicated_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\noptimizer:\n  lr: 0.1\n  batch_size: 8\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: not valid YAML at line 5, column 3: duplicate key 'lr' "
+                                          r"\(first at line 3\)"):
+        Experiment.from_yaml(path)
+
+
 @pytest.mark.parametrize("field", ["optimizer.batch_size", "teachers.batch_size"])
 def test_batch_size_larger_than_a_group(tmp_path, field):
     # 6 classes x 20, 10% held out, groups of 2 classes: ~36 training samples per group
@@ -191,7 +205,7 @@ def _parquet(path, blobs, labels, names=("a", "b", "c")):
 
 def _parquet_exp(tmp_path, train, test):
     return _exp(tmp_path, **{"data.source": "parquet", "data.train_path": str(train), "data.test_path": str(test),
-                             "optimizer.batch_size": 1, "teachers.batch_size": 1,
+                             "optimizer.batch_size": 2, "teachers.batch_size": 2,
                              "data.val_fraction": 0.0}).validate()
 
 
@@ -199,6 +213,13 @@ def _parquet_exp(tmp_path, train, test):
 def good_parquet(tmp_path):
     rng = np.random.default_rng(0)
     return _parquet(tmp_path / "good.parquet", [_png(rng) for _ in range(6)], [0, 1, 2, 0, 1, 2])
+
+
+def test_empty_parquet_table_has_no_rows(tmp_path, good_parquet):
+    empty = _parquet(tmp_path / "empty.parquet", [], [])
+    exp = _parquet_exp(tmp_path, empty, good_parquet)
+    with pytest.raises(DataError, match=r"empty\.parquet' has no rows; expected at least one image per class"):
+        prepare_data(exp)
 
 
 def test_missing_parquet_file(tmp_path, good_parquet):
@@ -283,6 +304,57 @@ def test_truncated_teacher_checkpoint(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(TeacherError, match=r"t\.pt: cannot be read, expected a file written by save_teacher"):
         load_teacher(path, [0, 1])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_teacher_checkpoint_holding_code_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "t.pt"
+    torch.save({"arch": "resnet8", "payload": _Payload()}, path)   # a pickled instance of a class: code
+    with pytest.raises(TeacherError) as err:
+        load_teacher(path, [0, 1])
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    assert "t.pt: holds Python objects beyond tensors and plain values (pickled code), refused" in str(err.value)
+
+
+def test_cli_validate_checks_teacher_checkpoints_like_run(tmp_path, capsys):
+    """`validate` rejects a teachers.checkpoints file that `run` would reject (here: wrong classes)."""
+    path = tmp_path / "exp.yaml"
+    teacher = _teacher(tmp_path / "t.pt", classes=3)      # group0 of the tiny set has 2 classes
+    path.write_text(_exp(tmp_path).with_overrides([f"teachers.checkpoints={{group0: {teacher}}}"]).to_yaml())
+    err = _cli(capsys, "validate", "--config", str(path))
+    assert "t.pt: trained for 3 classes [0, 1, 2], expected 2 classes [0, 1]" in err
+
+
+def test_resumed_run_with_a_teacher_of_other_classes_is_refused_before_ray(tmp_path, monkeypatch):
+    """A run directory's teachers/group0.pt (reloaded on resume) that serves other classes than the
+    run's group 0, or is another architecture, stops the Ray backend before Ray starts."""
+    import raydistill.distributed.trainer as trainer
+
+    class Started(Exception):
+        pass
+
+    def no_ray(*_a, **_k):
+        raise Started
+    monkeypatch.setattr(trainer, "init_ray", no_ray)
+    exp = _exp(tmp_path)
+    with pytest.raises(Started):
+        trainer.run_distributed(exp, progress=None)                 # first attempt: the run directory exists
+    teachers = tmp_path / "runs" / "tiny" / "teachers"
+    model = build_model("resnet8", 2)
+    model.class_ids.copy_(torch.tensor([2, 3]))                       # group 1's classes
+    save_teacher(teachers / "group0.pt", model, [0.5] * 3, [0.25] * 3)
+    with pytest.raises(TeacherError, match=r"group0\.pt: trained for 2 classes \[2, 3\], expected 2 classes \[0, 1\]"):
+        trainer.run_distributed(exp, progress=None)
+    _teacher(teachers / "group0.pt", arch="resnet20")
+    with pytest.raises(TeacherError, match=r"group0\.pt: architecture 'resnet20', expected 'resnet8'"):
+        trainer.run_distributed(exp, progress=None)
+    (teachers / "group0.pt").unlink()
+    with pytest.raises(Started):
+        trainer.run_distributed(exp, progress=None)
 
 
 def test_missing_teacher_checkpoint(tmp_path):

@@ -4,7 +4,12 @@ from raydistill.config import ConfigError, Experiment, shipped_experiments
 
 
 def test_defaults_validate():
-    Experiment().validate()
+    exp = Experiment()
+    assert exp.validate() is exp
+    # what the defaults mean: 3 groups, one grade per group ending at resnet8's 3 blocks, 30 epochs
+    assert (exp.num_groups(), exp.splits(), exp.head_widths(), exp.order(), exp.total_epochs()) == \
+        (3, [1, 2, 3], [64, 64], [0, 1, 2], 30)
+    assert exp.sync_batchnorm() is False and exp.with_overrides(["ray.workers=2"]).sync_batchnorm() is True
 
 
 def test_shipped_experiments_load_and_validate():

@@ -59,6 +59,13 @@ def test_validate_groups():
             validate_groups(groups, 4)
 
 
+def test_one_class_groups_are_rejected_by_name():
+    with pytest.raises(DataError, match=r"group 1 \[2\]: expected at least 2 classes per group \(a one-class"):
+        validate_groups([[0, 1], [2], [3, 4]], 5)
+    with pytest.raises(DataError, match=r"group 0 \[0\], group 1 \[1\]: expected at least 2 classes"):
+        groups_from_ratio(4, "1:1:2")
+
+
 # --------------------------------------------------------------------------- imageset helpers
 def test_train_val_split_stratified_deterministic():
     ds = _toy(n_per_class=10, classes=3)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_experiment
+from conftest import saved_test_accuracy, tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,6 +127,10 @@ def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
     assert set(metrics) == {"teachers", "methods", "history"}
     ckpt = torch.load(result.run_dir / "checkpoints" / "ed.pt", weights_only=True)
     assert ckpt["arch"] == "resnet8"
+    # one model: the saved checkpoint, evaluated in this process, scores exactly the reported accuracy
+    from raydistill.workspace import prepare_data
+    assert saved_test_accuracy(result.run_dir / "checkpoints" / "ed.pt", prepare_data(tiny_experiment(tmp_path))) \
+        == result.methods["ed"]["final_test_acc"]
     placement = json.loads((result.run_dir / "placement.json").read_text())
     assert len(placement["workers"]) == 2 and set(placement["teachers"]) == {"group0", "group1", "group2"}
 

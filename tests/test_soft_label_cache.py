@@ -2,6 +2,7 @@
 teacher forward (float16 tolerance), any change of teacher weights or data gives a new cache,
 top-k round-trips, and a `run` with soft_labels=cache works end to end and reuses its cache."""
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -112,6 +113,55 @@ def test_replayed_augmentation_equals_the_recorded_one(built, small):
     assert seen_draws == {0, 1}
 
 
+class InputProbe(torch.nn.Module):
+    """The student, recording every input batch it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_scratch_under_the_cache_replays_the_same_bank(built, small, tmp_path):
+    """With the cache on, the teacherless `scratch` plan gets the cache's bank and trains on exactly
+    the replayed images (the bank's draw e mod A), not fresh random crops."""
+    from raydistill.distill.curriculum import plan_for
+    from raydistill.data import normalize
+    from raydistill.distill.engine import shard_batches
+    from raydistill.runner import method_stage
+    exp, teachers, cache = built
+    given = {}
+
+    def capture(plan, train, val, test, client, settings, log=None):
+        given["client"] = client
+        raise StopIteration
+    with pytest.raises(StopIteration):
+        method_stage(exp.with_overrides(["methods=[scratch]"]), small, tmp_path, "scratch", cache.client(), None,
+                     capture)
+    client = given["client"]
+    assert client.replay is cache.bank
+    plan = plan_for("scratch", exp, small.groups)
+    s = TrainSettings(batch_size=32, mean=tuple(small.mean), std=tuple(small.std), schedule="constant", seed=5)
+    epoch = 2
+    probe = InputProbe(grade_model(plan, plan.grades[0], small.num_classes, s))
+    train_epoch(probe, build_optimizer(probe, s, 0.0), plan.grades[0], "mixed", small.train, client, s,
+                TrainContext(channels_last=False), epoch)
+    everything = torch.arange(len(small.train))
+    for (index, _), x in zip(shard_batches(everything, 32, s.seed, epoch, 0, 0, 1), probe.inputs):
+        draw = cache.bank.draw_at(index, epoch)
+        expected = normalize(cache.bank.apply(small.train.images[index], index, draw), s.mean, s.std)
+        torch.testing.assert_close(x, expected)
+    assert len(probe.inputs) >= 3
+    # without the cache, scratch gets no client (fresh augmentation, as before)
+    with pytest.raises(StopIteration):
+        method_stage(exp.with_overrides(["teachers.soft_labels=online"]), small, tmp_path, "scratch",
+                     cache.client(), None, capture)
+    assert given["client"] is None
+
+
 def test_cached_logits_equal_a_fresh_teacher_forward(built, small):
     exp, teachers, cache = built
     assert cache.build_seconds is not None and (cache.directory / "meta.json").is_file()
@@ -154,6 +204,31 @@ def test_changed_teacher_weights_or_data_invalidate_the_cache(built, small):
     assert ensure_soft_label_cache(exp, small, teachers).key == cache.key     # unchanged: same cache
 
 
+def test_changed_draws_with_the_same_bank_parameters_invalidate_the_cache(built, small, monkeypatch):
+    """What if the code that makes or applies draws changes while the bank's parameters do not:
+    the key hashes the draws and their effect, so stale logits are never read."""
+    import raydistill.softlabels.cache as cache_module
+    exp, teachers, cache = built
+    original = cache_module.bank_for
+
+    def shifted(exp, n):           # the same parameters, other draws (as changed bank code would give)
+        bank = original(exp, n)
+        return AugmentationBank(torch.roll(bank.draws, 1, dims=0), bank.padding, bank.flip, bank.seed)
+
+    monkeypatch.setattr(cache_module, "bank_for", shifted)
+    other = ensure_soft_label_cache(exp, small, teachers)
+    assert other.bank.params() == cache.bank.params()
+    assert other.key != cache.key and other.build_seconds is not None
+
+
+def test_topk_cache_key_holds_the_temperature(built, small):
+    exp, teachers, _ = built
+    topk = exp.with_overrides(["teachers.cache_format=topk"])
+    a = ensure_soft_label_cache(topk, small, teachers)
+    b = ensure_soft_label_cache(topk.with_overrides(["curriculum.temperature=2"]), small, teachers)
+    assert a.key != b.key
+
+
 def test_topk_round_trip(tmp_path):
     torch.manual_seed(0)
     logits = torch.randn(40, 3, 10) * 3
@@ -170,7 +245,8 @@ def test_topk_round_trip(tmp_path):
     top = orig.topk(4, dim=1)
     torch.testing.assert_close(rec.gather(1, top.indices), top.values, rtol=1e-3, atol=5e-3)
     rest = torch.ones_like(orig, dtype=torch.bool).scatter_(1, top.indices, False)
-    expected_rest = (orig * rest).sum(1) / 6
+    # encoded at T=1 (the default): the tail value is the log-mean-exp of the logits left out
+    expected_rest = torch.logsumexp(orig.masked_fill(~rest, float("-inf")), dim=1) - math.log(6)
     torch.testing.assert_close(rec[rest].view(4, 6), expected_rest[:, None].expand(4, 6), rtol=1e-3, atol=5e-3)
     assert (rec[rest].view(4, 6).max(1).values <= top.values[:, -1] + 1e-2).all()
     assert torch.equal(rec.argmax(1), orig.argmax(1))
@@ -178,6 +254,29 @@ def test_topk_round_trip(tmp_path):
         store.from_table(table.slice(1), 3, tmp_path / "t.parquet")
     with pytest.raises(SoftLabelCacheError, match=r"no logits for training samples \[1\]"):
         back.logits(torch.tensor([1]), torch.tensor([0]))
+
+
+def test_topk_tail_keeps_the_softmax_mass_at_the_cache_temperature():
+    """33 classes, k=5, T=4 (the issue's case): the reconstruction's softmax at T has the teacher's
+    top-5 probabilities and tail mass (a mean-logit tail underestimates that mass); the KL left to
+    the full softmax is what spreading the tail evenly costs."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    t, logits = 4.0, torch.randn(64, 1, 33) * 4
+    rec = store.encode(torch.arange(64), logits, "topk", 5, temperature=t).logits(torch.arange(64),
+                                                                               torch.zeros(64, dtype=torch.long))
+    p, q = F.softmax(logits[:, 0] / t, dim=1), F.softmax(rec / t, dim=1)
+    top = logits[:, 0].topk(5, dim=1).indices
+    tail = torch.ones_like(p, dtype=torch.bool).scatter_(1, top, False)
+    torch.testing.assert_close((q * tail).sum(1), (p * tail).sum(1), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(q.gather(1, top), p.gather(1, top), rtol=2e-3, atol=2e-3)
+    kl = (p * (p.log() - q.log())).sum(1).mean().item()
+    mean_tail = logits[:, 0].masked_fill(~tail, 0).sum(1, keepdim=True) / 28
+    kl_mean = (p * (p.log() - F.log_softmax(torch.where(tail, mean_tail, logits[:, 0]) / t, dim=1))).sum(1).mean()
+    print(f"topk tail KL at T=4: log-mean-exp {kl:.4f}, mean logit {kl_mean.item():.4f}")
+    assert kl < kl_mean.item()
+    mean_mass = (F.softmax(torch.where(tail, mean_tail, logits[:, 0]) / t, dim=1) * tail).sum(1)
+    assert (mean_mass < (p * tail).sum(1) - 1e-3).all()          # what the fix removes
 
 
 def test_interrupted_build_leaves_no_cache(built, small, tmp_path, monkeypatch):
@@ -218,13 +317,14 @@ def test_local_run_with_cached_soft_labels_reuses_the_cache(tmp_path):
     caches = list((tmp_path / "softlabels").iterdir())
     assert len(caches) == 1
     meta = json.loads((caches[0] / "meta.json").read_text())
-    assert meta["storage"] == {"format": "topk", "topk": 1} and meta["bank"]["draws"] == 3
+    assert meta["storage"] == {"format": "topk", "topk": 1, "temperature": 4.0} and meta["bank"]["draws"] == 3
     assert set(meta["files"]) == {"group0", "group1", "group2"}
     assert any("building cache" in line for line in logs[0]) and any("loaded" in line for line in logs[1])
     assert not any("building cache" in line for line in logs[1])
-    for r in results:
-        ed = [h for h in r.history if h["method"] == "ed"]
-        assert len(ed) == 3 and all(h["kd"] > 0 for h in ed)
+    # the loaded cache serves what the built one did: every epoch's loss terms are identical
+    terms = [[(h["method"], h["loss"], h["kd"]) for h in r.history] for r in results]
+    assert terms[0] == terms[1] and len([t for t in terms[0] if t[0] == "ed"]) == 3
+    assert all(kd > 0 for method, _, kd in terms[0] if method == "ed")
     a, b = (torch.load(r.run_dir / "checkpoints" / "ed.pt", weights_only=True)["state_dict"] for r in results)
     assert all(torch.equal(a[k], b[k]) for k in a)   # same seed, replayed cache: identical student
 

@@ -117,6 +117,36 @@ def test_valid_splits_impossible_and_unsearchable_fields(tmp_path):
         space_from_dict({"base": {}, "search": {"optimizer.lr": {"loguniform": [0, 1]}}}, source="x.yaml")
 
 
+def test_asha_judges_a_restored_trial_at_its_reported_epoch():
+    """A trial restored mid-run reports epoch 2 as its first Tune iteration: ASHA must compare it
+    at the epoch-2 rung (and stop it, it is the weakest), not treat it as iteration 1."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from raydistill.search.trainable import curriculum_asha
+    asha = curriculum_asha(max_t=8, grace_period=2, reduction_factor=2)
+    asha.set_search_properties("val_acc", "max")
+    trials = [Trial("__fake", stub=True) for _ in range(2)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    common = {"epochs_planned": 8}
+    assert asha.on_trial_result(None, trials[0], {"epoch": 2, "training_iteration": 2, "val_acc": 0.9, **common}) \
+        == TrialScheduler.CONTINUE
+    restored = {"epoch": 2, "training_iteration": 1, "val_acc": 0.05, **common}
+    assert asha.on_trial_result(None, trials[1], restored) == TrialScheduler.STOP
+
+
+def test_trial_rows_tell_an_asha_stop_from_an_interrupted_trial():
+    from raydistill.search.results import trial_rows
+    from raydistill.search.space import load_space
+    space = load_space("smoke")
+    candidates = space.candidates()[:3]
+    results = [{"index": 0, "metrics": {"epoch": 1, "val_acc": 0.5}, "error": None, "done": True},
+               {"index": 1, "metrics": {"epoch": 1, "val_acc": 0.5}, "error": None, "done": False}]
+    rows = trial_rows(space, results, candidates, "asha")
+    assert [r["stop_reason"] for r in rows] == ["stopped by asha after epoch 1", "interrupted after epoch 1",
+                                                "not run"]
+
+
 # ---- the smoke search (Ray) ------------------------------------------------------------------
 
 def test_smoke_search_trains_teachers_once_and_exports_a_runnable_best(ray_session, tmp_path):

@@ -39,6 +39,16 @@ def groups_from_ratio(num_classes: int, ratio: str | Sequence[int]) -> list[list
     for s in sizes:
         groups.append(list(range(start, start + s)))
         start += s
+    return check_group_sizes(groups)
+
+
+def check_group_sizes(groups: list[list[int]]) -> list[list[int]]:
+    """Every group needs 2+ classes: a one-class group's teacher has one logit, so its KD slice is a
+    softmax over one value — zero loss, no gradient — and its CE teacher learns nothing."""
+    small = [f"group {gi} {g}" for gi, g in enumerate(groups) if len(g) < 2]
+    if small:
+        raise DataError(f"{', '.join(small)}: expected at least 2 classes per group "
+                        f"(a one-class group gives a one-logit KD slice: zero loss, no gradient)")
     return groups
 
 
@@ -71,4 +81,4 @@ def validate_groups(groups, num_classes: int) -> list[list[int]]:
     if missing:
         raise DataError(f"groups do not cover classes {missing[:20]}{'...' if len(missing) > 20 else ''}; "
                         f"together they must cover 0..{num_classes - 1}")
-    return out
+    return check_group_sizes(out)

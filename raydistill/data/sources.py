@@ -152,6 +152,8 @@ def _read_parquet(path, limit_per_class=None):
         raise DataError(f"parquet file {str(path)!r} lacks the expected columns `img.bytes` (struct img with a "
                         f"binary field bytes) and `label`; found columns {schema.names}")
     table = pq.read_table(path, columns=["img", "label"])
+    if table.num_rows == 0:
+        raise DataError(f"parquet file {str(path)!r} has no rows; expected at least one image per class")
     label_col = table.column("label")
     if not pa.types.is_integer(label_col.type):
         raise DataError(f"parquet file {str(path)!r}: column `label` must be integer, got {label_col.type}")

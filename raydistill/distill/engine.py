@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -80,6 +81,7 @@ class TrainSettings:
     std: tuple = (0.25, 0.25, 0.25)
     seed: int = 0
     eval_batch_size: int = 512
+    bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass before evaluating/saving
 
 
 @dataclass
@@ -94,6 +96,9 @@ class TrainContext:
     precision: str = "fp32"             # fp32 | bf16 | fp16: autocast dtype of forwards (see precision.py)
     compile: bool = False               # torch.compile the model being trained
     device_data_fraction: float = 0.5   # training set moves to the GPU if it takes at most this much free memory
+    # called on the unwrapped model after every epoch, before evaluation and checkpoint: makes the
+    # ranks' BatchNorm running statistics one set (DDP keeps only the parameters equal)
+    sync_statistics: Callable[[nn.Module], None] = lambda model: None
 
     def __post_init__(self):
         self.amp = Precision(self.precision, self.device)
@@ -120,39 +125,55 @@ class TrainContext:
 # ---- learning rate ---------------------------------------------------------------------------
 
 def learning_rate(s: TrainSettings, plan: Plan, epoch: int) -> float:
-    """lr for a global epoch; with restart_per_grade the schedule restarts at each grade."""
+    """lr for a global epoch; with restart_per_grade the schedule restarts at each grade, and step
+    milestones count from the grade's first epoch."""
     if s.restart_per_grade:
         grade = plan.grade_at(epoch)
-        e, total, milestones = epoch - grade.first_epoch, grade.epochs, ()
+        e, total = epoch - grade.first_epoch, grade.epochs
     else:
-        e, total, milestones = epoch, plan.total_epochs, s.milestones
+        e, total = epoch, plan.total_epochs
     if s.schedule == "constant":
         return s.lr
     if s.schedule == "step":
-        return s.lr * s.gamma ** sum(1 for m in milestones if e >= m)
+        return s.lr * s.gamma ** sum(1 for m in s.milestones if e >= m)
     return 0.5 * s.lr * (1 + math.cos(math.pi * e / total))
 
 
 # ---- batches ----------------------------------------------------------------------------------
 
 def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1009 + stream) * 101 + rank)
+    """A generator for (seed, epoch, rank, stream): numpy's SeedSequence hashes the tuple, so no two
+    tuples share a seed (a mixed-radix formula collides once a stream or rank outgrows its radix)."""
+    state = np.random.SeedSequence([seed, epoch, stream, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def shard_batches(indices: torch.Tensor, batch_size: int, seed: int, epoch: int, stream: int,
-                  rank: int, world_size: int) -> list[torch.Tensor]:
+                  rank: int, world_size: int) -> list[tuple[torch.Tensor, int]]:
     """Shuffle (same permutation on every rank), pad so ranks get equal counts, take this rank's
-    share and cut it into per-worker batches. A trailing batch of one sample is dropped (BN)."""
+    share and cut it into per-worker batches of `batch_size / world_size`. Returns (batch, number of
+    real samples): padding repeats samples at the end of the permutation, so it is the tail of a
+    rank's last batch, trained on (DDP needs equal steps) but not counted. A trailing batch of one
+    sample is dropped (BN)."""
+    if batch_size % world_size or batch_size // world_size < 2:
+        raise ValueError(f"batch size {batch_size} over {world_size} worker(s): expected a multiple of the "
+                         f"workers with at least 2 samples per worker")
     perm = indices[torch.randperm(len(indices), generator=epoch_generator(seed, epoch, 0, stream))]
-    total = math.ceil(len(perm) / world_size) * world_size
-    if total > len(perm):
-        perm = torch.cat([perm, perm[: total - len(perm)]])
+    real = len(perm)
+    total = math.ceil(real / world_size) * world_size
+    if total > real:
+        perm = torch.cat([perm, perm[: total - real]])
     mine = perm[rank::world_size]
-    per_worker = max(1, batch_size // world_size)
+    mine_real = len(range(rank, real, world_size))   # positions rank, rank+W, ... below the real count
+    per_worker = batch_size // world_size
     chunks = list(torch.split(mine, per_worker))
     if len(chunks) > 1 and len(chunks[-1]) < 2:
         chunks.pop()
-    return chunks
+    out, start = [], 0
+    for chunk in chunks:
+        out.append((chunk, max(0, min(len(chunk), mine_real - start))))
+        start += len(chunk)
+    return out
 
 
 def grade_passes(grade: Grade, labels: torch.Tensor, pass_mode: str) -> list[torch.Tensor]:
@@ -197,12 +218,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
     model.train()
     distill = distill or distillation("kd", s)
     tables = GradeTables(grade, data.num_classes, ctx.device)
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, ce, kd (sample-weighted), correct, samples
+    sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, ce, kd (sample-weighted), correct, samples
     started = time.perf_counter()
     for stream, pass_indices in enumerate(grade_passes(grade, data.labels, pass_mode)):
         batches = shard_batches(pass_indices, s.batch_size, s.seed, epoch, stream, ctx.rank, ctx.world_size)
+        real_counts = [n for _, n in batches]
         aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
-        for batch, teacher_out in _prefetched(batches, data, grade, tables, teachers, s, aug_gen, epoch):
+        for step, (batch, teacher_out) in enumerate(
+                _prefetched([b for b, _ in batches], data, grade, tables, teachers, s, aug_gen, epoch)):
             images, labels, lessons = batch
             x = ctx.batch(images, s)
             targets = tables.position[labels].to(ctx.device)
@@ -215,15 +238,17 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
                 kd_sum = term if kd_sum is None else kd_sum + term
             terms = ed_loss(logits, targets, kd_sum, s.alpha)
             # collective, so every worker stops at the same step instead of one of them hanging in DDP's all-reduce
-            bad = ctx.all_reduce_sum(torch.tensor([0.0 if torch.isfinite(terms["loss"]) else 1.0], device=ctx.device))
-            if bad.item() > 0:
+            bad = ctx.all_reduce_sum((~torch.isfinite(terms["loss"].detach())).float().reshape(1))
+            if bad.item() > 0:   # the one host sync per step
                 raise NonFiniteLossError(f"non-finite loss ({terms['loss'].item()} on rank {ctx.rank}) in grade "
                                          f"{grade.index + 1}, epoch {epoch + 1}")
             ctx.amp.step(terms["loss"], optimizer)
-            n = len(labels)
-            sums += torch.tensor([terms["loss"].item() * n, terms["ce"].item() * n, terms["kd"].item() * n,
-                                  (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
-    sums = ctx.all_reduce_sum(sums.to(ctx.device)).cpu()
+            n = real_counts[step]   # padded duplicates (DDP's equal steps) train but are not counted
+            with torch.no_grad():
+                correct = (logits[:n].argmax(1) == targets[:n]).sum()
+                sums += torch.stack([terms["loss"].detach() * n, terms["ce"] * n, terms["kd"] * n,
+                                     correct, torch.tensor(n, device=ctx.device)]).double()
+    sums = ctx.all_reduce_sum(sums).cpu()
     n = max(sums[4].item(), 1.0)
     seconds = time.perf_counter() - started
     return {"loss": sums[0].item() / n, "ce": sums[1].item() / n, "kd": sums[2].item() / n,
@@ -272,6 +297,21 @@ def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teac
             yield ready[0], {li: (rows, teachers.fetch(h)) for li, (rows, h) in ready[1].items()}
     if pending is not None:
         yield pending[0], {li: (rows, teachers.fetch(h)) for li, (rows, h) in pending[1].items()}
+
+
+RECALIBRATION_STREAM = 2000   # shuffling stream of the recalibration pass (apart from the training passes')
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, grade: Grade, data: ImageSet, s: TrainSettings, ctx: TrainContext,
+                          epoch: int) -> None:
+    """Recompute BN running statistics as the plain average over one no-grad, un-augmented pass of
+    mixed batches of all the grade's classes (torch's `update_bn`). A sequential epoch ends with a
+    whole pass over its last lesson, so the running statistics otherwise describe that group only."""
+    from torch.optim.swa_utils import update_bn
+    index = grade_passes(grade, data.labels, "mixed")[0]
+    batches = shard_batches(index, s.batch_size, s.seed, epoch, RECALIBRATION_STREAM, ctx.rank, ctx.world_size)
+    update_bn((ctx.batch(data.images[b], s) for b, _ in batches), model)
 
 
 @torch.inference_mode()
@@ -376,6 +416,9 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
             metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch, distill)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{plan.method}: {err}") from None
+        if s.bn_recalibrate:
+            recalibrate_batchnorm(model, grade, train, s, ctx, epoch)
+        ctx.sync_statistics(model)
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
                    "val_acc": evaluate(model, val, grade.class_ids, s, ctx),

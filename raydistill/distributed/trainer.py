@@ -36,7 +36,9 @@ from raydistill.data import ImageSet
 from raydistill.distill.curriculum import teachers_needed
 from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
 from raydistill.runner import (RunResult, finish_run, method_stage, start_run, teacher_stage, write_metrics)
-from raydistill.teachers import LocalTeachers, load_teacher
+from raydistill.distributed.consistency import plain_model, same_teacher_on_every_rank
+from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
+                                 saved_teachers)
 from raydistill.workspace import PreparedData, with_absolute_paths
 
 STATE_FILE = "state.pt"
@@ -163,6 +165,8 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     exp.check_devices("cuda" if exp.ray.use_gpu else "cpu", "ray")
     exp = with_absolute_paths(exp)
     data, out = start_run(exp)
+    # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
+    check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
     (out / ABORTED_FILE).unlink(missing_ok=True)   # from an earlier attempt
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers)
@@ -209,25 +213,12 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
 def _context(exp: Experiment):
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+    from raydistill.distributed.consistency import ddp_context
 
     tc = ray.train.get_context()
-    rank, world = tc.get_world_rank(), tc.get_world_size()
     device = ray.train.torch.get_device() if exp.ray.use_gpu else torch.device("cpu")
-
-    def wrap(model):
-        if world == 1:
-            return model
-        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-    def all_reduce_sum(t):
-        if world > 1:
-            dist.all_reduce(t)
-        return t
-
-    return TrainContext(device=device, rank=rank, world_size=world, wrap_model=wrap, all_reduce_sum=all_reduce_sum,
-                        **exp.context_options())
+    return ddp_context(device, tc.get_world_rank(), tc.get_world_size(), exp.sync_batchnorm(),
+                       **exp.context_options())
 
 
 def _broadcast(obj, ctx: TrainContext):
@@ -334,11 +325,14 @@ def _train_stages(config: dict) -> None:
         key = stage.split(":", 1)[1]
         if stage in completed:
             if methods_left:
-                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device,
+                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", classes_of(key, data.groups),
+                                           expected_arch=exp.teachers.arch, device=ctx.device,
                                            **exp.serving_options())
             continue
         train, _ = stage_train(stage)
         frozen[key], info = teacher_stage(exp, data, out, key, ctx.device, log, train=train, write=writer)
+        frozen[key] = same_teacher_on_every_rank(frozen[key], ctx.world_size, lambda m: FrozenTeacher(
+            plain_model(m), frozen[key].mean, frozen[key].std, device=ctx.device, **exp.serving_options()))
         record(stage, {"info": info})
 
     client, actors = None, None

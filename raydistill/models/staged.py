@@ -97,7 +97,8 @@ def _same_class_map(src: nn.Module, dst: nn.Module) -> bool:
 def carry_over(src: nn.Module, dst: nn.Module, carry_head_rows: bool = False) -> list[str]:
     """Copy into ``dst`` every param/buffer of ``src`` with the same name and shape.
 
-    ``class_ids`` is never copied. Class-indexed head layers (``head.classifier.*``,
+    ``class_ids`` is never copied. A head's other layers are copied only all together (a
+    ReferenceHead's ``norm`` never lands on a new ``proj``). Class-indexed head layers (``head.classifier.*``,
     ``head.fc.*``) are copied wholesale only if both models have identical
     ``class_ids`` (same shape alone could silently permute classes). With
     ``carry_head_rows`` and two ReferenceHeads, classifier rows of class ids
@@ -105,14 +106,24 @@ def carry_over(src: nn.Module, dst: nn.Module, carry_head_rows: bool = False) ->
     """
     src_sd, dst_sd = src.state_dict(), dst.state_dict()
     same_map = _same_class_map(src, dst)
+
+    def fits(name: str) -> bool:
+        return name in src_sd and src_sd[name].shape == dst_sd[name].shape
+
+    # a head's feature layers (e.g. proj -> norm) work only as a unit: BN statistics of the old
+    # projection describe nothing on top of a new one
+    head_parts = [n for n in dst_sd if n.startswith("head.") and not n.startswith(_CLASS_INDEXED_PREFIXES)]
+    head_fits = all(fits(n) for n in head_parts)
     copied = []
     for name, d in dst_sd.items():
         if name == "class_ids" or name.endswith(".class_ids"):
             continue
-        s = src_sd.get(name)
-        if s is None or s.shape != d.shape:
+        if not fits(name):
             continue
+        s = src_sd[name]
         if name.startswith(_CLASS_INDEXED_PREFIXES) and not same_map:
+            continue
+        if name in head_parts and not head_fits:
             continue
         d.copy_(s)
         copied.append(name)

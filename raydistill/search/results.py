@@ -28,14 +28,13 @@ def trial_rows(space: SearchSpace, results, candidates: list, scheduler: str) ->
         metrics = r.get("metrics") or {}
         planned = space.experiment_for(values).total_epochs()
         run = int(metrics.get("epoch", 0) or 0)
-        status = r.get("status")
         if r.get("error"):
             reason = f"error: {str(r['error']).strip().splitlines()[-1][:120]}"
         elif run >= planned:
             reason = COMPLETED
-        elif not r or (status == "PENDING" and run == 0):
+        elif run == 0:
             reason = "not run"
-        elif status == "TERMINATED" and scheduler == "asha":
+        elif r.get("done") and scheduler == "asha":
             reason = f"stopped by asha after epoch {run}"
         else:
             reason = f"interrupted after epoch {run}"

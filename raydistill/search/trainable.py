@@ -79,6 +79,8 @@ def curriculum_asha(max_t: int, grace_period: int, reduction_factor: int):
                 return TrialScheduler.CONTINUE
             return decision
 
+    # time is the reported epoch, not Tune's report count: a trial restored mid-run (its run resumes
+    # from an epoch checkpoint) must be judged at its real epoch.
     # max_t + 1: ASHA's own "reached max_t" stop must not fire at the longest trial's last epoch
-    return CurriculumASHA(time_attr="training_iteration", max_t=max_t + 1, grace_period=min(grace_period, max_t),
+    return CurriculumASHA(time_attr="epoch", max_t=max_t + 1, grace_period=min(grace_period, max_t),
                           reduction_factor=reduction_factor)

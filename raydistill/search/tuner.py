@@ -185,14 +185,14 @@ def _run_tuner(space: SearchSpace, candidates: list, scheduler: str, concurrent:
                                                        num_samples=1, max_concurrent_trials=concurrent),
                            run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1))
     grid = tuner.fit()
-    # Trial status tells an ASHA stop (TERMINATED early) from an interrupted search (PENDING/RUNNING);
-    # ResultGrid keeps its trials in the same order as its results.
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [None] * len(grid)
+    # Tune marks the last result of a stopped or finished trial `done` (public Result.metrics):
+    # that tells an ASHA stop from an interrupted search (see results.trial_rows)
     out = []
-    for result, trial in zip(grid, trials):
+    for result in grid:
         config = result.config or {}
-        out.append({"index": config.get("candidate", {}).get("index"), "metrics": result.metrics or {},
-                    "error": result.error, "status": getattr(trial, "status", None)})
+        metrics = result.metrics or {}
+        out.append({"index": config.get("candidate", {}).get("index"), "metrics": metrics,
+                    "error": result.error, "done": bool(metrics.get("done"))})
     return out
 
 

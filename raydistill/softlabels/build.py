@@ -43,20 +43,23 @@ def compute_logits(teacher, images: torch.Tensor, bank: AugmentationBank) -> tor
     return torch.cat(out)
 
 
-def _piece(teacher, images, samples: torch.Tensor, bank: AugmentationBank, fmt: str, topk: int) -> TeacherLabels:
+def _piece(teacher, images, samples: torch.Tensor, bank: AugmentationBank, fmt: str, topk: int,
+           temperature: float) -> TeacherLabels:
     sub = AugmentationBank(bank.draws[samples], bank.padding, bank.flip, bank.seed)
-    return encode(samples, compute_logits(teacher, images[samples], sub), fmt, topk)
+    return encode(samples, compute_logits(teacher, images[samples], sub), fmt, topk, temperature)
 
 
 def _task(blob: bytes, images: np.ndarray, samples: np.ndarray, draws: np.ndarray, padding: int, flip: bool,
-          fmt: str, topk: int, threads: int, device: str, precision: str = "fp32") -> TeacherLabels:
+          fmt: str, topk: int, temperature: float, threads: int, device: str,
+          precision: str = "fp32") -> TeacherLabels:
     """One piece in a Ray task: the teacher arrives as checkpoint bytes, the images as numpy."""
     from raydistill.distributed.teacher_actors import teacher_from_bytes
     torch.set_num_threads(threads)
     teacher = teacher_from_bytes(blob, device, precision=precision)
     samples = torch.from_numpy(samples)
     sub = AugmentationBank(torch.from_numpy(draws), padding, flip, 0)
-    return encode(samples, compute_logits(teacher, torch.from_numpy(images[samples.numpy()]), sub), fmt, topk)
+    return encode(samples, compute_logits(teacher, torch.from_numpy(images[samples.numpy()]), sub), fmt, topk,
+                  temperature)
 
 
 def ray_task_options(cpus: float, gpus: float, resources: Optional[dict]) -> Optional[dict]:
@@ -75,11 +78,12 @@ def ray_task_options(cpus: float, gpus: float, resources: Optional[dict]) -> Opt
 
 
 def build_labels(teachers: dict, images: torch.Tensor, labels: torch.Tensor, bank: AugmentationBank, fmt: str,
-                 topk: int, ray_options: Optional[dict] = None) -> dict:
-    """{teacher key: TeacherLabels} for every teacher in `teachers` ({key: FrozenTeacher})."""
+                 topk: int, ray_options: Optional[dict] = None, temperature: float = 1.0) -> dict:
+    """{teacher key: TeacherLabels} for every teacher in `teachers` ({key: FrozenTeacher});
+    `temperature`: the KD temperature a topk cache keeps the tail mass exact at."""
     pieces = {key: torch.split(teacher_samples(t.class_ids, labels), CHUNK) for key, t in teachers.items()}
     if ray_options is None:
-        return {key: concat([_piece(t, images, s, bank, fmt, topk) for s in pieces[key]])
+        return {key: concat([_piece(t, images, s, bank, fmt, topk, temperature) for s in pieces[key]])
                 for key, t in teachers.items()}
     import ray
     from raydistill.distributed.teacher_actors import teacher_bytes
@@ -91,5 +95,5 @@ def build_labels(teachers: dict, images: torch.Tensor, labels: torch.Tensor, ban
     for key, t in teachers.items():
         blob = ray.put(teacher_bytes(t))
         refs[key] = [task.remote(blob, images_ref, s.numpy(), bank.draws[s].numpy(), bank.padding, bank.flip,
-                                 fmt, topk, threads, device, t.amp.name) for s in pieces[key]]
+                                 fmt, topk, temperature, threads, device, t.amp.name) for s in pieces[key]]
     return {key: concat(ray.get(r)) for key, r in refs.items()}

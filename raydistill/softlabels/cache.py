@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from raydistill.softlabels.bank import AugmentationBank
 from raydistill.softlabels.build import build_labels, ray_task_options
 from raydistill.softlabels.client import CachedTeachers
-from raydistill.softlabels.key import cache_key, dataset_fingerprint, teacher_fingerprint
+from raydistill.softlabels.key import bank_fingerprint, cache_key, dataset_fingerprint, teacher_fingerprint
 from raydistill.softlabels.store import SoftLabelCacheError, cache_bytes, read_labels, read_meta, write_cache
 
 
@@ -63,9 +63,12 @@ def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] =
     t = exp.teachers
     train = data.train
     bank = bank_for(exp, len(train))
-    storage = {"format": t.cache_format, "topk": t.cache_topk if t.cache_format == "topk" else None}
+    topk = t.cache_format == "topk"
+    temperature = exp.curriculum.temperature if topk else None    # the topk tail is exact at this T only
+    storage = {"format": t.cache_format, "topk": t.cache_topk if topk else None, "temperature": temperature}
     prints = {k: {"fingerprint": teacher_fingerprint(v), "classes": v.class_ids} for k, v in teachers.items()}
-    key, components = cache_key(prints, dataset_fingerprint(train.images, train.labels), bank.params(), storage)
+    key, components = cache_key(prints, dataset_fingerprint(train.images, train.labels),
+                                {**bank.params(), "sha256": bank_fingerprint(bank, train.images)}, storage)
     directory = Path(root or cache_root(exp)) / key[:16]
     try:
         meta = read_meta(directory)
@@ -80,7 +83,8 @@ def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] =
     log(f"soft labels: building cache {directory} ({len(teachers)} teachers x {bank.num_draws} draws, "
         f"{t.cache_format}, {'Ray tasks' if options else 'in this process'})")
     started = time.perf_counter()
-    labels = build_labels(teachers, train.images, train.labels, bank, t.cache_format, t.cache_topk, options)
+    labels = build_labels(teachers, train.images, train.labels, bank, t.cache_format, t.cache_topk, options,
+                          temperature=temperature or 1.0)
     seconds = time.perf_counter() - started
     size = write_cache(directory, key, components, labels, seconds)
     log(f"soft labels: built in {seconds:.1f} s, {size / 1e6:.2f} MB")

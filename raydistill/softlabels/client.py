@@ -30,3 +30,30 @@ class CachedTeachers:
 
     def fetch(self, handle: Any) -> torch.Tensor:
         return handle
+
+
+class ReplayOnly:
+    """A client with the bank and no teachers, for a plan without teachers (`scratch`): under the
+    cache it sees exactly the augmented images ED and KD see, so the baselines stay comparable."""
+
+    def __init__(self, bank: AugmentationBank):
+        self.replay = bank
+
+    def submit(self, key: str, images: torch.Tensor, index: Optional[torch.Tensor] = None,
+               draw: Optional[torch.Tensor] = None) -> Any:
+        raise SoftLabelCacheError(f"replay without teachers: no logits for teacher {key!r}")
+
+    def fetch(self, handle: Any) -> torch.Tensor:
+        return handle
+
+
+def teacherless_client(exp, train, client) -> Optional[ReplayOnly]:
+    """The client of a plan without teachers: None (fresh augmentation) unless soft labels are
+    cached; then the cache's bank (or the same bank, made here, when the run has no teachers)."""
+    if exp.teachers.soft_labels != "cache":
+        return None
+    bank = getattr(client, "replay", None)
+    if bank is None:
+        from raydistill.softlabels.cache import bank_for
+        bank = bank_for(exp, len(train))
+    return ReplayOnly(bank)

@@ -1,7 +1,8 @@
 """The cache key: what the cached logits depend on, hashed.
 
 Teacher weights (+ architecture, class ids and input normalisation), the training images and
-labels, the augmentation bank and the storage format. Any change gives a new key and so a new
+labels, the augmentation bank (its parameters, its draws and what applying them gives) and the
+storage format (with the KD temperature for topk). Any change gives a new key and so a new
 cache directory; nothing stale is ever read.
 """
 from __future__ import annotations
@@ -42,8 +43,20 @@ def dataset_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def bank_fingerprint(bank, images: torch.Tensor, probe: int = 8) -> str:
+    """sha256 of the bank's draws themselves and of the augmented pixels of the first `probe`
+    samples at every draw: a change in how draws are made or applied changes the key, even when
+    the bank's parameters (samples, draws, padding, flip, seed) stay the same."""
+    h = hashlib.sha256()
+    _update(h, bank.draws)
+    index = torch.arange(min(probe, len(images)))
+    for a in range(bank.num_draws):
+        _update(h, bank.apply(images[index], index, torch.full((len(index),), a, dtype=torch.long)))
+    return h.hexdigest()
+
+
 def cache_key(teachers: dict, dataset: str, bank: dict, storage: dict) -> tuple[str, dict]:
     """(hex key, components): teachers = {key: {"fingerprint", "classes"}}."""
-    components = {"version": 1, "teachers": {k: teachers[k] for k in sorted(teachers)}, "dataset": dataset,
+    components = {"version": 2, "teachers": {k: teachers[k] for k in sorted(teachers)}, "dataset": dataset,
                   "bank": bank, "storage": storage}
     return hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest(), components

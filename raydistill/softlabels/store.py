@@ -3,7 +3,7 @@
 Columns: `sample` int32 (position in the training set), `draw` int16, `teacher` dictionary
 string, then either `logits` fixed_size_list<halffloat>[classes] (format float16) or
 `topk_values` fixed_size_list<halffloat>[k], `topk_indices` fixed_size_list<int16>[k] and
-`rest_mean` halffloat (format topk). `meta.json` holds the key and its components.
+`rest_logmeanexp` halffloat (format topk). `meta.json` holds the key and its components.
 
 A cache directory is written under a temporary name and renamed into place only when complete,
 so an interrupted build never leaves a directory that looks valid.
@@ -11,6 +11,7 @@ so an interrupted build never leaves a directory that looks valid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -36,8 +37,9 @@ class TeacherLabels:
     """One teacher's outputs for the training samples of its classes, for every draw of the bank.
 
     topk: `values`/`indices` hold the k largest logits; every other class is given `rest`, the
-    mean of the logits that were not kept (always below the smallest kept one). The softmax of the
-    reconstruction keeps the top-k ratios exactly and spreads the tail mass evenly."""
+    log-mean-exp of the logits not kept at the cache's temperature T, T·log(mean(exp(z/T))). The
+    softmax at T of the reconstruction then keeps the top-k probabilities and the total tail mass
+    exactly and spreads the tail evenly (a plain mean would underestimate the tail's mass)."""
     samples: torch.Tensor                   # int64 [n], ascending training-set positions
     num_classes: int
     values: torch.Tensor                    # float16 [n, A, C] (float16) or [n, A, k] (topk)
@@ -63,8 +65,9 @@ class TeacherLabels:
         return out.scatter_(1, self.indices[rows, draw].long(), values)
 
 
-def encode(samples: torch.Tensor, logits: torch.Tensor, fmt: str, topk: int) -> TeacherLabels:
-    """TeacherLabels from float32 logits [n, A, C] in the storage format."""
+def encode(samples: torch.Tensor, logits: torch.Tensor, fmt: str, topk: int, temperature: float = 1.0) -> TeacherLabels:
+    """TeacherLabels from float32 logits [n, A, C] in the storage format (topk: the tail is exact
+    in mass at `temperature`, the KD temperature the cache is replayed at)."""
     c = logits.shape[2]
     peak = float(logits.abs().max()) if logits.numel() else 0.0
     if not peak <= FLOAT16_MAX:
@@ -74,7 +77,11 @@ def encode(samples: torch.Tensor, logits: torch.Tensor, fmt: str, topk: int) -> 
         return TeacherLabels(samples, c, logits.half())
     k = min(topk, c)
     top = logits.topk(k, dim=2)
-    rest = (logits.sum(2) - top.values.sum(2)) / (c - k) if k < c else top.values[..., -1]
+    if k < c:
+        tail = logits.scatter(2, top.indices, float("-inf")) / temperature
+        rest = temperature * (torch.logsumexp(tail, dim=2) - math.log(c - k))
+    else:
+        rest = top.values[..., -1]
     return TeacherLabels(samples, c, top.values.half(), top.indices.to(torch.int16), rest.half())
 
 
@@ -104,7 +111,7 @@ def to_table(key: str, labels: TeacherLabels) -> pa.Table:
     else:
         columns["topk_values"] = _fixed(labels.values)
         columns["topk_indices"] = _fixed(labels.indices)
-        columns["rest_mean"] = pa.array(labels.rest.reshape(-1).numpy())
+        columns["rest_logmeanexp"] = pa.array(labels.rest.reshape(-1).numpy())
     table = pa.table(columns)
     return table.replace_schema_metadata({"raydistill.num_classes": str(labels.num_classes)})
 
@@ -143,7 +150,7 @@ def from_table(table: pa.Table, num_draws: int, path: Path) -> TeacherLabels:
     if "logits" in table.column_names:
         return TeacherLabels(torch.from_numpy(samples), num_classes, field("logits", np.float16))
     return TeacherLabels(torch.from_numpy(samples), num_classes, field("topk_values", np.float16),
-                         field("topk_indices", np.int16), field("rest_mean", np.float16)[..., 0])
+                         field("topk_indices", np.int16), field("rest_logmeanexp", np.float16)[..., 0])
 
 
 # ---- cache directories ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ ship raw uint8 batches, the cheapest thing to move.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,9 +48,13 @@ class FrozenTeacher:
         return self.model.class_ids.tolist()
 
     @torch.inference_mode()
-    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    def device_logits(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """float logits on the teacher's device (an in-process student on that device uses them as is)."""
         x = normalize(images_uint8, self.mean, self.std).to(self.device, memory_format=self.memory_format)
-        return self.amp.forward(self.net, x).float().cpu()
+        return self.amp.forward(self.net, x).float()
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.device_logits(images_uint8).cpu()
 
 
 class LocalTeachers:
@@ -59,7 +64,7 @@ class LocalTeachers:
         self.teachers = teachers
 
     def submit(self, key: str, images: torch.Tensor) -> Any:
-        return self.teachers[key](images)
+        return self.teachers[key].device_logits(images)   # no round trip through host memory
 
     def fetch(self, handle: Any) -> torch.Tensor:
         return handle
@@ -85,6 +90,9 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
         raise TeacherError(f"teacher checkpoint {path}: file not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: the file holds code, never run it
+        raise TeacherError(f"teacher checkpoint {path}: holds Python objects beyond tensors and plain values "
+                           f"(pickled code), refused; expected a file written by save_teacher") from None
     except Exception as err:  # truncated or not a torch file
         raise TeacherError(f"teacher checkpoint {path}: cannot be read, expected a file written by save_teacher "
                            f"(truncated or not a torch file? {type(err).__name__}: {err})") from None
@@ -107,6 +115,31 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
         raise TeacherError(f"teacher checkpoint {path}: weights do not fit {ckpt['arch']} "
                            f"with {len(classes)} classes ({str(err).splitlines()[0]})") from None
     return FrozenTeacher(model, ckpt["mean"], ckpt["std"], device=device, **serving)
+
+
+def classes_of(key: str, groups: Sequence[Sequence[int]]) -> list:
+    """Global class ids a teacher serves, in its output order: `all` or `group<p>`."""
+    if key == "all":
+        return [c for g in groups for c in g]
+    return list(groups[int(key.removeprefix("group"))])
+
+
+def check_teacher_checkpoints(checkpoints: dict | None, groups: Sequence[Sequence[int]],
+                              expected_arch: str | None) -> None:
+    """Every configured `teachers.checkpoints` file loads and serves its teacher's classes: what
+    `run` and `validate` both check before any training or cluster work."""
+    keys = [f"group{p}" for p in range(len(groups))] + ["all"]
+    for key, path in (checkpoints or {}).items():
+        if key not in keys:
+            raise TeacherError(f"teachers.checkpoints: unknown teacher {key!r}, expected group0..group"
+                               f"{len(groups) - 1} or all")
+        load_teacher(path, classes_of(key, groups), expected_arch=expected_arch)
+
+
+def saved_teachers(run_dir: Path, num_groups: int) -> dict:
+    """{key: path} of the teacher files an earlier attempt of a run left in `<run_dir>/teachers`."""
+    keys = [f"group{p}" for p in range(num_groups)] + ["all"]
+    return {k: Path(run_dir) / "teachers" / f"{k}.pt" for k in keys if (Path(run_dir) / "teachers" / f"{k}.pt").is_file()}
 
 
 def _short(ids) -> str:

@@ -15,9 +15,10 @@ def teacher_plan(arch: str, classes: Sequence[int], epochs: int) -> Plan:
     return Plan("teacher", arch, (grade,), "mixed")
 
 
-def train_teacher(arch: str, classes: Sequence[int], epochs: int, train: ImageSet, val: ImageSet, test: ImageSet,
+def train_teacher(arch: str, classes: Sequence[int], epochs: int, train: ImageSet, val: ImageSet,
                   settings: TrainSettings, ctx: Optional[TrainContext] = None,
                   progress: Optional[Callable[[str], None]] = None):
-    """Plain CE on the group's samples; outputs are the group's classes in group-local order."""
-    subsets = [d.of_classes(classes) for d in (train, val, test)]
-    return train_plan(teacher_plan(arch, classes, epochs), *subsets, None, settings, ctx, progress=progress)
+    """Plain CE on the group's samples; outputs are the group's classes in group-local order.
+    No test set: a teacher's test accuracy is measured once, after training, by its caller."""
+    subsets = [d.of_classes(classes) for d in (train, val)]
+    return train_plan(teacher_plan(arch, classes, epochs), *subsets, None, None, settings, ctx, progress=progress)
