@@ -13,7 +13,9 @@ starts once the teachers exist (`ray.teachers: actors`).
 
 Files are the same as the local backend's (`raydistill.runner`); in addition the run directory
 holds `ray/` (Ray Train storage), `epochs.jsonl` (one line per trained epoch, with the attempt)
-and `placement.json` (nodes of workers and teacher actors).
+and `placement.json` (nodes of workers and teacher actors). The run directory may be a storage
+URI: Ray Train gets it as its storage, workers write through pyarrow (`storage.RunDir`), and the
+driver forwards the storage settings of its environment (`storage.storage_env`) to the workers.
 """
 from __future__ import annotations
 
@@ -28,19 +30,19 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from raydistill.config import Experiment
 from raydistill.data import ImageSet
 from raydistill.distill.curriculum import teachers_needed
 from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
-from raydistill.runner import (RunResult, finish_run, method_stage, start_run, teacher_stage, write_metrics)
+from raydistill.runner import (RunResult, finish_run, method_stage, run_result, start_run, teacher_stage,
+                               write_metrics)
+from raydistill.storage import RunDir, join, storage_env
 from raydistill.teachers import LocalTeachers, load_teacher
 from raydistill.workspace import PreparedData, with_absolute_paths
 
 STATE_FILE = "state.pt"
-ABORTED_FILE = "aborted.json"   # written by rank 0 when a non-finite loss stops the run
 # For a Ray instance this process starts on one machine: no token auth (Ray 2.60 enables it by
 # itself), and no preemption watcher (it polls for cloud node preemption, meaningless on one
 # machine, and its actor logs a core_worker error line into every run's output).
@@ -60,37 +62,37 @@ def run_stages(exp: Experiment, num_groups: int) -> list[str]:
 
 
 def empty_progress() -> dict:
-    return {"seq": 0, "stage": None, "train_state": None, "elapsed": 0.0, "completed": {}}
+    """`aborted`: the error of a non-finite loss that stopped the run (the checkpoint then repeats
+    the last good state, so the stop reaches the driver through storage, not a side file)."""
+    return {"seq": 0, "stage": None, "train_state": None, "elapsed": 0.0, "completed": {}, "aborted": None}
 
 
-def latest_progress(checkpoint, storage: Path) -> dict:
+def latest_progress(checkpoint, storage: RunDir) -> dict:
     """The most advanced state among Ray Train's latest checkpoint and every checkpoint directory
     in the storage folder. A checkpoint is persisted (SYNC upload) before `report` returns, but
     Ray registers it a moment later; a worker killed in between would otherwise redo that epoch."""
-    candidates = []
+    best = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            candidates.append(Path(d) / STATE_FILE)
-            best = _load_state(candidates[0])
-    else:
-        best = None
-    for path in sorted(storage.glob(f"checkpoint_*/{STATE_FILE}")) if storage.is_dir() else []:
-        state = _load_state(path)
-        if state is not None and (best is None or state["seq"] > best["seq"]):
-            best = state
-    return best or empty_progress()
+            best = _load_state(RunDir(d), STATE_FILE)
+    for name in storage.listdir():
+        if name.startswith("checkpoint_"):
+            state = _load_state(storage, f"{name}/{STATE_FILE}")
+            if state is not None and (best is None or state["seq"] > best["seq"]):
+                best = state
+    return {**empty_progress(), **(best or {})}
 
 
-def _load_state(path: Path) -> Optional[dict]:
+def _load_state(directory: RunDir, name: str) -> Optional[dict]:
     try:
-        return torch.load(path, weights_only=True)
+        return directory.load_torch(name, weights_only=True)
     except Exception:   # a partial copy of a checkpoint whose worker died mid-upload
         return None
 
 
-def result_from_progress(exp: Experiment, out: Path, completed: dict) -> RunResult:
+def result_from_progress(exp: Experiment, out: RunDir, completed: dict) -> RunResult:
     """The RunResult (same structure as the local backend's) of the completed stages."""
-    result = RunResult(out)
+    result = run_result(out)
     for name, record in completed.items():
         kind, key = name.split(":", 1)
         if kind == "teacher":
@@ -162,7 +164,6 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     check_cluster_address(exp)
     exp = with_absolute_paths(exp)
     data, out = start_run(exp)
-    (out / ABORTED_FILE).unlink(missing_ok=True)   # from an earlier attempt
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers)
     try:
@@ -170,34 +171,36 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
         resources = {"CPU": exp.worker_cpus()}
         if r.use_gpu:
             resources["GPU"] = 1
+        ray_storage = out.child("ray")
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"exp": exp.to_dict(), "data": ray.put(pack_data(data)), "run_dir": str(out),
-                               "storage": str((out / "ray" / "train").resolve()),
+            train_loop_config={"exp": exp.to_dict(), "data": ray.put(pack_data(data)), "run_dir": out.location,
+                               "storage": join(ray_storage.location, "train"),
                                "fail_once_at": list(fail_once_at) if fail_once_at else None},
             scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(name="train", storage_path=str((out / "ray").resolve()),
+            # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
+            run_config=RunConfig(name="train", storage_path=ray_storage.root,
+                                 storage_filesystem=ray_storage.fs if ray_storage.local_path is None else None,
                                  failure_config=FailureConfig(max_failures=r.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  callbacks=callbacks,
                                  # Ray Train logs every report at INFO and, without a dashboard, warns
                                  # every second that the state API is unavailable
                                  logging_config=ray.LoggingConfig(log_level="ERROR"),
-                                 worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}))
-        log(f"ray: {r.workers} worker(s), teachers {r.teachers}, storage {out / 'ray'}")
+                                 worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                                                  **storage_env()}}))
+        log(f"ray: {r.workers} worker(s), teachers {r.teachers}, storage {ray_storage}")
         try:
             fit = trainer.fit()
         except ray.train.TrainingFailedError as err:
             raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
                                  f"re-run the same command to resume from the last epoch checkpoint "
-                                 f"in {out / 'ray'}") from err
-        if (out / ABORTED_FILE).is_file():
-            error = json.loads((out / ABORTED_FILE).read_text())["error"]
-            (out / ABORTED_FILE).unlink()
-            raise NonFiniteLossError(f"{error}; the run stopped there. Completed stages and the last good "
-                                     f"epoch checkpoint are kept in {out}")
-        state = latest_progress(fit.checkpoint, out / "ray" / "train")
-        return finish_run(exp, result_from_progress(exp, out, state["completed"]), log)
+                                 f"in {ray_storage}") from err
+        state = latest_progress(fit.checkpoint, ray_storage.child("train"))
+        if state["aborted"]:
+            raise NonFiniteLossError(f"{state['aborted']}; the run stopped there. Completed stages and the last "
+                                     f"good epoch checkpoint are kept in {out}")
+        return finish_run(exp, out, result_from_progress(exp, out, state["completed"]), log)
     finally:
         if started_ray:
             ray.shutdown()
@@ -248,15 +251,12 @@ def _gather(obj, ctx: TrainContext) -> list:
 
 
 def train_loop(config: dict) -> None:
-    """Ray Train's per-worker entry point. A diverged run (non-finite loss, raised on every rank at the
-    same step) ends the fit normally with an `aborted` report and no new checkpoint: a restart from
-    the last checkpoint would only diverge again, and that checkpoint must stay the latest."""
-    import ray.train
-    try:
-        _train_stages(config)
-    except NonFiniteLossError as err:
-        if ray.train.get_context().get_world_rank() == 0:   # Train V2 keeps only checkpointed metrics: use a file
-            (Path(config["run_dir"]) / ABORTED_FILE).write_text(json.dumps({"error": str(err)}))
+    """Ray Train's per-worker entry point (Train V2 keeps only checkpointed metrics, so everything
+    the driver must learn travels in checkpoints)."""
+    # Ray Train V2 logs every report at INFO through a logger that hangs off the worker's root
+    # logger, past LoggingConfig's level: raise the root level, our progress lines are prints
+    logging.getLogger().setLevel(logging.WARNING)
+    _train_stages(config)
 
 
 def _train_stages(config: dict) -> None:
@@ -264,44 +264,46 @@ def _train_stages(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    # Ray Train V2 logs every report at INFO through a logger that hangs off the worker's root
-    # logger, past LoggingConfig's level: raise the root level, our progress lines are prints
-    logging.getLogger().setLevel(logging.WARNING)
     exp = Experiment.from_dict(config["exp"])
     data = unpack_data(ray.get(config["data"]))
-    out = Path(config["run_dir"])
+    out = RunDir(config["run_dir"])
     torch.set_num_threads(max(1, int(exp.worker_cpus())))
     ctx = _context(exp)
     writer = ctx.rank == 0
     log = print if writer else (lambda _msg: None)
     attempt = _broadcast(uuid.uuid4().hex[:8], ctx)
 
-    progress = latest_progress(ray.train.get_checkpoint(), Path(config["storage"]))
+    progress = latest_progress(ray.train.get_checkpoint(), RunDir(config["storage"]))
+    progress["aborted"] = None   # a re-run after a stop tries again from the last good epoch
     if progress["seq"]:
         log(f"resuming: {len(progress['completed'])} stage(s) done"
             + (f", {progress['stage']} at epoch {progress['train_state']['epoch']}" if progress["stage"] else ""))
     completed = progress["completed"]
     fail_once_at = tuple(config["fail_once_at"]) if config.get("fail_once_at") else None
 
-    def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float) -> None:
+    def checkpoint(metrics: dict, **state) -> None:
+        """Report `metrics` with a checkpoint of the progress (rank 0 writes it; `state` updates it)."""
         ckpt = None
         with tempfile.TemporaryDirectory() as tmp:
             if writer:
-                progress["seq"] += 1
-                torch.save({"seq": progress["seq"], "stage": stage, "train_state": state.to_dict() if state else None,
-                            "elapsed": elapsed, "completed": completed}, Path(tmp) / STATE_FILE)
+                progress.update(seq=progress["seq"] + 1, completed=completed, **state)
+                torch.save(progress, Path(tmp) / STATE_FILE)
                 ckpt = Checkpoint.from_directory(tmp)
-                if state is not None:
-                    with open(out / "epochs.jsonl", "a") as f:
-                        f.write(json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
-                                            "rank0_pid": os.getpid()}) + "\n")
-            scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-            ray.train.report({"stage": stage or "done", **scalars}, checkpoint=ckpt)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float) -> None:
+        if writer and state is not None:
+            out.append_line("epochs.jsonl", json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
+                                                        "rank0_pid": os.getpid(),
+                                                        "node": ray.get_runtime_context().get_node_id()}))
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        checkpoint({"stage": stage or "done", **scalars}, stage=stage,
+                   train_state=state.to_dict() if state else None, elapsed=elapsed)
         if writer and fail_once_at is not None and state is not None \
                 and (stage, metrics["epoch"]) == fail_once_at:
-            marker = out / f".failed-once-{stage.replace(':', '-')}-{metrics['epoch']}"
-            if not marker.exists():
-                marker.touch()
+            marker = f".failed-once-{stage.replace(':', '-')}-{metrics['epoch']}"
+            if not out.is_file(marker):
+                out.write_text(marker, "")
                 log(f"fail_once_at: killing rank 0 after {stage} epoch {metrics['epoch']}")
                 os._exit(1)
 
@@ -325,7 +327,22 @@ def _train_stages(config: dict) -> None:
         if writer:
             write_metrics(out, result_from_progress(exp, out, completed))
 
-    # teachers: train the missing ones, load the rest from the run directory
+    try:
+        _stages(exp, data, out, ctx, attempt, completed, stage_train, record, log)
+    except NonFiniteLossError as err:
+        # raised on every rank at the same step: end the fit normally, with a checkpoint that repeats
+        # the last good state and carries the error (a restart would only diverge again)
+        checkpoint({"stage": "aborted"}, aborted=str(err))
+        return
+    report(None, {}, None, 0.0)   # the final checkpoint: every stage completed
+
+
+def _stages(exp: Experiment, data: PreparedData, out: RunDir, ctx: TrainContext, attempt: str, completed: dict,
+            stage_train, record, log) -> None:
+    """The stages not yet completed, in order: teachers (loaded from the run directory when done
+    before), then the methods."""
+    import ray
+    writer = ctx.rank == 0
     frozen = {}
     stages = run_stages(exp, len(data.groups))
     methods_left = [s for s in stages if s.startswith("method:") and s not in completed]
@@ -333,7 +350,7 @@ def _train_stages(config: dict) -> None:
         key = stage.split(":", 1)[1]
         if stage in completed:
             if methods_left:
-                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", device=ctx.device,
+                frozen[key] = load_teacher(join(out.location, f"teachers/{key}.pt"), device=ctx.device,
                                            channels_last=exp.channels_last)
             continue
         train, _ = stage_train(stage)
@@ -343,7 +360,7 @@ def _train_stages(config: dict) -> None:
     client, actors = None, None
     needs_teachers = any(m in ("ed", "kd", "multi_teacher") for m in (s.split(":", 1)[1] for s in methods_left))
     if needs_teachers and frozen and exp.teachers.soft_labels == "cache":
-        client = _cache_client(exp, data, frozen, ctx, out, writer, log)
+        client = _cache_client(exp, data, frozen, ctx, writer, log)
     elif needs_teachers and frozen:
         client, actors = _teacher_client(exp, frozen, ctx, attempt, out, writer)
 
@@ -354,13 +371,11 @@ def _train_stages(config: dict) -> None:
                                         wall_offset=offset)
         record(stage, {"history": history, "summary": summary})
 
-    if actors:
-        for actor in actors.values():
-            ray.kill(actor)
-    report(None, {}, None, 0.0)   # the final checkpoint: every stage completed
+    for actor in (actors or {}).values():
+        ray.kill(actor)
 
 
-def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: str, out: Path, writer: bool):
+def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: str, out: RunDir, writer: bool):
     """LocalTeachers in every worker, or one TeacherActor per teacher started by rank 0."""
     import ray
     from raydistill.distributed.teacher_actors import ActorTeachers, start_teacher_actors, teacher_bytes
@@ -369,7 +384,7 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
     nodes = _gather(node, ctx)
     if exp.ray.teachers == "local":
         if writer:
-            (out / "placement.json").write_text(json.dumps({"workers": nodes, "teachers": "local"}, indent=2))
+            out.write_json("placement.json", {"workers": nodes, "teachers": "local"})
         return LocalTeachers(frozen), None
     prefix = f"raydistill-{attempt}-"
     actors = None
@@ -380,19 +395,19 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
                                       resources=r.teacher_resources, name_prefix=prefix,
                                       channels_last=exp.channels_last)
         placement = {"workers": nodes, "teachers": {k: ray.get(a.node_id.remote()) for k, a in actors.items()}}
-        (out / "placement.json").write_text(json.dumps(placement, indent=2))
+        out.write_json("placement.json", placement)
     _broadcast(None, ctx)   # barrier: the actors exist
     if not writer:
         actors = {k: ray.get_actor(prefix + k) for k in frozen}
     return ActorTeachers(actors), (actors if writer else None)
 
 
-def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainContext, out: Path, writer: bool,
-                  log):
+def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainContext, writer: bool, log):
     """Soft labels from the cache: rank 0 loads or builds it (Ray tasks when the cluster has room
-    besides the Train workers, else in this worker), the other ranks read the directory rank 0
-    names once it exists (a shared filesystem, as for the run directory)."""
-    from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache
-    cache = ensure_soft_label_cache(exp, data, frozen, root=cache_root(exp, out), log=log) if writer else None
-    directory = _broadcast(str(cache.directory) if writer else None, ctx)   # also the barrier
-    return (cache if writer else load_soft_label_cache(Path(directory))).client()
+    besides the Train workers, else in this worker) and stores it in the cache root; the other
+    ranks load the cache rank 0 names from there (a local copy of it when the root is a URI)."""
+    from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache, local_cache_dir
+    root = cache_root(exp)
+    cache = ensure_soft_label_cache(exp, data, frozen, root=root, log=log) if writer else None
+    name = _broadcast(cache.directory.name if writer else None, ctx)   # also the barrier
+    return (cache if writer else load_soft_label_cache(local_cache_dir(root, name))).client()

@@ -60,14 +60,18 @@ class LocalTeachers:
         return handle
 
 
-def save_teacher(path: Path, model: nn.Module, mean, std, **extra) -> None:
+def teacher_checkpoint(model: nn.Module, mean, std, **extra) -> dict:
     """Plain tensors and builtins only, so it loads with torch.load(weights_only=True)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"arch": model.arch, "class_ids": model.class_ids.tolist(), "mean": list(mean), "std": list(std),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, tmp)
-    tmp.replace(path)
+    return {"arch": model.arch, "class_ids": model.class_ids.tolist(), "mean": list(mean), "std": list(std),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+
+def save_teacher(path, model: nn.Module, mean, std, **extra) -> None:
+    """Write a teacher checkpoint to a local path or a storage URI."""
+    from raydistill.storage import RunDir, is_uri
+    path = str(path)
+    parent, name = path.rsplit("/", 1) if is_uri(path) else (str(Path(path).parent), Path(path).name)
+    RunDir(parent).save_torch(name, teacher_checkpoint(model, mean, std, **extra))
 
 
 def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cpu",
@@ -75,11 +79,14 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
     """Load a teacher checkpoint, checking it serves exactly `expected_classes` (in that order)
     and, when given, that it is an `expected_arch` network. `serving`: FrozenTeacher's fold_bn,
     channels_last."""
-    path = Path(path)
-    if not path.is_file():
+    from raydistill.storage import RunDir, is_uri
+    path = str(path) if is_uri(path) else Path(path)
+    parent, name = str(path).rsplit("/", 1) if is_uri(path) else (path.parent, path.name)
+    store = RunDir(parent)
+    if not store.is_file(name):
         raise TeacherError(f"teacher checkpoint {path}: file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = store.load_torch(name, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or not a torch file
         raise TeacherError(f"teacher checkpoint {path}: cannot be read, expected a file written by save_teacher "
                            f"(truncated or not a torch file? {type(err).__name__}: {err})") from None
