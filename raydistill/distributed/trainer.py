@@ -292,13 +292,13 @@ def _train_stages(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
     def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float) -> None:
-        if writer and state is not None:
-            out.append_line("epochs.jsonl", json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
-                                                        "rank0_pid": os.getpid(),
-                                                        "node": ray.get_runtime_context().get_node_id()}))
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         checkpoint({"stage": stage or "done", **scalars}, stage=stage,
                    train_state=state.to_dict() if state else None, elapsed=elapsed)
+        if writer and state is not None:   # after the checkpoint is stored: the log lists no epoch trained twice
+            out.append_line("epochs.jsonl", json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
+                                                        "rank0_pid": os.getpid(),
+                                                        "node": ray.get_runtime_context().get_node_id()}))
         if writer and fail_once_at is not None and state is not None \
                 and (stage, metrics["epoch"]) == fail_once_at:
             marker = f".failed-once-{stage.replace(':', '-')}-{metrics['epoch']}"
