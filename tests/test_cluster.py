@@ -77,22 +77,21 @@ class Nodes:
         tag = f"/tmp/rdw{uuid.uuid4().hex[:6]}"
         script = (f"mount -t tmpfs tmpfs /tmp && mkdir -p {tag} && exec {RAY_BIN} start --address={self.address} "
                   f"--num-cpus={cpus} --temp-dir={tag} --disable-usage-stats --block")
-        before = self.alive()
         self.workers[tag] = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                                              env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL)
-        self.wait_for(lambda: len(self.alive()) == len(before) + 1, "the worker node to join")
+        self.wait_for(lambda: self.node_id(tag) in self.alive(), "the worker node to join")
         return tag
 
-    def node_id(self, tag: str) -> str:
-        """The Ray node id of worker node `tag` (its raylet's --node_id)."""
+    def node_id(self, tag: str):
+        """The Ray node id of worker node `tag` (its raylet's --node_id), None before it starts."""
         import psutil
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info["cmdline"] or []
             flags = [p for p in cmdline if p.startswith(("--node_id=", "--node-id="))]
             if flags and any(tag in part for part in cmdline):
                 return flags[0].split("=", 1)[1]
-        raise LookupError(f"no raylet of worker node {tag}")
+        return None   # its raylet has not started (yet)
 
     def sees(self, tag: str, path: Path) -> bool:
         """Whether processes of worker node `tag` see `path` (checked inside its mount namespace)."""
@@ -112,7 +111,8 @@ class Nodes:
         """Node ids of the live nodes."""
         out = subprocess.run([sys.executable, "-c", NODES_SCRIPT, self.address], env=self.env, capture_output=True,
                              text=True, timeout=120)
-        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+        lines = [line for line in out.stdout.splitlines() if line.startswith("[")]   # ray.init may print warnings
+        return json.loads(lines[-1]) if out.returncode == 0 and lines else []
 
     def wait_for(self, condition, what: str, timeout: float = 180) -> None:
         deadline = time.time() + timeout
