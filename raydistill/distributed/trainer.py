@@ -153,12 +153,12 @@ def init_ray(exp: Experiment, num_teachers: int) -> bool:
 
 def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] = print, *,
                     fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None) -> RunResult:
-    """Run (or resume) an experiment with Ray Train. `fail_once_at=(stage, epoch)` kills rank 0
-    right after that epoch's checkpoint, once per run directory (for tests of recovery).
+    """Run (or resume) an experiment with Ray Train: one fit for the whole run (`ray.stages:
+    sequential`) or one fit per stage (`concurrent`, see `stages.py`). `fail_once_at=(stage, epoch)`
+    kills rank 0 right after that epoch's checkpoint, once per run directory (for tests of recovery).
     `callbacks`: Ray Train UserCallbacks for the run (Tune trials forward epoch reports with one)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from raydistill.distributed.stages import choose_mode
 
     log = progress or (lambda _msg: None)
     check_cluster_address(exp)
@@ -167,43 +167,109 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers)
     try:
-        r = exp.ray
-        resources = {"CPU": exp.worker_cpus()}
-        if r.use_gpu:
-            resources["GPU"] = 1
-        ray_storage = out.child("ray")
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"exp": exp.to_dict(), "data": ray.put(pack_data(data)), "run_dir": out.location,
-                               "storage": join(ray_storage.location, "train"),
-                               "fail_once_at": list(fail_once_at) if fail_once_at else None},
-            scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.use_gpu, resources_per_worker=resources),
-            # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
-            run_config=RunConfig(name="train", storage_path=ray_storage.root,
-                                 storage_filesystem=ray_storage.fs if ray_storage.local_path is None else None,
-                                 failure_config=FailureConfig(max_failures=r.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 callbacks=callbacks,
-                                 # Ray Train logs every report at INFO and, without a dashboard, warns
-                                 # every second that the state API is unavailable
-                                 logging_config=ray.LoggingConfig(log_level="ERROR"),
-                                 worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                                                                  **storage_env()}}))
-        log(f"ray: {r.workers} worker(s), teachers {r.teachers}, storage {ray_storage}")
-        try:
-            fit = trainer.fit()
-        except ray.train.TrainingFailedError as err:
-            raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                                 f"re-run the same command to resume from the last epoch checkpoint "
-                                 f"in {ray_storage}") from err
-        state = latest_progress(fit.checkpoint, ray_storage.child("train"))
-        if state["aborted"]:
-            raise NonFiniteLossError(f"{state['aborted']}; the run stopped there. Completed stages and the last "
-                                     f"good epoch checkpoint are kept in {out}")
-        return finish_run(exp, out, result_from_progress(exp, out, state["completed"]), log)
+        data_ref = ray.put(pack_data(data))
+        mode = choose_mode(exp, ray.cluster_resources().get("CPU", 0))
+        log(f"ray: stages {mode}, {exp.ray.workers} worker(s), teachers {exp.ray.teachers}, "
+            f"storage {out.child('ray')}")
+        if mode == "concurrent":
+            completed = _run_concurrent(exp, data, out, data_ref, log)
+        else:
+            state = fit_stages(exp, out, data_ref, "train", exp.ray.workers, fail_once_at=fail_once_at,
+                               callbacks=callbacks)
+            if state["aborted"]:
+                raise NonFiniteLossError(f"{state['aborted']}; the run stopped there. Completed stages and the "
+                                         f"last good epoch checkpoint are kept in {out}")
+            completed = state["completed"]
+        return finish_run(exp, out, result_from_progress(exp, out, completed), log)
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, *, stages: Optional[list] = None,
+               ready: tuple = (), fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None) -> dict:
+    """One Ray Train run (storage `<run>/ray/<name>`) of `stages` (None: every stage), `ready`: teacher
+    stages completed by other fits. Returns its final progress (`latest_progress`)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    r = exp.ray
+    resources = {"CPU": exp.worker_cpus()}
+    if r.use_gpu:
+        resources["GPU"] = 1
+    ray_storage = out.child("ray")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"exp": exp.to_dict(), "data": data_ref, "run_dir": out.location,
+                           "storage": join(ray_storage.location, name), "stages": stages, "ready": list(ready),
+                           "fail_once_at": list(fail_once_at) if fail_once_at else None},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
+        run_config=RunConfig(name=name, storage_path=ray_storage.root,
+                             storage_filesystem=ray_storage.fs if ray_storage.local_path is None else None,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=callbacks,
+                             # Ray Train logs every report at INFO and, without a dashboard, warns
+                             # every second that the state API is unavailable
+                             logging_config=ray.LoggingConfig(log_level="ERROR"),
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                                              **storage_env()}}))
+    try:
+        fit = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                             f"re-run the same command to resume from the last epoch checkpoint "
+                             f"in {ray_storage}") from err
+    return latest_progress(fit.checkpoint, ray_storage.child(name))
+
+
+def _fit_one_stage(exp_dict: dict, data_box: list, location: str, stage: str, ready: list) -> tuple:
+    """A stage driver (a Ray task with no CPU): one fit of `stage`. Returns (records, error)."""
+    from raydistill.distributed.stages import stage_workers, storage_name
+    exp = Experiment.from_dict(exp_dict)
+    try:
+        state = fit_stages(exp, RunDir(location), data_box[0], storage_name(stage), stage_workers(exp, stage),
+                           stages=[stage], ready=ready)
+    except RunInterrupted as err:
+        return {}, str(err)
+    if state["aborted"]:
+        return {}, state["aborted"]
+    return {stage: state["completed"][stage]}, None
+
+
+def _run_concurrent(exp: Experiment, data: PreparedData, out: RunDir, data_ref, log) -> dict:
+    """Every stage as its own fit, each launched as soon as its teachers exist; the metrics file is
+    rewritten by the driver whenever a stage completes. Returns {stage: record}."""
+    import ray
+    from raydistill.distributed.stages import run_graph, stage_graph, storage_name
+
+    graph = stage_graph(exp, len(data.groups))
+    done = {}
+    for stage in graph:   # completed by an earlier invocation: its storage holds the record
+        state = latest_progress(None, out.child("ray").child(storage_name(stage)))
+        if stage in state["completed"]:
+            done[stage] = state["completed"][stage]
+    driver = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": storage_env()})(_fit_one_stage)
+
+    def launch(stage):
+        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage])
+
+    def wait(refs):
+        ready, _ = ray.wait(refs, num_returns=1)
+        results = {ref: ray.get(ref) for ref in ready}
+        write_metrics(out, result_from_progress(exp, out, {**done, **{k: v for records, _ in results.values()
+                                                                       for k, v in records.items()}}))
+        return results
+
+    try:
+        return run_graph(graph, done, launch, wait, log)
+    except RuntimeError as err:
+        if "non-finite loss" in str(err):
+            raise NonFiniteLossError(f"{err}; completed stages are kept in {out}") from None
+        raise RunInterrupted(f"stages failed: {err}; re-run the same command to resume each from its last "
+                             f"epoch checkpoint in {out.child('ray')}") from None
 
 
 # ---- the worker loop -------------------------------------------------------------------------
@@ -274,6 +340,8 @@ def _train_stages(config: dict) -> None:
     attempt = _broadcast(uuid.uuid4().hex[:8], ctx)
 
     progress = latest_progress(ray.train.get_checkpoint(), RunDir(config["storage"]))
+    stages = config.get("stages")   # None: every stage in this fit (sequential mode)
+    epochs_log = "epochs.jsonl" if stages is None else f"epochs/{'+'.join(stages).replace(':', '-')}.jsonl"
     progress["aborted"] = None   # a re-run after a stop tries again from the last good epoch
     if progress["seq"]:
         log(f"resuming: {len(progress['completed'])} stage(s) done"
@@ -291,14 +359,16 @@ def _train_stages(config: dict) -> None:
                 ckpt = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
 
-    def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float) -> None:
+    def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float,
+               stage_started: Optional[float] = None) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         checkpoint({"stage": stage or "done", **scalars}, stage=stage,
                    train_state=state.to_dict() if state else None, elapsed=elapsed)
         if writer and state is not None:   # after the checkpoint is stored: the log lists no epoch trained twice
-            out.append_line("epochs.jsonl", json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
-                                                        "rank0_pid": os.getpid(),
-                                                        "node": ray.get_runtime_context().get_node_id()}))
+            out.append_line(epochs_log, json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
+                                                    "rank0_pid": os.getpid(), "started": stage_started,
+                                                    "time": time.time(),
+                                                    "node": ray.get_runtime_context().get_node_id()}))
         if writer and fail_once_at is not None and state is not None \
                 and (stage, metrics["epoch"]) == fail_once_at:
             marker = f".failed-once-{stage.replace(':', '-')}-{metrics['epoch']}"
@@ -312,10 +382,12 @@ def _train_stages(config: dict) -> None:
         offset = 0.0
         if progress["stage"] == stage and progress["train_state"] is not None:
             resume, offset = TrainState.from_dict(progress["train_state"]), progress["elapsed"]
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
+        log(f"{stage}: {ctx.world_size} worker(s), rank 0 on node {ray.util.get_node_ip_address()}"
+            + (f", resuming at epoch {resume.epoch}" if resume else ""))
 
         def on_epoch_end(metrics, make_state):
-            report(stage, metrics, make_state(), offset + time.perf_counter() - started)
+            report(stage, metrics, make_state(), offset + time.perf_counter() - started, wall_started)
 
         def train(plan, train_set, val_set, test_set, client, settings, log=None):
             return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, resume=resume,
@@ -324,11 +396,12 @@ def _train_stages(config: dict) -> None:
 
     def record(stage: str, value: dict) -> None:
         completed[stage] = value
-        if writer:
+        if writer and stages is None:   # one fit per stage: the driver merges the metrics
             write_metrics(out, result_from_progress(exp, out, completed))
 
     try:
-        _stages(exp, data, out, ctx, attempt, completed, stage_train, record, log)
+        _stages(exp, data, out, ctx, attempt, completed, stage_train, record, log, only=stages,
+                ready=config.get("ready") or ())
     except NonFiniteLossError as err:
         # raised on every rank at the same step: end the fit normally, with a checkpoint that repeats
         # the last good state and carries the error (a restart would only diverge again)
@@ -338,17 +411,20 @@ def _train_stages(config: dict) -> None:
 
 
 def _stages(exp: Experiment, data: PreparedData, out: RunDir, ctx: TrainContext, attempt: str, completed: dict,
-            stage_train, record, log) -> None:
-    """The stages not yet completed, in order: teachers (loaded from the run directory when done
-    before), then the methods."""
+            stage_train, record, log, only: Optional[list] = None, ready=()) -> None:
+    """The stages of this fit (`only`, default all) not yet completed, in order: teachers (loaded
+    from the run directory when done before, or by another fit: `ready`), then the methods."""
     import ray
     writer = ctx.rank == 0
     frozen = {}
     stages = run_stages(exp, len(data.groups))
-    methods_left = [s for s in stages if s.startswith("method:") and s not in completed]
+    mine = set(stages if only is None else only)
+    methods_left = [s for s in stages if s.startswith("method:") and s in mine and s not in completed]
     for stage in (s for s in stages if s.startswith("teacher:")):
         key = stage.split(":", 1)[1]
-        if stage in completed:
+        if stage not in mine and stage not in ready:
+            continue
+        if stage in completed or stage in ready:
             if methods_left:
                 frozen[key] = load_teacher(join(out.location, f"teachers/{key}.pt"), device=ctx.device,
                                            channels_last=exp.channels_last)
