@@ -53,6 +53,16 @@ def join(location: str, name: str) -> str:
     return str(Path(location).expanduser() / name)
 
 
+def split(location) -> tuple:
+    """(RunDir of the parent, file name) of a local path or a URI to a file."""
+    location = str(location)
+    if is_uri(location):
+        parent, name = location.rstrip("/").rsplit("/", 1)
+        return RunDir(parent), name
+    path = Path(location).expanduser()
+    return RunDir(path.parent), path.name
+
+
 def run_location(exp: Experiment) -> str:
     """Where the run directory of `exp` lives: `<uri>/<name>` or the local path."""
     return join(exp.output.dir, exp.run_name())

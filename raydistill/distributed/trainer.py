@@ -1,6 +1,7 @@
-"""The Ray backend: ONE Ray Train `fit` per `raydistill run`.
+"""The Ray backend: one Ray Train `fit` per `raydistill run` (`ray.stages: sequential`), or one
+per stage, launched as the stage graph allows (`concurrent`, see `stages.py`).
 
-The worker loop runs every stage of the run in order — each teacher that must be trained, then
+The worker loop runs every stage of its fit in order — each teacher that must be trained, then
 each method's plan — with DDP over the engine's `TrainContext` seam (gloo on CPU, nccl on GPU;
 the engine shards batches by rank). After every epoch rank 0 reports a Ray Train checkpoint
 (`state.pt`: the stage, the engine's `TrainState`, and the records of completed stages), so
@@ -57,8 +58,8 @@ class RunInterrupted(RuntimeError):
 
 def run_stages(exp: Experiment, num_groups: int) -> list[str]:
     """Stage names in run order: teachers first, then every method."""
-    return ([f"teacher:{k}" for k in teachers_needed(exp.methods, num_groups)]
-            + [f"method:{m}" for m in exp.methods])
+    from raydistill.distributed.stages import stage_graph
+    return list(stage_graph(exp, num_groups))
 
 
 def empty_progress() -> dict:

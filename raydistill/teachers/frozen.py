@@ -5,7 +5,6 @@ ship raw uint8 batches, the cheapest thing to move.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -68,10 +67,9 @@ def teacher_checkpoint(model: nn.Module, mean, std, **extra) -> dict:
 
 def save_teacher(path, model: nn.Module, mean, std, **extra) -> None:
     """Write a teacher checkpoint to a local path or a storage URI."""
-    from raydistill.storage import RunDir, is_uri
-    path = str(path)
-    parent, name = path.rsplit("/", 1) if is_uri(path) else (str(Path(path).parent), Path(path).name)
-    RunDir(parent).save_torch(name, teacher_checkpoint(model, mean, std, **extra))
+    from raydistill.storage import split
+    store, name = split(path)
+    store.save_torch(name, teacher_checkpoint(model, mean, std, **extra))
 
 
 def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cpu",
@@ -79,10 +77,8 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
     """Load a teacher checkpoint, checking it serves exactly `expected_classes` (in that order)
     and, when given, that it is an `expected_arch` network. `serving`: FrozenTeacher's fold_bn,
     channels_last."""
-    from raydistill.storage import RunDir, is_uri
-    path = str(path) if is_uri(path) else Path(path)
-    parent, name = str(path).rsplit("/", 1) if is_uri(path) else (path.parent, path.name)
-    store = RunDir(parent)
+    from raydistill.storage import split
+    store, name = split(path)
     if not store.is_file(name):
         raise TeacherError(f"teacher checkpoint {path}: file not found")
     try:
