@@ -18,7 +18,7 @@ from raydistill.softlabels.client import CachedTeachers
 from raydistill.softlabels.key import cache_key, dataset_fingerprint, teacher_fingerprint
 from raydistill.softlabels.store import (META_FILE, SoftLabelCacheError, cache_bytes, read_labels, read_meta,
                                          write_cache)
-from raydistill.storage import RunDir, is_uri
+from raydistill.storage import RunDir, is_uri, join
 
 
 @dataclass
@@ -42,7 +42,6 @@ class SoftLabelCache:
 def cache_root(exp) -> str:
     """`teachers.cache_dir`, else `<output.dir>/softlabels` (next to the run directories, so every
     run and trial under one output.dir shares it). A local path or a storage URI."""
-    from raydistill.storage import join
     return exp.teachers.cache_dir or join(exp.output.dir, "softlabels")
 
 
