@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("report", help="reprint the results table of a finished run")
-    p.add_argument("run_dir", help="a run directory, e.g. runs/default")
+    p.add_argument("run_dir", help="a run directory, e.g. runs/default or s3://bucket/runs/default")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("submit", help="submit a run (or a curriculum search) to a Ray cluster as a Ray Job "
                                       "and print the job id")

@@ -22,6 +22,7 @@ PASS_MODES = ("sequential", "mixed")
 SCHEDULES = ("step", "cosine", "constant")
 SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
 TEACHER_MODES = ("actors", "local")
+STAGE_MODES = ("sequential", "concurrent", "auto")
 SOFT_LABELS = ("online", "cache")
 CACHE_FORMATS = ("float16", "topk")
 
@@ -173,6 +174,8 @@ class RayConfig:
     teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}
     max_failures: int = 0
     sync_batchnorm: Optional[bool] = None    # one set of BN statistics over workers; null: on when workers > 1
+    stages: str = "sequential"          # sequential: one fit; concurrent: one fit per stage; auto: by room
+    teacher_workers: int = 1            # Ray Train workers of each teacher's fit (concurrent stages)
 
 
 @dataclass
@@ -369,6 +372,9 @@ class Experiment:
         need(r.cpus_per_worker is None or r.cpus_per_worker > 0, "ray.cpus_per_worker", "a positive number or null",
              r.cpus_per_worker)
         need(r.max_failures >= 0, "ray.max_failures", "a non-negative integer", r.max_failures)
+        need(r.stages in STAGE_MODES, "ray.stages", f"one of {list(STAGE_MODES)}", r.stages)
+        need(isinstance(r.teacher_workers, int) and r.teacher_workers >= 1, "ray.teacher_workers",
+             "a positive integer", r.teacher_workers)
         need(r.teacher_cpus >= 0 and r.teacher_gpus >= 0, "ray.teacher_cpus/teacher_gpus", "non-negative numbers",
              (r.teacher_cpus, r.teacher_gpus))
         need(r.gpus_per_worker > 0, "ray.gpus_per_worker", "a positive number", r.gpus_per_worker)

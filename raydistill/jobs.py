@@ -232,8 +232,10 @@ def submit(work, address: Optional[str] = None, *, storage: Optional[str] = None
         (staging / spec.filename).write_text(spec.text)
         runtime_env = {"working_dir": str(staging),
                        "py_modules": [str(Path(raydistill.__file__).resolve().parent)]}
-        if env_vars:
-            runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
+        # a URI output: the job resolves it with this machine's storage settings (endpoint, keys)
+        forwarded = {**(_storage.storage_env() if _storage.is_uri(spec.location) else {}), **(env_vars or {})}
+        if forwarded:
+            runtime_env["env_vars"] = {str(k): str(v) for k, v in forwarded.items()}
         try:
             client.submit_job(entrypoint=spec.entrypoint, submission_id=job_id, runtime_env=runtime_env,
                               metadata={"raydistill_kind": spec.kind, "raydistill_location": spec.location})

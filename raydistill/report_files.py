@@ -260,5 +260,6 @@ def load_run(run_dir) -> tuple:
 
 def report_text(run_dir) -> str:
     """The results table the run printed at its end (byte for byte: same summary, same formatter)."""
-    summary, _ = load_run(run_dir)
+    from raydistill.storage import load_run as load_any   # a local run directory or a URI
+    summary, _ = load_any(run_dir)
     return format_table(summary["methods"], summary.get("teachers") or {})

@@ -4,17 +4,18 @@ This is the in-process backend (one worker, teachers in this process). The Ray b
 (`raydistill.distributed.trainer`) shares every piece here — `start_run`, `teacher_stage`,
 `method_stage`, `write_metrics`, `finish_run` — and differs only in the `train` callable that
 runs a plan (DDP workers, epoch checkpoints, resume) and in where teachers are served.
+Every file goes through a `storage.RunDir` (a local directory or a URI), written by the
+process that produced it.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from raydistill import storage
+from raydistill.storage import RunDir
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
@@ -22,10 +23,10 @@ from raydistill.models import count_parameters
 from raydistill.report import format_table, method_summary
 from raydistill.report_files import write_report_files
 from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
-                                 save_teacher)
+                                 teacher_checkpoint)
 from raydistill.teachers.training import teacher_plan
 from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, refuse_changed_config,
-                                  student_settings, teacher_settings, write_json)
+                                  student_settings, teacher_settings)
 
 # train(plan, train_set, val_set, test_set, teacher_client, settings) -> (model, history)
 TrainFn = Callable[..., tuple]
@@ -33,7 +34,7 @@ TrainFn = Callable[..., tuple]
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: object                                 # Path of a local run directory, or its URI (str)
     teachers: dict = field(default_factory=dict)   # key -> {"test_acc", "params", "classes", "source"}
     methods: dict = field(default_factory=dict)    # method -> summary (final_test_acc, params, ...)
     history: list = field(default_factory=list)    # per-epoch metrics of every method
@@ -52,14 +53,14 @@ def teacher_classes(key: str, data: PreparedData) -> list:
     return classes_of(key, data.groups)
 
 
-def start_run(exp: Experiment) -> tuple[PreparedData, Path]:
+def start_run(exp: Experiment) -> tuple[PreparedData, RunDir]:
     """Validate, load the data, create the run directory and write config.yaml — before any training."""
     exp.validate()
     data = prepare_data(exp)
     check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
-    out = check_output_dir(storage.local_experiment(exp))   # a URI output.dir: local staging dir
+    out = check_output_dir(exp)
     refuse_changed_config(out, exp)
-    (out / "config.yaml").write_text(exp.to_yaml())
+    out.write_text("config.yaml", exp.to_yaml())
     return data, out
 
 
@@ -72,12 +73,12 @@ def local_train(device, **context) -> TrainFn:
     return train
 
 
-def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, device, log,
+def teacher_stage(exp: Experiment, data: PreparedData, out: RunDir, key: str, device, log,
                   train: Optional[TrainFn] = None, write: bool = True) -> tuple[FrozenTeacher, dict]:
     """Load the configured checkpoint of teacher `key`, or train it; save it under out/teachers.
     `write=False` (Ray workers other than rank 0) skips the file writes."""
     classes = teacher_classes(key, data)
-    path = out / "teachers" / f"{key}.pt"
+    name = f"teachers/{key}.pt"
     given = (exp.teachers.checkpoints or {}).get(key)
     started = time.perf_counter()
     if given:
@@ -85,7 +86,7 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, devi
                                **exp.serving_options())
         source = str(given)
         if write:
-            save_teacher(path, teacher.model, teacher.mean, teacher.std)
+            out.save_torch(name, teacher_checkpoint(teacher.model, teacher.mean, teacher.std))
     else:
         log(f"training teacher {key} ({exp.teachers.arch}, {len(classes)} classes, {exp.teachers.epochs} epochs)")
         train = train or local_train(device, **exp.context_options())
@@ -94,7 +95,7 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, devi
         model, _ = train(teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs), *subsets, None,
                          teacher_settings(exp, data), log=log)
         if write:
-            save_teacher(path, model, data.mean, data.std)
+            out.save_torch(name, teacher_checkpoint(model, data.mean, data.std))
         teacher = FrozenTeacher(model, data.mean, data.std, device=device, **exp.serving_options())
         source = "trained"
     info = {"arch": teacher.model.arch, "classes": len(classes), "source": source,
@@ -104,7 +105,7 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: Path, key: str, devi
     return teacher, info
 
 
-def prepare_teachers(exp: Experiment, data: PreparedData, out: Path, device, log) -> tuple[dict, dict]:
+def prepare_teachers(exp: Experiment, data: PreparedData, out: RunDir, device, log) -> tuple[dict, dict]:
     """Every teacher the methods need: {key: FrozenTeacher}, {key: info}."""
     frozen, info = {}, {}
     for key in teachers_needed(exp.methods, len(data.groups)):
@@ -119,7 +120,7 @@ def _accuracy(teacher, test) -> float:
     return correct / max(len(test), 1)
 
 
-def method_stage(exp: Experiment, data: PreparedData, out: Path, method: str, client, log,
+def method_stage(exp: Experiment, data: PreparedData, out: RunDir, method: str, client, log,
                  train: TrainFn, write: bool = True, wall_offset: float = 0.0) -> tuple[list, dict]:
     """Train one method's plan; save its final model under out/checkpoints. Returns (history, summary)."""
     plan: Plan = plan_for(method, exp, data.groups)
@@ -130,32 +131,33 @@ def method_stage(exp: Experiment, data: PreparedData, out: Path, method: str, cl
     model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log)
     wall = wall_offset + time.perf_counter() - started
     if write:
-        save_student(out / "checkpoints" / f"{method}.pt", model, data)
+        save_student(out, f"checkpoints/{method}.pt", model, data)
     return history, method_summary(plan, history, count_parameters(model), wall)
 
 
-def save_student(path: Path, model, data: PreparedData) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"arch": model.arch, "class_ids": model.class_ids.tolist(),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "mean": list(data.mean), "std": list(data.std)}, tmp)
-    tmp.replace(path)
+def save_student(out: RunDir, name: str, model, data: PreparedData) -> None:
+    out.save_torch(name, {"arch": model.arch, "class_ids": model.class_ids.tolist(),
+                          "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                          "mean": list(data.mean), "std": list(data.std)})
 
 
-def write_metrics(out: Path, result: RunResult) -> None:
-    write_json(out / "metrics.json", {"teachers": result.teachers, "methods": result.methods,
-                                      "history": result.history})
+def write_metrics(out: RunDir, result: RunResult) -> None:
+    out.write_json("metrics.json", {"teachers": result.teachers, "methods": result.methods,
+                                    "history": result.history})
 
 
-def finish_run(exp: Experiment, result: RunResult, log) -> RunResult:
-    write_metrics(result.run_dir, result)
+def finish_run(exp: Experiment, out: RunDir, result: RunResult, log) -> RunResult:
+    write_metrics(out, result)
     summary = {"experiment": exp.name, "teachers": result.teachers, "methods": result.methods}
-    write_json(result.run_dir / "summary.json", summary)
-    write_report_files(result.run_dir, result.history, summary)
-    storage.publish(exp, result.run_dir)   # output.dir is a URI: upload the run directory
+    out.write_json("summary.json", summary)
+    with out.local_folder() as folder:   # matplotlib and TensorBoard write local files
+        write_report_files(folder, result.history, summary)
     log(result.table())
     return result
+
+
+def run_result(out: RunDir) -> RunResult:
+    return RunResult(out.local_path or out.location)
 
 
 def say(message: str) -> None:
@@ -169,15 +171,15 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
     device = pick_device(exp)
     exp.check_devices(device.type, "local")
     data, out = start_run(exp)
-    result = RunResult(out)
+    result = run_result(out)
     teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
     client = LocalTeachers(teachers)
     if exp.teachers.soft_labels == "cache" and teachers:
         from raydistill.softlabels import cache_root, ensure_soft_label_cache
-        client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp, out), log=log).client()
+        client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp), log=log).client()
     train = local_train(device, **exp.context_options())
     for method in exp.methods:
         history, result.methods[method] = method_stage(exp, data, out, method, client, log, train)
         result.history += history
         write_metrics(out, result)
-    return finish_run(exp, result, log)
+    return finish_run(exp, out, result, log)

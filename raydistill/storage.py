@@ -1,30 +1,35 @@
-"""Where run directories live: a local directory (the default) or a pyarrow filesystem URI.
+"""Where run directories live: a local path (one machine, or a mount every node shares) or a
+pyarrow filesystem URI (`s3://bucket/runs`, `gs://…`, `abfs://…`, `file:///mnt/nfs/runs`).
 
-`output.dir` may be a plain path (`runs`, `/mnt/shared/runs`) or a URI that
-`pyarrow.fs.FileSystem.from_uri` understands (`s3://bucket/runs`, `gs://bucket/runs`,
-`hdfs://…`, `file:///mnt/nfs/runs`). For a URI the run is written to a local *staging*
-directory (training code only ever sees local paths) and `publish` copies the finished run
-directory to `<uri>/<run name>` with `pyarrow.fs.copy_files`; `load_run` reads a run back from
-either kind of location (a URI is downloaded to a temporary directory first).
+`RunDir` is a run directory on any of them. Every artifact of a run — config, teacher and
+student checkpoints, metrics, the epochs log, report files, the soft-label cache — is written
+through it by the process (node) that produced it, while the run goes, so nothing assumes the
+driver and the Ray Train workers share a disk. Ray Train gets the same location as its
+`storage_path` (with the pyarrow filesystem), so its checkpoints land there too and a run
+resumes from the storage alone, on any machine.
 
-The staging directory is deterministic per (URI, run name) — `$RAYDISTILL_STAGING_DIR` or
-`<tmp>/raydistill-staging/<hash>` — so re-running the same command on the same machine resumes.
-Resuming on a *different* machine from what was uploaded is not implemented.
+For an `s3://` URI pyarrow reads the endpoint and credentials from the environment
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …); `storage_env()` is what the driver forwards to Ray
+workers and jobs so that they resolve the URI the same way.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
+import io
+import json
 import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from raydistill.config import ConfigError, Experiment
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# Environment variables that say how to reach (and sign into) a storage URI; forwarded, never logged.
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
 
 
 def is_uri(location) -> bool:
@@ -41,66 +46,173 @@ def filesystem(uri: str):
         raise ConfigError(f"output.dir: cannot use storage URI {uri!r} ({type(err).__name__}: {err})") from None
 
 
+def join(location: str, name: str) -> str:
+    """`location/name` for a local path or a URI."""
+    if is_uri(location):
+        return str(location).rstrip("/") + "/" + name
+    return str(Path(location).expanduser() / name)
+
+
+def split(location) -> tuple:
+    """(RunDir of the parent, file name) of a local path or a URI to a file."""
+    location = str(location)
+    if is_uri(location):
+        parent, name = location.rstrip("/").rsplit("/", 1)
+        return RunDir(parent), name
+    path = Path(location).expanduser()
+    return RunDir(path.parent), path.name
+
+
 def run_location(exp: Experiment) -> str:
-    """Where the run directory of `exp` ends up: `<uri>/<name>` or the local path."""
-    if is_uri(exp.output.dir):
-        return exp.output.dir.rstrip("/") + "/" + exp.run_name()
-    return str(Path(exp.output.dir).expanduser() / exp.run_name())
+    """Where the run directory of `exp` lives: `<uri>/<name>` or the local path."""
+    return join(exp.output.dir, exp.run_name())
 
 
-def staging_root(uri: str) -> Path:
-    base = os.environ.get("RAYDISTILL_STAGING_DIR") or os.path.join(tempfile.gettempdir(), "raydistill-staging")
-    return Path(base) / hashlib.sha1(uri.encode()).hexdigest()[:12]
+def storage_env() -> dict:
+    """The storage settings of this process's environment (endpoint, region, credentials), for the
+    runtime_env of Ray workers and jobs, which must resolve `s3://…` exactly as the driver does."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
 
 
-def local_experiment(exp: Experiment) -> Experiment:
-    """`exp` itself when output.dir is local; otherwise a copy whose output.dir is the local staging
-    directory of that URI (the URI is checked here, before any training)."""
-    if not is_uri(exp.output.dir):
-        return exp
-    filesystem(exp.output.dir)
-    staged = copy.deepcopy(exp)
-    staged.output.dir = str(staging_root(exp.output.dir.rstrip("/")))
-    return staged
+class RunDir:
+    """A directory on a local disk or a pyarrow filesystem, addressed by relative names
+    (`teachers/group0.pt`). Writes are whole objects (a local file is written under a temporary
+    name and renamed), so a reader never sees half a file; there is no append on object stores."""
 
+    def __init__(self, location):
+        from pyarrow import fs
+        self.location = str(location)
+        if is_uri(location):
+            self.fs, root = filesystem(self.location)
+        else:
+            self.fs, root = fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+        self.root = root.rstrip("/")
 
-def publish(exp: Experiment, run_dir) -> Optional[str]:
-    """Copy the local run directory to `<output.dir>/<run name>` when output.dir is a URI.
-    Returns the destination URI, or None for a local output.dir (nothing to do)."""
-    if not is_uri(exp.output.dir):
-        return None
-    from pyarrow import fs
-    dest = run_location(exp)
-    dest_fs, dest_path = filesystem(dest)
-    dest_fs.create_dir(dest_path, recursive=True)
-    fs.copy_files(str(Path(run_dir).resolve()), dest_path, source_filesystem=fs.LocalFileSystem(),
-                  destination_filesystem=dest_fs)
-    return dest
+    def __repr__(self) -> str:
+        return f"RunDir({self.location!r})"
+
+    def __str__(self) -> str:
+        return self.location
+
+    @property
+    def local_path(self) -> Optional[Path]:
+        """The directory as a local Path, or None when it lives behind a URI."""
+        return None if is_uri(self.location) else Path(self.root)
+
+    def child(self, name: str) -> "RunDir":
+        return RunDir(join(self.location, name))
+
+    def path(self, name: str = "") -> str:
+        """The path of `name` inside the filesystem (what pyarrow calls take)."""
+        return f"{self.root}/{name}" if name else self.root
+
+    def exists(self, name: str = "") -> bool:
+        from pyarrow import fs
+        return self.fs.get_file_info(self.path(name)).type != fs.FileType.NotFound
+
+    def is_file(self, name: str) -> bool:
+        from pyarrow import fs
+        return self.fs.get_file_info(self.path(name)).type == fs.FileType.File
+
+    def listdir(self, name: str = "") -> list:
+        """Names of the entries directly under `name` (empty when it does not exist)."""
+        from pyarrow import fs
+        infos = self.fs.get_file_info(fs.FileSelector(self.path(name), allow_not_found=True))
+        return sorted(info.base_name for info in infos)
+
+    def make(self) -> None:
+        self.fs.create_dir(self.root, recursive=True)
+
+    def read_bytes(self, name: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(name)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{join(self.location, name)}: not found") from None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        path = self.path(name)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if self.local_path is None:   # an object store's PUT is atomic already
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, path)
+
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode()
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode())
+
+    def read_json(self, name: str):
+        return json.loads(self.read_text(name))
+
+    def write_json(self, name: str, payload) -> None:
+        self.write_text(name, json.dumps(payload, indent=2, default=float))
+
+    def append_line(self, name: str, line: str) -> None:
+        """Rewrite `name` with one more line (object stores have no append; logs here are small and
+        have one writer)."""
+        old = self.read_bytes(name) if self.is_file(name) else b""
+        self.write_bytes(name, old + line.rstrip("\n").encode() + b"\n")
+
+    def save_torch(self, name: str, obj) -> None:
+        import torch
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        self.write_bytes(name, buffer.getvalue())
+
+    def load_torch(self, name: str, **kwargs):
+        import torch
+        return torch.load(io.BytesIO(self.read_bytes(name)), **kwargs)
+
+    def delete(self, name: str) -> None:
+        from pyarrow import fs
+        info = self.fs.get_file_info(self.path(name))
+        if info.type == fs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+        elif info.type == fs.FileType.File:
+            self.fs.delete_file(info.path)
+
+    def upload(self, local_dir, name: str = "") -> None:
+        """Copy the local directory `local_dir` to `name` (recursively)."""
+        from pyarrow import fs
+        self.fs.create_dir(self.path(name), recursive=True)
+        fs.copy_files(str(Path(local_dir).resolve()), self.path(name), source_filesystem=fs.LocalFileSystem(),
+                      destination_filesystem=self.fs)
+
+    def download(self, name: str, local_dir) -> Path:
+        """Copy `name` (a directory) into the local directory `local_dir`; returns it."""
+        from pyarrow import fs
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        fs.copy_files(self.path(name), str(local_dir.resolve()), source_filesystem=self.fs,
+                      destination_filesystem=fs.LocalFileSystem())
+        return local_dir
+
+    @contextmanager
+    def local_folder(self, name: str = "") -> Iterator[Path]:
+        """A local directory standing for `name`: the directory itself on a local disk; otherwise a
+        temporary one whose contents are uploaded when the block ends (for writers such as
+        matplotlib and TensorBoard that only take local paths)."""
+        if self.local_path is not None:
+            path = self.local_path / name if name else self.local_path
+            path.mkdir(parents=True, exist_ok=True)
+            yield path
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="raydistill-upload-"))
+        try:
+            yield tmp
+            self.upload(tmp, name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 REPORT_FILES = ("summary.json", "metrics.json", "metrics.parquet")
-
-
-def download(location: str, dest, only: Optional[tuple] = None) -> Path:
-    """Copy the run directory at URI `location` (or only the files named in `only`, those that
-    exist) into the local directory `dest`; returns dest."""
-    from pyarrow import fs
-    src_fs, src_path = filesystem(location)
-    info = src_fs.get_file_info(src_path)
-    if info.type != fs.FileType.Directory:
-        from raydistill.report_files import RunDirError
-        raise RunDirError(f"{location}: no such run directory")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    local = fs.LocalFileSystem()
-    if only is None:
-        fs.copy_files(src_path, str(dest.resolve()), source_filesystem=src_fs, destination_filesystem=local)
-        return dest
-    for name in only:
-        path = f"{src_path.rstrip('/')}/{name}"
-        if src_fs.get_file_info(path).type == fs.FileType.File:
-            fs.copy_files(path, str((dest / name).resolve()), source_filesystem=src_fs, destination_filesystem=local)
-    return dest
 
 
 def load_run(location) -> tuple:
@@ -108,10 +220,16 @@ def load_run(location) -> tuple:
     from raydistill.report_files import RunDirError, load_run as load_local
     if not is_uri(location):
         return load_local(location)
-    tmp = tempfile.mkdtemp(prefix="raydistill-run-")
+    run = RunDir(location)
+    if not run.exists():
+        raise RunDirError(f"{location}: no such run directory")
+    tmp = Path(tempfile.mkdtemp(prefix="raydistill-run-"))
     try:
-        return load_local(download(str(location), tmp, only=REPORT_FILES))
+        for name in REPORT_FILES:
+            if run.is_file(name):
+                (tmp / name).write_bytes(run.read_bytes(name))
+        return load_local(tmp)
     except RunDirError as err:  # name the URI, not the temporary copy
-        raise RunDirError(str(err).replace(str(Path(tmp)), str(location).rstrip("/"))) from None
+        raise RunDirError(str(err).replace(str(tmp), str(location).rstrip("/"))) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

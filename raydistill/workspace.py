@@ -101,20 +101,25 @@ def with_absolute_paths(exp: Experiment) -> Experiment:
     return exp
 
 
-def run_dir(exp: Experiment) -> Path:
-    return Path(exp.output.dir).expanduser() / exp.run_name()
-
-
-def check_output_dir(exp: Experiment) -> Path:
-    """The run directory must be creatable and writable before anything trains."""
-    path = run_dir(exp)
+def check_output_dir(exp: Experiment):
+    """The run directory (a `storage.RunDir`) must be creatable and writable before anything trains."""
+    from raydistill.storage import RunDir, is_uri, run_location
+    location = run_location(exp)
+    if not is_uri(location):
+        path = Path(location)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"output.dir: cannot create run directory {path} ({err.strerror})") from None
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"output.dir: run directory {path} is not writable")
+        return RunDir(path)
+    run = RunDir(location)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output.dir: cannot create run directory {path} ({err.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"output.dir: run directory {path} is not writable")
-    return path
+        run.make()
+    except OSError as err:   # no such bucket, no permission, endpoint unreachable
+        raise ConfigError(f"output.dir: cannot create run directory {location} ({err})") from None
+    return run
 
 
 # What may differ between a run and the command that resumes it: where and how it runs, not what it trains.
@@ -139,15 +144,16 @@ def config_changes(old: Experiment, new: Experiment) -> list[str]:
             if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 
 
-def refuse_changed_config(run_path: Path, exp: Experiment) -> None:
+def refuse_changed_config(run, exp: Experiment) -> None:
     """A run directory that already holds a run (its config.yaml) is only resumed or re-run with the same
     training config; anything else would mix two experiments' epochs, checkpoints and metrics."""
-    path = run_path / "config.yaml"
-    if not path.is_file():
+    from raydistill.storage import join
+    run_path, path = run.location, join(run.location, "config.yaml")
+    if not run.is_file("config.yaml"):
         return
     from raydistill.config import load_yaml
     try:
-        old = Experiment.from_dict(load_yaml(path.read_text()) or {}, source=str(path))
+        old = Experiment.from_dict(load_yaml(run.read_text("config.yaml")) or {}, source=path)
     except Exception as err:  # unreadable or from an incompatible version: do not guess, do not overwrite
         raise ConfigError(f"{path}: the run directory holds a config that cannot be read ({err}); "
                           f"choose another output.name or remove {run_path}") from None

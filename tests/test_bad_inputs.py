@@ -85,6 +85,12 @@ def test_splits_not_increasing(tmp_path):
              **{"curriculum.splits": "[2, 1, 3]"})
 
 
+def test_stage_mode_and_teacher_workers(tmp_path):
+    _invalid(tmp_path, r"ray\.stages: expected one of \['sequential', 'concurrent', 'auto'\], got 'parallel'",
+             **{"ray.stages": "parallel"})
+    _invalid(tmp_path, r"ray\.teacher_workers: expected a positive integer, got 0", **{"ray.teacher_workers": 0})
+
+
 def test_splits_wrong_count(tmp_path):
     _invalid(tmp_path, r"curriculum\.splits: expected 3 split points \(one per grade\), got \[1, 3\]",
              **{"curriculum.splits": "[1, 3]"})
@@ -451,7 +457,7 @@ def test_cli_resume_with_changed_config_is_refused(tmp_path, capsys, monkeypatch
     _no_ray(monkeypatch)
     exp = _exp(tmp_path)
     _, out = start_run(exp)
-    before = (out / "config.yaml").read_text()
+    before = out.read_text("config.yaml")
     path = tmp_path / "exp.yaml"
     path.write_text(exp.to_yaml())
     err = _cli(capsys, "run", "--config", str(path), "--set", "curriculum.temperature=2",
@@ -459,7 +465,7 @@ def test_cli_resume_with_changed_config_is_refused(tmp_path, capsys, monkeypatch
     assert "already holds a run with a different config" in err
     assert "curriculum.temperature: 4.0 -> 2.0" in err and "optimizer.lr: 0.05 -> 0.1" in err
     assert "max_failures" not in err        # how a run executes may change on resume
-    assert (out / "config.yaml").read_text() == before
+    assert out.read_text("config.yaml") == before
 
 
 def test_invalid_search_space_names_the_file_and_dimension(tmp_path, capsys):

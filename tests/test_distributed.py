@@ -72,7 +72,8 @@ def test_stages_progress_and_data_packing(tiny_data, tmp_path):
     completed = {"teacher:group0": {"info": {"test_acc": 0.5}},
                  "method:kd": {"history": [{"method": "kd", "epoch": 1}], "summary": {"final_test_acc": 0.2}},
                  "method:ed": {"history": [{"method": "ed", "epoch": 1}], "summary": {"final_test_acc": 0.3}}}
-    result = result_from_progress(exp, tmp_path, completed)
+    from raydistill.storage import RunDir
+    result = result_from_progress(exp, RunDir(tmp_path), completed)
     assert list(result.methods) == ["ed", "kd"] and list(result.teachers) == ["group0"]
     assert [h["method"] for h in result.history] == ["ed", "kd"]
 
@@ -220,18 +221,20 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ray_se
     `scratch` stage, its checkpoint and its metrics are kept and stay the latest Ray checkpoint."""
     from raydistill.distill.engine import NonFiniteLossError
     from raydistill.distributed.trainer import latest_progress, run_distributed
+    from raydistill.storage import RunDir
     exp = tiny_experiment(tmp_path, **{"methods": "[scratch,ed]", "curriculum.grade_epochs": "[1,1,1]",
                                        "ray.max_failures": 1})
     exp = exp.with_overrides([f"teachers.checkpoints={json.dumps(_teacher_files(tmp_path, exp, 'group0'))}"])
     with pytest.raises(NonFiniteLossError, match=r"ed: non-finite loss .* in grade 1, epoch 1"):
         run_distributed(exp, progress=None)
     run_dir = tmp_path / "tiny"
-    state = latest_progress(None, run_dir / "ray" / "train")
+    state = latest_progress(None, RunDir(run_dir / "ray" / "train"))
     assert (state["stage"], state["train_state"]["epoch"]) == ("method:scratch", 3)   # the last good epoch
+    assert "ed: non-finite loss" in state["aborted"]   # the stop travels in the checkpoint, no side file
     assert "method:ed" not in state["completed"]
     assert torch.load(run_dir / "checkpoints" / "scratch.pt", weights_only=True)["arch"] == "resnet8"
     assert not (run_dir / "checkpoints" / "ed.pt").exists()
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert [h["method"] for h in saved["history"]] == ["scratch"] * 3
     assert len({e["attempt"] for e in _epochs_log(run_dir)}) == 1          # not restarted
-    assert not (run_dir / "aborted.json").exists()
+    assert not list(run_dir.glob("aborted*"))

@@ -22,11 +22,9 @@ from raydistill.teachers import FrozenTeacher, load_teacher
 
 def teacher_bytes(teacher: FrozenTeacher) -> bytes:
     """A teacher checkpoint (the `save_teacher` format) as bytes, to ship through the object store."""
-    m = teacher.model
+    from raydistill.teachers import teacher_checkpoint
     buf = io.BytesIO()
-    torch.save({"arch": m.arch, "class_ids": m.class_ids.tolist(), "mean": list(teacher.mean),
-                "std": list(teacher.std), "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()}},
-               buf)
+    torch.save(teacher_checkpoint(teacher.model, teacher.mean, teacher.std), buf)
     return buf.getvalue()
 
 

@@ -1,6 +1,7 @@
-"""The Ray backend: ONE Ray Train `fit` per `raydistill run`.
+"""The Ray backend: one Ray Train `fit` per `raydistill run` (`ray.stages: sequential`), or one
+per stage, launched as the stage graph allows (`concurrent`, see `stages.py`).
 
-The worker loop runs every stage of the run in order — each teacher that must be trained, then
+The worker loop runs every stage of its fit in order — each teacher that must be trained, then
 each method's plan — with DDP over the engine's `TrainContext` seam (gloo on CPU, nccl on GPU;
 the engine shards batches by rank). After every epoch rank 0 reports a Ray Train checkpoint
 (`state.pt`: the stage, the engine's `TrainState`, and the records of completed stages), so
@@ -13,7 +14,9 @@ starts once the teachers exist (`ray.teachers: actors`).
 
 Files are the same as the local backend's (`raydistill.runner`); in addition the run directory
 holds `ray/` (Ray Train storage), `epochs.jsonl` (one line per trained epoch, with the attempt)
-and `placement.json` (nodes of workers and teacher actors).
+and `placement.json` (nodes of workers and teacher actors). The run directory may be a storage
+URI: Ray Train gets it as its storage, workers write through pyarrow (`storage.RunDir`), and the
+driver forwards the storage settings of its environment (`storage.storage_env`) to the workers.
 """
 from __future__ import annotations
 
@@ -28,21 +31,21 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from raydistill.config import Experiment
 from raydistill.data import ImageSet
 from raydistill.distill.curriculum import teachers_needed
 from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
-from raydistill.runner import (RunResult, finish_run, method_stage, start_run, teacher_stage, write_metrics)
+from raydistill.runner import (RunResult, finish_run, method_stage, run_result, start_run, teacher_stage,
+                               write_metrics)
 from raydistill.distributed.consistency import plain_model, same_teacher_on_every_rank
+from raydistill.storage import RunDir, join, storage_env
 from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
                                  saved_teachers)
 from raydistill.workspace import PreparedData, with_absolute_paths
 
 STATE_FILE = "state.pt"
-ABORTED_FILE = "aborted.json"   # written by rank 0 when a non-finite loss stops the run
 # For a Ray instance this process starts on one machine: no token auth (Ray 2.60 enables it by
 # itself), and no preemption watcher (it polls for cloud node preemption, meaningless on one
 # machine, and its actor logs a core_worker error line into every run's output).
@@ -57,42 +60,42 @@ class RunInterrupted(RuntimeError):
 
 def run_stages(exp: Experiment, num_groups: int) -> list[str]:
     """Stage names in run order: teachers first, then every method."""
-    return ([f"teacher:{k}" for k in teachers_needed(exp.methods, num_groups)]
-            + [f"method:{m}" for m in exp.methods])
+    from raydistill.distributed.stages import stage_graph
+    return list(stage_graph(exp, num_groups))
 
 
 def empty_progress() -> dict:
-    return {"seq": 0, "stage": None, "train_state": None, "elapsed": 0.0, "completed": {}}
+    """`aborted`: the error of a non-finite loss that stopped the run (the checkpoint then repeats
+    the last good state, so the stop reaches the driver through storage, not a side file)."""
+    return {"seq": 0, "stage": None, "train_state": None, "elapsed": 0.0, "completed": {}, "aborted": None}
 
 
-def latest_progress(checkpoint, storage: Path) -> dict:
+def latest_progress(checkpoint, storage: RunDir) -> dict:
     """The most advanced state among Ray Train's latest checkpoint and every checkpoint directory
     in the storage folder. A checkpoint is persisted (SYNC upload) before `report` returns, but
     Ray registers it a moment later; a worker killed in between would otherwise redo that epoch."""
-    candidates = []
+    best = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            candidates.append(Path(d) / STATE_FILE)
-            best = _load_state(candidates[0])
-    else:
-        best = None
-    for path in sorted(storage.glob(f"checkpoint_*/{STATE_FILE}")) if storage.is_dir() else []:
-        state = _load_state(path)
-        if state is not None and (best is None or state["seq"] > best["seq"]):
-            best = state
-    return best or empty_progress()
+            best = _load_state(RunDir(d), STATE_FILE)
+    for name in storage.listdir():
+        if name.startswith("checkpoint_"):
+            state = _load_state(storage, f"{name}/{STATE_FILE}")
+            if state is not None and (best is None or state["seq"] > best["seq"]):
+                best = state
+    return {**empty_progress(), **(best or {})}
 
 
-def _load_state(path: Path) -> Optional[dict]:
+def _load_state(directory: RunDir, name: str) -> Optional[dict]:
     try:
-        return torch.load(path, weights_only=True)
+        return directory.load_torch(name, weights_only=True)
     except Exception:   # a partial copy of a checkpoint whose worker died mid-upload
         return None
 
 
-def result_from_progress(exp: Experiment, out: Path, completed: dict) -> RunResult:
+def result_from_progress(exp: Experiment, out: RunDir, completed: dict) -> RunResult:
     """The RunResult (same structure as the local backend's) of the completed stages."""
-    result = RunResult(out)
+    result = run_result(out)
     for name, record in completed.items():
         kind, key = name.split(":", 1)
         if kind == "teacher":
@@ -153,12 +156,12 @@ def init_ray(exp: Experiment, num_teachers: int) -> bool:
 
 def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] = print, *,
                     fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None) -> RunResult:
-    """Run (or resume) an experiment with Ray Train. `fail_once_at=(stage, epoch)` kills rank 0
-    right after that epoch's checkpoint, once per run directory (for tests of recovery).
+    """Run (or resume) an experiment with Ray Train: one fit for the whole run (`ray.stages:
+    sequential`) or one fit per stage (`concurrent`, see `stages.py`). `fail_once_at=(stage, epoch)`
+    kills rank 0 right after that epoch's checkpoint, once per run directory (for tests of recovery).
     `callbacks`: Ray Train UserCallbacks for the run (Tune trials forward epoch reports with one)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from raydistill.distributed.stages import choose_mode
 
     log = progress or (lambda _msg: None)
     check_cluster_address(exp)
@@ -167,45 +170,112 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     data, out = start_run(exp)
     # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
     check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
-    (out / ABORTED_FILE).unlink(missing_ok=True)   # from an earlier attempt
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers)
     try:
-        r = exp.ray
-        resources = {"CPU": exp.worker_cpus()}
-        if r.use_gpu:
-            resources["GPU"] = r.gpus_per_worker
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"exp": exp.to_dict(), "data": ray.put(pack_data(data)), "run_dir": str(out),
-                               "storage": str((out / "ray" / "train").resolve()),
-                               "fail_once_at": list(fail_once_at) if fail_once_at else None},
-            scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(name="train", storage_path=str((out / "ray").resolve()),
-                                 failure_config=FailureConfig(max_failures=r.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 callbacks=callbacks,
-                                 # Ray Train logs every report at INFO and, without a dashboard, warns
-                                 # every second that the state API is unavailable
-                                 logging_config=ray.LoggingConfig(log_level="ERROR"),
-                                 worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}))
-        log(f"ray: {r.workers} worker(s), teachers {r.teachers}, storage {out / 'ray'}")
-        try:
-            fit = trainer.fit()
-        except ray.train.TrainingFailedError as err:
-            raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                                 f"re-run the same command to resume from the last epoch checkpoint "
-                                 f"in {out / 'ray'}") from err
-        if (out / ABORTED_FILE).is_file():
-            error = json.loads((out / ABORTED_FILE).read_text())["error"]
-            (out / ABORTED_FILE).unlink()
-            raise NonFiniteLossError(f"{error}; the run stopped there. Completed stages and the last good "
-                                     f"epoch checkpoint are kept in {out}")
-        state = latest_progress(fit.checkpoint, out / "ray" / "train")
-        return finish_run(exp, result_from_progress(exp, out, state["completed"]), log)
+        data_ref = ray.put(pack_data(data))
+        mode = choose_mode(exp, ray.cluster_resources().get("CPU", 0))
+        log(f"ray: stages {mode}, {exp.ray.workers} worker(s), teachers {exp.ray.teachers}, "
+            f"storage {out.child('ray')}")
+        if mode == "concurrent":
+            completed = _run_concurrent(exp, data, out, data_ref, log)
+        else:
+            state = fit_stages(exp, out, data_ref, "train", exp.ray.workers, fail_once_at=fail_once_at,
+                               callbacks=callbacks)
+            if state["aborted"]:
+                raise NonFiniteLossError(f"{state['aborted']}; the run stopped there. Completed stages and the "
+                                         f"last good epoch checkpoint are kept in {out}")
+            completed = state["completed"]
+        return finish_run(exp, out, result_from_progress(exp, out, completed), log)
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, *, stages: Optional[list] = None,
+               ready: tuple = (), fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None) -> dict:
+    """One Ray Train run (storage `<run>/ray/<name>`) of `stages` (None: every stage), `ready`: teacher
+    stages completed by other fits. Returns its final progress (`latest_progress`)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    r = exp.ray
+    resources = {"CPU": exp.worker_cpus()}
+    if r.use_gpu:
+        resources["GPU"] = r.gpus_per_worker
+    ray_storage = out.child("ray")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"exp": exp.to_dict(), "data": data_ref, "run_dir": out.location,
+                           "storage": join(ray_storage.location, name), "stages": stages, "ready": list(ready),
+                           "fail_once_at": list(fail_once_at) if fail_once_at else None},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
+        run_config=RunConfig(name=name, storage_path=ray_storage.root,
+                             storage_filesystem=ray_storage.fs if ray_storage.local_path is None else None,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=callbacks,
+                             # Ray Train logs every report at INFO and, without a dashboard, warns
+                             # every second that the state API is unavailable
+                             logging_config=ray.LoggingConfig(log_level="ERROR"),
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                                              **storage_env()}}))
+    try:
+        fit = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                             f"re-run the same command to resume from the last epoch checkpoint "
+                             f"in {ray_storage}") from err
+    return latest_progress(fit.checkpoint, ray_storage.child(name))
+
+
+def _fit_one_stage(exp_dict: dict, data_box: list, location: str, stage: str, ready: list) -> tuple:
+    """A stage driver (a Ray task with no CPU): one fit of `stage`. Returns (records, error)."""
+    from raydistill.distributed.stages import stage_workers, storage_name
+    exp = Experiment.from_dict(exp_dict)
+    try:
+        state = fit_stages(exp, RunDir(location), data_box[0], storage_name(stage), stage_workers(exp, stage),
+                           stages=[stage], ready=ready)
+    except RunInterrupted as err:
+        return {}, str(err)
+    if state["aborted"]:
+        return {}, state["aborted"]
+    return {stage: state["completed"][stage]}, None
+
+
+def _run_concurrent(exp: Experiment, data: PreparedData, out: RunDir, data_ref, log) -> dict:
+    """Every stage as its own fit, each launched as soon as its teachers exist; the metrics file is
+    rewritten by the driver whenever a stage completes. Returns {stage: record}."""
+    import ray
+    from raydistill.distributed.stages import run_graph, stage_graph, storage_name
+
+    graph = stage_graph(exp, len(data.groups))
+    done = {}
+    for stage in graph:   # completed by an earlier invocation: its storage holds the record
+        state = latest_progress(None, out.child("ray").child(storage_name(stage)))
+        if stage in state["completed"]:
+            done[stage] = state["completed"][stage]
+    driver = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": storage_env()})(_fit_one_stage)
+
+    def launch(stage):
+        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage])
+
+    def wait(refs):
+        ready, _ = ray.wait(refs, num_returns=1)
+        results = {ref: ray.get(ref) for ref in ready}
+        write_metrics(out, result_from_progress(exp, out, {**done, **{k: v for records, _ in results.values()
+                                                                       for k, v in records.items()}}))
+        return results
+
+    try:
+        return run_graph(graph, done, launch, wait, log)
+    except RuntimeError as err:
+        if "non-finite loss" in str(err):
+            raise NonFiniteLossError(f"{err}; completed stages are kept in {out}") from None
+        raise RunInterrupted(f"stages failed: {err}; re-run the same command to resume each from its last "
+                             f"epoch checkpoint in {out.child('ray')}") from None
 
 
 # ---- the worker loop -------------------------------------------------------------------------
@@ -240,15 +310,12 @@ def _gather(obj, ctx: TrainContext) -> list:
 
 
 def train_loop(config: dict) -> None:
-    """Ray Train's per-worker entry point. A diverged run (non-finite loss, raised on every rank at the
-    same step) ends the fit normally with an `aborted` report and no new checkpoint: a restart from
-    the last checkpoint would only diverge again, and that checkpoint must stay the latest."""
-    import ray.train
-    try:
-        _train_stages(config)
-    except NonFiniteLossError as err:
-        if ray.train.get_context().get_world_rank() == 0:   # Train V2 keeps only checkpointed metrics: use a file
-            (Path(config["run_dir"]) / ABORTED_FILE).write_text(json.dumps({"error": str(err)}))
+    """Ray Train's per-worker entry point (Train V2 keeps only checkpointed metrics, so everything
+    the driver must learn travels in checkpoints)."""
+    # Ray Train V2 logs every report at INFO through a logger that hangs off the worker's root
+    # logger, past LoggingConfig's level: raise the root level, our progress lines are prints
+    logging.getLogger().setLevel(logging.WARNING)
+    _train_stages(config)
 
 
 def _train_stages(config: dict) -> None:
@@ -256,44 +323,50 @@ def _train_stages(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    # Ray Train V2 logs every report at INFO through a logger that hangs off the worker's root
-    # logger, past LoggingConfig's level: raise the root level, our progress lines are prints
-    logging.getLogger().setLevel(logging.WARNING)
     exp = Experiment.from_dict(config["exp"])
     data = unpack_data(ray.get(config["data"]))
-    out = Path(config["run_dir"])
+    out = RunDir(config["run_dir"])
     torch.set_num_threads(max(1, int(exp.worker_cpus())))
     ctx = _context(exp)
     writer = ctx.rank == 0
     log = print if writer else (lambda _msg: None)
     attempt = _broadcast(uuid.uuid4().hex[:8], ctx)
 
-    progress = latest_progress(ray.train.get_checkpoint(), Path(config["storage"]))
+    progress = latest_progress(ray.train.get_checkpoint(), RunDir(config["storage"]))
+    stages = config.get("stages")   # None: every stage in this fit (sequential mode)
+    epochs_log = "epochs.jsonl" if stages is None else f"epochs/{'+'.join(stages).replace(':', '-')}.jsonl"
+    progress["aborted"] = None   # a re-run after a stop tries again from the last good epoch
     if progress["seq"]:
         log(f"resuming: {len(progress['completed'])} stage(s) done"
             + (f", {progress['stage']} at epoch {progress['train_state']['epoch']}" if progress["stage"] else ""))
     completed = progress["completed"]
     fail_once_at = tuple(config["fail_once_at"]) if config.get("fail_once_at") else None
 
-    def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float) -> None:
+    def checkpoint(metrics: dict, **state) -> None:
+        """Report `metrics` with a checkpoint of the progress (rank 0 writes it; `state` updates it)."""
         ckpt = None
         with tempfile.TemporaryDirectory() as tmp:
             if writer:
-                progress["seq"] += 1
-                torch.save({"seq": progress["seq"], "stage": stage, "train_state": state.to_dict() if state else None,
-                            "elapsed": elapsed, "completed": completed}, Path(tmp) / STATE_FILE)
+                progress.update(seq=progress["seq"] + 1, completed=completed, **state)
+                torch.save(progress, Path(tmp) / STATE_FILE)
                 ckpt = Checkpoint.from_directory(tmp)
-                if state is not None:
-                    with open(out / "epochs.jsonl", "a") as f:
-                        f.write(json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
-                                            "rank0_pid": os.getpid()}) + "\n")
-            scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-            ray.train.report({"stage": stage or "done", **scalars}, checkpoint=ckpt)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    def report(stage: str, metrics: dict, state: Optional[TrainState], elapsed: float,
+               stage_started: Optional[float] = None) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        checkpoint({"stage": stage or "done", **scalars}, stage=stage,
+                   train_state=state.to_dict() if state else None, elapsed=elapsed)
+        if writer and state is not None:   # after the checkpoint is stored: the log lists no epoch trained twice
+            out.append_line(epochs_log, json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
+                                                    "rank0_pid": os.getpid(), "started": stage_started,
+                                                    "time": time.time(),
+                                                    "node": ray.get_runtime_context().get_node_id()}))
         if writer and fail_once_at is not None and state is not None \
                 and (stage, metrics["epoch"]) == fail_once_at:
-            marker = out / f".failed-once-{stage.replace(':', '-')}-{metrics['epoch']}"
-            if not marker.exists():
-                marker.touch()
+            marker = f".failed-once-{stage.replace(':', '-')}-{metrics['epoch']}"
+            if not out.is_file(marker):
+                out.write_text(marker, "")
                 log(f"fail_once_at: killing rank 0 after {stage} epoch {metrics['epoch']}")
                 os._exit(1)
 
@@ -302,10 +375,12 @@ def _train_stages(config: dict) -> None:
         offset = 0.0
         if progress["stage"] == stage and progress["train_state"] is not None:
             resume, offset = TrainState.from_dict(progress["train_state"]), progress["elapsed"]
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
+        log(f"{stage}: {ctx.world_size} worker(s), rank 0 on node {ray.util.get_node_ip_address()}"
+            + (f", resuming at epoch {resume.epoch}" if resume else ""))
 
         def on_epoch_end(metrics, make_state):
-            report(stage, metrics, make_state(), offset + time.perf_counter() - started)
+            report(stage, metrics, make_state(), offset + time.perf_counter() - started, wall_started)
 
         def train(plan, train_set, val_set, test_set, client, settings, log=None):
             return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, resume=resume,
@@ -314,18 +389,37 @@ def _train_stages(config: dict) -> None:
 
     def record(stage: str, value: dict) -> None:
         completed[stage] = value
-        if writer:
+        if writer and stages is None:   # one fit per stage: the driver merges the metrics
             write_metrics(out, result_from_progress(exp, out, completed))
 
-    # teachers: train the missing ones, load the rest from the run directory
+    try:
+        _stages(exp, data, out, ctx, attempt, completed, stage_train, record, log, only=stages,
+                ready=config.get("ready") or ())
+    except NonFiniteLossError as err:
+        # raised on every rank at the same step: end the fit normally, with a checkpoint that repeats
+        # the last good state and carries the error (a restart would only diverge again)
+        checkpoint({"stage": "aborted"}, aborted=str(err))
+        return
+    report(None, {}, None, 0.0)   # the final checkpoint: every stage completed
+
+
+def _stages(exp: Experiment, data: PreparedData, out: RunDir, ctx: TrainContext, attempt: str, completed: dict,
+            stage_train, record, log, only: Optional[list] = None, ready=()) -> None:
+    """The stages of this fit (`only`, default all) not yet completed, in order: teachers (loaded
+    from the run directory when done before, or by another fit: `ready`), then the methods."""
+    import ray
+    writer = ctx.rank == 0
     frozen = {}
     stages = run_stages(exp, len(data.groups))
-    methods_left = [s for s in stages if s.startswith("method:") and s not in completed]
+    mine = set(stages if only is None else only)
+    methods_left = [s for s in stages if s.startswith("method:") and s in mine and s not in completed]
     for stage in (s for s in stages if s.startswith("teacher:")):
         key = stage.split(":", 1)[1]
-        if stage in completed:
+        if stage not in mine and stage not in ready:
+            continue
+        if stage in completed or stage in ready:
             if methods_left:
-                frozen[key] = load_teacher(out / "teachers" / f"{key}.pt", classes_of(key, data.groups),
+                frozen[key] = load_teacher(join(out.location, f"teachers/{key}.pt"), classes_of(key, data.groups),
                                            expected_arch=exp.teachers.arch, device=ctx.device,
                                            **exp.serving_options())
             continue
@@ -338,7 +432,7 @@ def _train_stages(config: dict) -> None:
     client, actors = None, None
     needs_teachers = bool(teachers_needed([s.split(":", 1)[1] for s in methods_left], len(data.groups)))
     if needs_teachers and frozen and exp.teachers.soft_labels == "cache":
-        client = _cache_client(exp, data, frozen, ctx, out, writer, log)
+        client = _cache_client(exp, data, frozen, ctx, writer, log)
     elif needs_teachers and frozen:
         client, actors = _teacher_client(exp, frozen, ctx, attempt, out, writer)
 
@@ -349,13 +443,11 @@ def _train_stages(config: dict) -> None:
                                         wall_offset=offset)
         record(stage, {"history": history, "summary": summary})
 
-    if actors:
-        for actor in actors.values():
-            ray.kill(actor)
-    report(None, {}, None, 0.0)   # the final checkpoint: every stage completed
+    for actor in (actors or {}).values():
+        ray.kill(actor)
 
 
-def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: str, out: Path, writer: bool):
+def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: str, out: RunDir, writer: bool):
     """LocalTeachers in every worker, or one TeacherActor per teacher started by rank 0."""
     import ray
     from raydistill.distributed.teacher_actors import ActorTeachers, start_teacher_actors, teacher_bytes
@@ -364,7 +456,7 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
     nodes = _gather(node, ctx)
     if exp.ray.teachers == "local":
         if writer:
-            (out / "placement.json").write_text(json.dumps({"workers": nodes, "teachers": "local"}, indent=2))
+            out.write_json("placement.json", {"workers": nodes, "teachers": "local"})
         return LocalTeachers(frozen), None
     prefix = f"raydistill-{attempt}-"
     actors = None
@@ -376,19 +468,19 @@ def _teacher_client(exp: Experiment, frozen: dict, ctx: TrainContext, attempt: s
                                       node_id=node if r.colocate_teachers else None,
                                       **exp.serving_options())
         placement = {"workers": nodes, "teachers": {k: ray.get(a.node_id.remote()) for k, a in actors.items()}}
-        (out / "placement.json").write_text(json.dumps(placement, indent=2))
+        out.write_json("placement.json", placement)
     _broadcast(None, ctx)   # barrier: the actors exist
     if not writer:
         actors = {k: ray.get_actor(prefix + k) for k in frozen}
     return ActorTeachers(actors), (actors if writer else None)
 
 
-def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainContext, out: Path, writer: bool,
-                  log):
+def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainContext, writer: bool, log):
     """Soft labels from the cache: rank 0 loads or builds it (Ray tasks when the cluster has room
-    besides the Train workers, else in this worker), the other ranks read the directory rank 0
-    names once it exists (a shared filesystem, as for the run directory)."""
-    from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache
-    cache = ensure_soft_label_cache(exp, data, frozen, root=cache_root(exp, out), log=log) if writer else None
-    directory = _broadcast(str(cache.directory) if writer else None, ctx)   # also the barrier
-    return (cache if writer else load_soft_label_cache(Path(directory))).client()
+    besides the Train workers, else in this worker) and stores it in the cache root; the other
+    ranks load the cache rank 0 names from there (a local copy of it when the root is a URI)."""
+    from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache, local_cache_dir
+    root = cache_root(exp)
+    cache = ensure_soft_label_cache(exp, data, frozen, root=root, log=log) if writer else None
+    name = _broadcast(cache.directory.name if writer else None, ctx)   # also the barrier
+    return (cache if writer else load_soft_label_cache(local_cache_dir(root, name))).client()

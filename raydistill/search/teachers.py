@@ -51,14 +51,15 @@ def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[s
     from raydistill.runner import pick_device, teacher_stage
     from raydistill.workspace import prepare_data
 
+    from raydistill.storage import RunDir
     exp = Experiment.from_dict(exp_dict)
-    out = Path(search_dir)
+    out = RunDir(search_dir)
     data = prepare_data(exp)
     device = pick_device(exp)
     for key in keys:
         started = time.time()
         _, info = teacher_stage(exp, data, out, key, device, log)   # saves out/teachers/<key>.pt
         if info["source"] == "trained":
-            with open(out / "teachers" / TRAINED_LOG, "a") as f:
-                f.write(json.dumps({"key": key, "arch": info["arch"], "test_acc": info["test_acc"],
-                                    "seconds": round(time.time() - started, 2)}) + "\n")
+            out.append_line(f"teachers/{TRAINED_LOG}", json.dumps({
+                "key": key, "arch": info["arch"], "test_acc": info["test_acc"],
+                "seconds": round(time.time() - started, 2)}))

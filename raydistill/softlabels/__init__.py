@@ -11,9 +11,10 @@ student, which then trains at plain-training speed.
 """
 from raydistill.softlabels.bank import AugmentationBank
 from raydistill.softlabels.cache import (SoftLabelCache, bank_for, cache_root, ensure_soft_label_cache,
-                                         load_soft_label_cache)
+                                         load_soft_label_cache, local_cache_dir)
 from raydistill.softlabels.client import CachedTeachers, ReplayOnly, teacherless_client
 from raydistill.softlabels.store import SoftLabelCacheError, TeacherLabels
 
-__all__ = ["AugmentationBank", "CachedTeachers", "ReplayOnly", "teacherless_client", "SoftLabelCache", "SoftLabelCacheError", "TeacherLabels",
-           "bank_for", "cache_root", "ensure_soft_label_cache", "load_soft_label_cache"]
+__all__ = ["AugmentationBank", "CachedTeachers", "ReplayOnly", "teacherless_client", "SoftLabelCache",
+           "SoftLabelCacheError", "TeacherLabels", "bank_for", "cache_root", "ensure_soft_label_cache",
+           "load_soft_label_cache", "local_cache_dir"]

@@ -3,7 +3,10 @@ build and store it. Called once per run (and by a search once before its trials)
 run with the same teachers, data and bank only reads it."""
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,9 @@ from raydistill.softlabels.bank import AugmentationBank
 from raydistill.softlabels.build import build_labels, ray_task_options
 from raydistill.softlabels.client import CachedTeachers
 from raydistill.softlabels.key import bank_fingerprint, cache_key, dataset_fingerprint, teacher_fingerprint
-from raydistill.softlabels.store import SoftLabelCacheError, cache_bytes, read_labels, read_meta, write_cache
+from raydistill.softlabels.store import (META_FILE, SoftLabelCacheError, cache_bytes, read_labels, read_meta,
+                                         write_cache)
+from raydistill.storage import RunDir, is_uri, join
 
 
 @dataclass
@@ -34,15 +39,25 @@ class SoftLabelCache:
         return sum(len(lab.samples) for lab in self.labels.values())
 
 
-def cache_root(exp, run_dir: Optional[Path] = None) -> Path:
-    """`teachers.cache_dir`, else `<output.dir>/softlabels` (the parent of the run directory, so
-    every run and trial under one output.dir shares it; a URI output.dir uses its staging dir)."""
-    if exp.teachers.cache_dir:
-        return Path(exp.teachers.cache_dir).expanduser()
-    if run_dir is not None:
-        return Path(run_dir).parent / "softlabels"
-    from raydistill import storage
-    return Path(storage.local_experiment(exp).output.dir).expanduser() / "softlabels"
+def cache_root(exp) -> str:
+    """`teachers.cache_dir`, else `<output.dir>/softlabels` (next to the run directories, so every
+    run and trial under one output.dir shares it). A local path or a storage URI."""
+    return exp.teachers.cache_dir or join(exp.output.dir, "softlabels")
+
+
+def local_cache_dir(root, name: str) -> Path:
+    """The local directory of cache `name` under `root`: `root/name` itself for a local root; for a
+    URI, a copy on this node's disk, downloaded when the storage holds a complete cache (the copy
+    is only a cache of the storage: deleting it costs one download)."""
+    if not is_uri(root):
+        return Path(root).expanduser() / name
+    base = os.environ.get("RAYDISTILL_CACHE_MIRROR") or os.path.join(tempfile.gettempdir(), "raydistill-softlabels")
+    local = Path(base) / hashlib.sha1(str(root).rstrip("/").encode()).hexdigest()[:12] / name
+    remote = RunDir(root)
+    if not (local / META_FILE).is_file() and remote.is_file(f"{name}/{META_FILE}"):
+        shutil.rmtree(local, ignore_errors=True)
+        remote.download(name, local)
+    return local
 
 
 def bank_for(exp, num_samples: int) -> AugmentationBank:
@@ -69,7 +84,8 @@ def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] =
     prints = {k: {"fingerprint": teacher_fingerprint(v), "classes": v.class_ids} for k, v in teachers.items()}
     key, components = cache_key(prints, dataset_fingerprint(train.images, train.labels),
                                 {**bank.params(), "sha256": bank_fingerprint(bank, train.images)}, storage)
-    directory = Path(root or cache_root(exp)) / key[:16]
+    root = root or cache_root(exp)
+    directory = local_cache_dir(root, key[:16])
     try:
         meta = read_meta(directory)
         if meta is not None and meta.get("key") == key:
@@ -87,6 +103,8 @@ def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] =
                           temperature=temperature or 1.0)
     seconds = time.perf_counter() - started
     size = write_cache(directory, key, components, labels, seconds)
+    if is_uri(root):   # into the run's storage, where the other nodes and later runs find it
+        RunDir(root).upload(directory, directory.name)
     log(f"soft labels: built in {seconds:.1f} s, {size / 1e6:.2f} MB")
     return SoftLabelCache(directory, key, bank, labels, size, seconds)
 

@@ -6,7 +6,6 @@ ship raw uint8 batches, the cheapest thing to move.
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -70,14 +69,17 @@ class LocalTeachers:
         return handle
 
 
-def save_teacher(path: Path, model: nn.Module, mean, std, **extra) -> None:
+def teacher_checkpoint(model: nn.Module, mean, std, **extra) -> dict:
     """Plain tensors and builtins only, so it loads with torch.load(weights_only=True)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"arch": model.arch, "class_ids": model.class_ids.tolist(), "mean": list(mean), "std": list(std),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, tmp)
-    tmp.replace(path)
+    return {"arch": model.arch, "class_ids": model.class_ids.tolist(), "mean": list(mean), "std": list(std),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+
+def save_teacher(path, model: nn.Module, mean, std, **extra) -> None:
+    """Write a teacher checkpoint to a local path or a storage URI."""
+    from raydistill.storage import split
+    store, name = split(path)
+    store.save_torch(name, teacher_checkpoint(model, mean, std, **extra))
 
 
 def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cpu",
@@ -85,11 +87,12 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
     """Load a teacher checkpoint, checking it serves exactly `expected_classes` (in that order)
     and, when given, that it is an `expected_arch` network. `serving`: FrozenTeacher's fold_bn,
     channels_last, precision, compile."""
-    path = Path(path)
-    if not path.is_file():
+    from raydistill.storage import split
+    store, name = split(path)
+    if not store.is_file(name):
         raise TeacherError(f"teacher checkpoint {path}: file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = store.load_torch(name, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused a global: the file holds code, never run it
         raise TeacherError(f"teacher checkpoint {path}: holds Python objects beyond tensors and plain values "
                            f"(pickled code), refused; expected a file written by save_teacher") from None
@@ -136,10 +139,13 @@ def check_teacher_checkpoints(checkpoints: dict | None, groups: Sequence[Sequenc
         load_teacher(path, classes_of(key, groups), expected_arch=expected_arch)
 
 
-def saved_teachers(run_dir: Path, num_groups: int) -> dict:
-    """{key: path} of the teacher files an earlier attempt of a run left in `<run_dir>/teachers`."""
+def saved_teachers(run_dir, num_groups: int) -> dict:
+    """{key: location} of the teacher files an earlier attempt of a run left in `<run_dir>/teachers`
+    (`run_dir`: a RunDir, a local path or a URI)."""
+    from raydistill.storage import RunDir, join
+    out = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     keys = [f"group{p}" for p in range(num_groups)] + ["all"]
-    return {k: Path(run_dir) / "teachers" / f"{k}.pt" for k in keys if (Path(run_dir) / "teachers" / f"{k}.pt").is_file()}
+    return {k: join(out.location, f"teachers/{k}.pt") for k in keys if out.is_file(f"teachers/{k}.pt")}
 
 
 def _short(ids) -> str:

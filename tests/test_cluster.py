@@ -1,0 +1,273 @@
+"""A real multi-node cluster against a local S3 server.
+
+- S3: moto's server mode on 127.0.0.1; pyarrow reaches it through AWS_ENDPOINT_URL (+ keys), as a
+  user's `s3://` output.dir would reach AWS.
+- Head: `ray start --head --num-cpus=0` (like cluster.yaml's head: no CPU for training), with the
+  dashboard (job API).
+- Worker nodes: `ray start --address=<head>` inside a private mount namespace with a fresh tmpfs
+  over /tmp (`unshare -m`), so they do not see the driver's files (pytest's tmp_path, any
+  /tmp/raydistill-* directory): like a second machine, they share nothing with the driver but the
+  network. Each node is stopped by killing exactly its processes (never `ray stop`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_experiment
+from test_jobs import RAY_BIN, VENV_BIN, free_port, stop_head
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "bucket"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """Environment variables that point pyarrow (and so raydistill) at a local S3 server with one bucket."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is needed for the local S3 server")
+    import logging
+    from pyarrow import fs
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one log line per request otherwise
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing", secret_key="testing",
+                    region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
+    yield env
+    server.stop()
+
+
+class Nodes:
+    """A head without CPUs and worker nodes that each have a filesystem of their own."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.temp_dir = tempfile.mkdtemp(prefix="rdc", dir="/tmp")   # short: unix socket paths live under it
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.workers = {}   # node temp dir -> Popen
+
+    def start_head(self) -> None:
+        port, gcs = self.dashboard.rsplit(":", 1)[1], free_port()
+        cmd = [str(RAY_BIN), "start", "--head", f"--port={gcs}", "--num-cpus=0", f"--temp-dir={self.temp_dir}",
+               f"--dashboard-port={port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats"]
+        started = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            pytest.fail(f"ray start --head failed:\n{started.stdout}\n{started.stderr}")
+        self.address = f"127.0.0.1:{gcs}"
+        (self.head,) = self.alive()
+
+    def add_worker(self, cpus: int = 2) -> str:
+        """Start a worker node in its own mount namespace (tmpfs over /tmp); returns its temp dir tag."""
+        tag = f"/tmp/rdw{uuid.uuid4().hex[:6]}"
+        script = (f"mount -t tmpfs tmpfs /tmp && mkdir -p {tag} && exec {RAY_BIN} start --address={self.address} "
+                  f"--num-cpus={cpus} --temp-dir={tag} --disable-usage-stats --block")
+        self.workers[tag] = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
+        self.wait_for(lambda: self.node_id(tag) in self.alive(), "the worker node to join")
+        return tag
+
+    def node_id(self, tag: str):
+        """The Ray node id of worker node `tag` (its raylet's --node_id), None before it starts."""
+        import psutil
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            flags = [p for p in cmdline if p.startswith(("--node_id=", "--node-id="))]
+            if flags and any(tag in part for part in cmdline):
+                return flags[0].split("=", 1)[1]
+        return None   # its raylet has not started (yet)
+
+    def sees(self, tag: str, path: Path) -> bool:
+        """Whether processes of worker node `tag` see `path` (checked inside its mount namespace)."""
+        pid = self.workers[tag].pid
+        return subprocess.run(["nsenter", "-t", str(pid), "-m", "test", "-e", str(path)]).returncode == 0
+
+    def remove_worker(self, tag: str) -> None:
+        proc = self.workers.pop(tag)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        stop_head(tag)   # anything of that node that left the process group
+
+    def alive(self) -> list:
+        """Node ids of the live nodes."""
+        out = subprocess.run([sys.executable, "-c", NODES_SCRIPT, self.address], env=self.env, capture_output=True,
+                             text=True, timeout=120)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("[")]   # ray.init may print warnings
+        return json.loads(lines[-1]) if out.returncode == 0 and lines else []
+
+    def wait_for(self, condition, what: str, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if condition():
+                return
+            time.sleep(2)
+        pytest.fail(f"timed out waiting for {what}")
+
+    def shutdown(self) -> None:
+        for tag in list(self.workers):
+            self.remove_worker(tag)
+        stop_head(self.temp_dir)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+NODES_SCRIPT = """
+import json, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+print(json.dumps(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])))
+"""
+
+
+@pytest.fixture
+def nodes(s3):
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("worker nodes with a filesystem of their own need root and unshare/nsenter (util-linux)")
+    if not RAY_BIN.exists():
+        pytest.skip(f"no ray binary at {RAY_BIN}")
+    env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    cluster = Nodes(env)
+    try:
+        cluster.start_head()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def bucket(s3, monkeypatch):
+    """RunDir of the whole bucket, as the test (not the run) sees it."""
+    from raydistill.storage import RunDir
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    return RunDir(f"s3://{BUCKET}")
+
+
+def cluster_experiment(tmp_path, name: str, **overrides):
+    exp = tiny_experiment(f"s3://{BUCKET}/runs", **{
+        "name": name, "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]", "data.train_per_class": 40,
+        "data.test_per_class": 20, "ray.cpus_per_worker": 1, **overrides})
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(exp.to_yaml())
+    return config
+
+
+def raydistill(nodes, cwd: Path, *args, timeout: float = 420, wait: bool = True):
+    cmd = [sys.executable, "-m", "raydistill.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, cwd=cwd, env=nodes.env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
+    """The head offers no CPU, so every Train worker runs on the worker node, which cannot see the
+    driver's disk: the run completes, every artifact is in the bucket, the driver's disk holds
+    nothing of the run, and the run is read back from the URI."""
+    worker = nodes.add_worker()
+    assert not nodes.sees(worker, tmp_path) and nodes.sees(worker, REPO)   # its own /tmp, the same code
+    config = cluster_experiment(tmp_path, "twonode", **{"teachers.soft_labels": "cache"})
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+    proc = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    store = bucket.child("runs")
+    run = store.child("twonode")
+    for name in ("config.yaml", "summary.json", "metrics.json", "metrics.parquet", "curves.png", "epochs.jsonl",
+                 "teachers/group0.pt", "teachers/group2.pt", "checkpoints/ed.pt"):
+        assert run.is_file(name), name
+    assert any(n.startswith("checkpoint_") for n in run.listdir("ray/train"))        # Ray Train's own storage
+    (cache,) = store.listdir("softlabels")
+    assert store.is_file(f"softlabels/{cache}/meta.json")
+    epochs = [json.loads(line) for line in run.read_text("epochs.jsonl").splitlines()]
+    assert {e["node"] for e in epochs} == {nodes.node_id(worker)} != {nodes.head}    # trained on the worker node
+    assert [p.name for p in workdir.iterdir()] == []                                 # nothing local
+
+    from raydistill.storage import load_run
+    summary, history = load_run(f"s3://{BUCKET}/runs/twonode")
+    assert summary == run.read_json("summary.json") and len(history) == 3
+    report = raydistill(nodes, workdir, "report", f"s3://{BUCKET}/runs/twonode")
+    assert report.returncode == 0 and "ed" in report.stdout, report.stderr[-2000:]
+
+
+def test_node_removal_then_resume_from_the_bucket_with_empty_local_disks(nodes, bucket, tmp_path):
+    """The worker node dies mid-run. With max_failures 0 the run stops; after deleting every local
+    directory of the driver, the same command (max_failures 1) resumes from the bucket on a new
+    node; that node is removed too, and the run goes on on a replacement. Every epoch once."""
+    first = nodes.add_worker()
+    # enough epochs (and images) that the resumed run is still training when its node is removed
+    config = cluster_experiment(tmp_path, "removal", **{"curriculum.grade_epochs": "[2,2,8]",
+                                                        "data.train_per_class": 150})
+    run = bucket.child("runs/removal")
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+
+    def ed_epochs() -> list:
+        if not run.is_file("epochs.jsonl"):
+            return []
+        return [e["epoch"] for e in map(json.loads, run.read_text("epochs.jsonl").splitlines())
+                if e["stage"] == "method:ed"]
+
+    driver = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address, wait=False)
+    nodes.wait_for(lambda: len(ed_epochs()) >= 2 or driver.poll() is not None, "ed's second epoch", timeout=400)
+    nodes.remove_worker(first)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode != 0 and "re-run the same command to resume" in out, out[-3000:]
+    stopped_at = len(ed_epochs())
+
+    assert [p.name for p in workdir.iterdir()] == []   # the driver's only local directory: empty
+    shutil.rmtree(workdir)
+    workdir.mkdir()
+    second = nodes.add_worker()
+    driver = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address,
+                        "--set", "ray.max_failures=1", wait=False)
+    nodes.wait_for(lambda: len(ed_epochs()) >= stopped_at + 1 or driver.poll() is not None,
+                   "an epoch of the resumed run", timeout=400)
+    nodes.remove_worker(second)
+    nodes.add_worker()                                  # the replacement node
+    out, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, out[-4000:]
+
+    log = [json.loads(line) for line in run.read_text("epochs.jsonl").splitlines()]
+    pairs = [(e["stage"], e["epoch"]) for e in log]
+    assert len(pairs) == len(set(pairs)), f"an epoch was trained twice: {pairs}"
+    assert set(ed_epochs()) <= set(range(1, 13))   # the log lists epochs whose checkpoint was stored
+    assert len({e["node"] for e in log}) == 3           # the first node, its successor, the replacement
+    history = run.read_json("metrics.json")["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 13))
+
+
+def test_submit_with_s3_storage_as_a_ray_job(nodes, bucket, tmp_path):
+    """`raydistill submit --storage s3://…`: the job runs on the cluster, writes to the bucket, and
+    the submitting command reads the results back from there."""
+    nodes.add_worker()
+    config = cluster_experiment(tmp_path, "jobtiny")
+    proc = raydistill(nodes, tmp_path, "submit", "--address", nodes.dashboard, "--config", str(config),
+                      "--storage", f"s3://{BUCKET}/jobs", "--wait", "--timeout", "400")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_id, table = proc.stdout.split("\n", 1)
+    assert job_id.startswith("raydistill-jobtiny-") and "ed" in table
+    run = bucket.child("jobs/jobtiny")
+    assert run.read_json("summary.json")["methods"]["ed"]["final_test_acc"] >= 0
+    assert run.is_file("checkpoints/ed.pt")
