@@ -52,7 +52,8 @@ def ray_session():
     """One local Ray instance for the whole test session."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # address="local": never join a cluster another test (or process) left running on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()

@@ -147,7 +147,9 @@ def init_ray(exp: Experiment, num_teachers: int) -> bool:
     r = exp.ray
     need = r.workers * exp.worker_cpus() + (r.teacher_cpus * num_teachers if r.teachers == "actors" else 0)
     # the dashboard serves the State API that Ray Train's placement-group cleaner polls every second
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
+    # address="local": a new instance even when `ray start` left a cluster on this machine (which a
+    # bare ray.init() would join): without ray.address the run is this machine's alone
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
              runtime_env={"env_vars": dict(LOCAL_ENV)})
     return True
 

@@ -136,7 +136,8 @@ def _init_ray(base) -> bool:
         ray.init(address=base.ray.address, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     else:
         # the dashboard serves the State API that Ray Train's placement-group cleaner polls
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, runtime_env={"env_vars": dict(LOCAL_ENV)})
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=True,
+                 runtime_env={"env_vars": dict(LOCAL_ENV)})
     return True
 
 
