@@ -44,3 +44,26 @@ def test_per_method_results_merge_per_seed_in_the_loss_table_order(tmp_path):
     assert agg["methods"]["ed+dkd"]["runs"] == [0.5, 0.7] and agg["seeds"] == [0, 1]
     assert set(agg["teachers"]) == {"group0", "all"}
     assert "| `kd+lskd` | 60.00 ± 14.14 | 50.00 / 70.00 | 10 | 3 |" in accuracy.table_markdown(agg)
+
+
+def test_readme_bn_recalibration_table_matches_committed_results():
+    """Each row of the README's BN-recalibration table is what its committed per-seed runs give, and
+    every reported accuracy is the run's last epoch."""
+    readme = (REPO / "README.md").read_text()
+    rows = {"sequential": "`sequential`", "sequential_recalibrated": "`sequential` + `bn_recalibrate`",
+            "mixed": "`mixed`"}
+    for folder, label in rows.items():
+        results = REPO / "benchmarks" / "results" / "bn_recalibrate" / folder
+        summaries = accuracy.load_summaries(results)
+        assert sorted(summaries) == [0, 1, 2]
+        ed = accuracy.aggregate(summaries)["methods"]["ed"]
+        per_seed = " / ".join(f"{100 * a:.2f}" for a in ed["runs"])
+        assert f"| {label} | {100 * ed['mean']:.2f} ± {100 * ed['std']:.2f} | {per_seed} |" in readme
+        for seed in (0, 1, 2):
+            run = results / f"seed{seed}" / "ed"
+            history = json.loads((run / "metrics.json").read_text())["history"]
+            config = (run / "config.yaml").read_text()
+            assert "limit_per_class: 300" in config
+            assert f"pass_mode: {folder.split('_')[0]}" in config
+            assert ("bn_recalibrate: true" in config) == folder.endswith("recalibrated")
+            assert summaries[seed]["methods"]["ed"]["final_test_acc"] == history[-1]["test_acc"]
