@@ -36,8 +36,8 @@ def test_ed_beats_chance_on_tiny_builtin_set(tiny_data):
     final = history[-1]["test_acc"]
     chance = 1 / data.num_classes
     assert final > 1.6 * chance, f"final test accuracy {final:.3f} vs chance {chance:.3f}"
-    # the student learns to match its teachers: the KD term (a cross-entropy, teacher entropy
-    # included) falls over the last grade
+    # the student learns to match its teachers: the KD term (T²·KL to the teacher) falls over the
+    # last grade
     assert history[-1]["kd"] < history[6]["kd"], [round(h["kd"], 3) for h in history]
     assert sorted(model.class_ids.tolist()) == list(range(data.num_classes))
 
