@@ -19,8 +19,8 @@ def run(experiment, backend: str = "ray", **kwargs):
 
 
 def submit(experiment, address=None, **kwargs):
-    """Submit an experiment to a Ray cluster as a Ray Job; returns a JobHandle (see raydistill.jobs.submit)."""
-    from raydistill.jobs import submit as _submit
+    """Submit an experiment to a Ray cluster as a Ray Job; returns a JobHandle (see raydistill.distributed.jobs.submit)."""
+    from raydistill.distributed.jobs import submit as _submit
     return _submit(experiment, address, **kwargs)
 
 

@@ -61,7 +61,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from raydistill.jobs import JobError, submit
+    from raydistill.distributed.jobs import JobError, submit
     work = args.space if args.space else _load(args)
     try:
         handle = submit(work, args.job_address, storage=args.storage)

@@ -143,7 +143,7 @@ def test_submit_cli_wait_with_uri_storage(ray_head, tmp_path, capsys):
 
 def test_unreachable_address_fails_fast(tmp_path):
     from raydistill import submit
-    from raydistill.jobs import JobError
+    from raydistill.distributed.jobs import JobError
     address = f"http://127.0.0.1:{free_port()}"   # nothing listens there
     started = time.monotonic()
     with pytest.raises(JobError) as err:
@@ -162,7 +162,7 @@ def test_cli_submit_unreachable(tmp_path, capsys):
 
 
 def test_address_forms():
-    from raydistill.jobs import JobError, dashboard_url
+    from raydistill.distributed.jobs import JobError, dashboard_url
     assert dashboard_url("head:8265") == "http://head:8265"
     assert dashboard_url("http://head:8265/") == "http://head:8265"
     with pytest.raises(JobError, match="ray://"):
@@ -172,7 +172,7 @@ def test_address_forms():
 def test_a_search_ships_as_one_self_contained_space(tmp_path, monkeypatch):
     """submit() of a search sends one space file with the base inlined and absolute paths; loaded in
     the job's directory it samples exactly the trials the original space does."""
-    from raydistill.jobs import is_search, search_job
+    from raydistill.distributed.jobs import is_search, search_job
     from raydistill.search.space import load_space, space_from_dict
     from raydistill.config import load_yaml
     assert is_search("smoke") and not is_search("default") and not is_search(job_experiment(tmp_path))

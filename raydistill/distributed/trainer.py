@@ -126,7 +126,7 @@ def unpack_data(packed: dict) -> PreparedData:
 def check_cluster_address(exp: Experiment) -> None:
     """ray.address must answer before anything is loaded or started (ray.init would retry for minutes)."""
     from raydistill.config import ConfigError
-    from raydistill.reachability import check_reachable
+    from raydistill.distributed.reachability import check_reachable
     if exp.ray.address:
         try:
             check_reachable(exp.ray.address, "ray.address", "is the cluster up (`ray start --head`, `ray up "

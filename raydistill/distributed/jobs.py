@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 from raydistill import storage as _storage
 from raydistill.config import Experiment
-from raydistill.reachability import check_reachable
+from raydistill.distributed.reachability import check_reachable
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONFIG_NAME = "experiment.yaml"
