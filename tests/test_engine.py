@@ -286,3 +286,29 @@ def test_keep_momentum_carries_sgd_momentum_of_carried_parameters(tiny_data):
     reset = states[False][2].optimizer["state"][0]["momentum_buffer"]
     torch.testing.assert_close(kept - reset, 0.9 ** steps * old, rtol=1e-4, atol=1e-6)
     assert old.abs().max() > 0
+
+
+def test_one_host_sync_per_training_step(tiny_data, monkeypatch):
+    """Loss terms and counts accumulate on the device and teacher logits stay there: a step reads
+    one value back to the host (the collective non-finite check), not one per loss term."""
+    from raydistill.distill.engine import grade_passes
+    data = tiny_data
+    plan = plan_single_grade("multi_teacher", "resnet8", 3, data.groups, 1)
+    grade, s = plan.grades[0], settings(data)
+    teachers = LocalTeachers({f"group{p}": FrozenTeacher(build_model_for(classes), data.mean, data.std)
+                              for p, classes in enumerate(data.groups)})
+    model = grade_model(plan, grade, data.num_classes, s)
+    steps = len(shard_batches(grade_passes(grade, data.train.labels, "mixed")[0], s.batch_size, s.seed, 0, 0, 0, 1))
+    calls = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.append(1) or item(t))
+    train_epoch(model, build_optimizer(model, s, s.lr), grade, "mixed", data.train, teachers, s, TrainContext(), 0)
+    assert steps > 3
+    assert len(calls) <= steps + 10, (len(calls), steps)   # before: six .item() per step
+
+
+def build_model_for(classes):
+    from raydistill.models import build_model
+    model = build_model("resnet8", len(classes))
+    model.class_ids.copy_(torch.tensor(classes))
+    return model
