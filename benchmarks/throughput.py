@@ -34,7 +34,6 @@ from raydistill.distill.curriculum import plan_ed
 from raydistill.distill.engine import (GradeTables, TrainContext, TrainSettings, build_optimizer, grade_model,
                                        train_epoch)
 from raydistill.distill.losses import ed_loss, kd as kd_loss
-from raydistill.distill.precision import Precision
 from raydistill.models import build_model, num_blocks
 from raydistill.teachers import FrozenTeacher, LocalTeachers
 
