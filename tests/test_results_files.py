@@ -67,3 +67,27 @@ def test_readme_bn_recalibration_table_matches_committed_results():
             assert f"pass_mode: {folder.split('_')[0]}" in config
             assert ("bn_recalibrate: true" in config) == folder.endswith("recalibrated")
             assert summaries[seed]["methods"]["ed"]["final_test_acc"] == history[-1]["test_acc"]
+
+
+def test_readme_loss_table_matches_committed_results():
+    """The README's methods x losses table (issue 15) is what the committed per-(seed, method) runs
+    give: three seeds, all ten rows, each summary the last epoch of its own metrics.json, and every
+    run a cached-soft-label run of the shipped `cifar10` budget."""
+    results = REPO / "benchmarks" / "results" / "cifar10_losses"
+    summaries = accuracy.load_summaries(results)
+    assert sorted(summaries) == [0, 1, 2]
+    agg = accuracy.aggregate(summaries)
+    assert list(agg["methods"]) == list(accuracy.LOSS_METHODS)
+    table = accuracy.table_markdown(agg)
+    assert table in (REPO / "README.md").read_text()
+    assert (results / "table.md").read_text().strip() == table
+    for seed in summaries:
+        for method in accuracy.LOSS_METHODS:
+            run = results / f"seed{seed}" / method
+            m = json.loads((run / "summary.json").read_text())["methods"][method]
+            history = [h for h in json.loads((run / "metrics.json").read_text())["history"]
+                       if h["method"] == method]
+            assert [h["epoch"] for h in history] == list(range(1, m["epochs"] + 1)) and m["epochs"] == 8
+            assert m["final_test_acc"] == history[-1]["test_acc"]
+            config = (run / "config.yaml").read_text()
+            assert "soft_labels: cache" in config and f"seed: {seed}" in config
