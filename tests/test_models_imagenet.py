@@ -178,3 +178,18 @@ def test_timm_teacher_from_local_file(tmp_path):
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     with pytest.raises(ConfigError, match=r"teachers.pretrained: timm weights resnet18.a1_in1k .* not in the cache"):
         _experiment(teachers={"arch": "timm:resnet18", "pretrained": "a1_in1k"}).validate()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_complete_student_exports_to_torchvision(arch):
+    """The grown student is torchvision's model: same logits from torchvision's own class."""
+    from raydistill.models.torchvision_nets import to_torchvision
+    torch.manual_seed(0)
+    model = build_model(arch, 4).eval()
+    plain = to_torchvision(model).eval()
+    assert type(plain) is type(torchvision.models.get_model(arch, num_classes=4))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    with pytest.raises(ValueError, match="with 2 blocks is not the complete network"):
+        to_torchvision(build_fragment(arch, 2, 4, head_width=8))

@@ -61,3 +61,18 @@ def torchvision_block_channels(arch: str) -> tuple:
     with torch.device("meta"):
         _, blocks, _ = slice_torchvision(torchvision_classifier(arch, 10))
     return tuple([m for m in b.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features for b in blocks)
+
+
+def to_torchvision(model: nn.Module) -> nn.Module:
+    """A complete staged torchvision-family network as torchvision's own model with the same weights
+    (an export, and the reference for a plain torchvision loop): the staged modules are torchvision's,
+    registered in torchvision's order, so the state_dicts match entry by entry."""
+    plain = torchvision_classifier(model.arch, model.num_classes) if model.arch in TORCHVISION_STUDENTS else None
+    ours = [v for k, v in model.state_dict().items() if k != "class_ids"]
+    names = list(plain.state_dict()) if plain is not None else []
+    if not isinstance(model.head, PooledHead) or len(ours) != len(names) or any(
+            v.shape != t.shape for v, t in zip(ours, plain.state_dict().values())):
+        raise ValueError(f"to_torchvision: {model.arch} with {model.split} blocks is not the complete network "
+                         f"of one of {list(TORCHVISION_STUDENTS)}")
+    plain.load_state_dict(dict(zip(names, ours)))
+    return plain.to(next(model.parameters()).device)
