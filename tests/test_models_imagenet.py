@@ -193,3 +193,23 @@ def test_complete_student_exports_to_torchvision(arch):
         assert torch.equal(model(x), plain(x))
     with pytest.raises(ValueError, match="with 2 blocks is not the complete network"):
         to_torchvision(build_fragment(arch, 2, 4, head_width=8))
+
+
+def test_local_run_with_pretrained_torchvision_teacher_and_imagenet_student(tmp_path):
+    """`run` end to end: a tv:resnet18 teacher fine-tuned from a local torchvision file, saved and
+    reloaded, teaching a mobilenet_v3_small student (KD) — on the tiny built-in set."""
+    from conftest import tiny_experiment
+    from raydistill.runner import run
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    exp = tiny_experiment(tmp_path / "runs", **{
+        "methods": "[kd]", "data.train_per_class": 12, "data.test_per_class": 4, "teachers.epochs": 1,
+        "teachers.arch": "tv:resnet18", "teachers.pretrained": str(tmp_path / "r18.pth"),
+        "student.arch": "mobilenet_v3_small", "data.ratio": "1:1", "curriculum.splits": "[4,11]",
+        "curriculum.grade_epochs": "[1,1]", "curriculum.head_widths": 16, "optimizer.batch_size": 16,
+        "teachers.batch_size": 16})
+    result = run(exp, progress=None)
+    assert result.teachers["all"]["source"] == "trained" and result.teachers["all"]["arch"] == "tv:resnet18"
+    assert result.methods["kd"]["params"] == count_parameters(torchvision.models.mobilenet_v3_small(num_classes=6))
+    served = load_teacher(result.run_dir / "teachers" / "all.pt", list(range(6)), expected_arch="tv:resnet18")
+    assert served.model.net.fc.out_features == 6

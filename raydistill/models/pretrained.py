@@ -164,8 +164,9 @@ def check_timm(name: str, pretrained: Optional[str]) -> None:
         where = f"Hugging Face repo {cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
         raise PretrainedError(f"timm weights {name}.{pretrained} ({where}) are not in the cache and are not "
                               f"downloaded (HF_HUB_CACHE={HF_HUB_CACHE}; {_hub_dirs()}); fetch them once on a "
-                              f"machine with network (python -c \"import timm; timm.create_model('{name}.{pretrained}', "
-                              f"pretrained=True)\"), or give a local state_dict file")
+                              f"machine with network (python -c \"import timm; "
+                              f"timm.create_model('{name}.{pretrained}', pretrained=True)\"), "
+                              f"or give a local state_dict file")
 
 
 def _timm_file(cfg) -> Optional[str]:

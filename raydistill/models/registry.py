@@ -1,21 +1,33 @@
-"""Architecture registry: name -> staged builders (complete net, fragment, grade).
+"""Architecture registry: every staged family in one place, name -> builders (complete net,
+fragment, grade); and the door to unstaged tv:/timm: classifiers (teachers only).
 
-Measured parameter counts (count_parameters of build_model(arch, C)):
+Families: CIFAR ResNets and WRNs (resnet.py, wrn.py: our code, the CRD/RepDistiller definitions)
+and ImageNet-style nets (torchvision_nets.py: torchvision's own models, sliced). Measured
+parameter counts (count_parameters of build_model(arch, C), `_param_table()`):
 
-    arch         blocks        C=10       C=100
-    resnet110        54   1,730,714   1,736,564
-    resnet14          6     175,258     181,108
-    resnet20          9     272,474     278,324
-    resnet32         15     466,906     472,756
-    resnet32x4       15   7,410,730   7,433,860
-    resnet44         21     661,338     667,188
-    resnet56         27     855,770     861,620
-    resnet8           3      78,042      83,892
-    resnet8x4         3   1,210,410   1,233,540
-    wrn_16_1          6     175,066     180,916
-    wrn_16_2          6     691,674     703,284
-    wrn_40_1         18     563,930     569,780
-    wrn_40_2         18   2,243,546   2,255,156
+    arch                family        blocks         C=10        C=100
+    efficientnet_b0     torchvision       16    4,020,358    4,135,648
+    mobilenet_v2        torchvision       17    2,236,682    2,351,972
+    mobilenet_v3_large  torchvision       15    4,214,842    4,330,132
+    mobilenet_v3_small  torchvision       11    1,528,106    1,620,356
+    resnet101           torchvision       33   42,520,650   42,705,060
+    resnet110           cifar             54    1,730,714    1,736,564
+    resnet14            cifar              6      175,258      181,108
+    resnet18            torchvision        8   11,181,642   11,227,812
+    resnet20            cifar              9      272,474      278,324
+    resnet32            cifar             15      466,906      472,756
+    resnet32x4          cifar             15    7,410,730    7,433,860
+    resnet34            torchvision       16   21,289,802   21,335,972
+    resnet44            cifar             21      661,338      667,188
+    resnet50            torchvision       16   23,528,522   23,712,932
+    resnet56            cifar             27      855,770      861,620
+    resnet8             cifar              3       78,042       83,892
+    resnet8x4           cifar              3    1,210,410    1,233,540
+    wide_resnet50_2     torchvision       16   66,854,730   67,039,140
+    wrn_16_1            cifar              6      175,066      180,916
+    wrn_16_2            cifar              6      691,674      703,284
+    wrn_40_1            cifar             18      563,930      569,780
+    wrn_40_2            cifar             18    2,243,546    2,255,156
 """
 from __future__ import annotations
 
@@ -135,10 +147,13 @@ def build_grade_model(arch: str, split: int, num_classes: int, head_width: int,
 
 
 def _param_table(classes=(10, 100)) -> str:
-    """Markdown-ish table of measured counts (used to write this docstring)."""
+    """Table of measured counts (used to write this docstring; built on the meta device: no memory)."""
+    import torch
     from .staged import count_parameters
-    lines = [f"{'arch':<12}{'blocks':>7}" + "".join(f"{f'C={c}':>12}" for c in classes)]
-    for a in ARCHITECTURES:
-        counts = "".join(f"{count_parameters(build_model(a, c)):>12,}" for c in classes)
-        lines.append(f"{a:<12}{num_blocks(a):>7}{counts}")
+    lines = [f"{'arch':<20}{'family':<13}{'blocks':>7}" + "".join(f"{f'C={c}':>13}" for c in classes)]
+    with torch.device("meta"):
+        for a in ARCHITECTURES:
+            counts = "".join(f"{count_parameters(build_model(a, c)):>13,}" for c in classes)
+            family = "torchvision" if a in TORCHVISION_STUDENTS else "cifar"
+            lines.append(f"{a:<20}{family:<13}{num_blocks(a):>7}{counts}")
     return "\n".join(lines)
