@@ -88,7 +88,8 @@ class DataConfig:
 
 @dataclass
 class TeachersConfig:
-    arch: str = "resnet20"
+    arch: str = "resnet20"              # a staged arch, or any classifier: tv:<torchvision name>, timm:<timm name>
+    pretrained: Optional[str] = None    # weights name (IMAGENET1K_V2), timm tag, or local state_dict file
     epochs: int = 10
     lr: float = 0.05
     batch_size: int = 64
@@ -104,7 +105,8 @@ class TeachersConfig:
 
 @dataclass
 class StudentConfig:
-    arch: str = "resnet8"
+    arch: str = "resnet8"               # a staged arch (CIFAR or torchvision ImageNet-style)
+    pretrained: Optional[str] = None    # torchvision weights name or local state_dict file: stem + blocks
 
 
 @dataclass
@@ -265,7 +267,7 @@ class Experiment:
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> "Experiment":
         """Check every field that can be checked without data; raise ConfigError naming it."""
-        from raydistill.models import ARCHITECTURES, num_blocks
+        from raydistill.models import num_blocks
 
         def need(ok: bool, path: str, expected: str, value: Any) -> None:
             if not ok:
@@ -308,7 +310,7 @@ class Experiment:
              d.ratio)
 
         t = self.teachers
-        need(t.arch in ARCHITECTURES, "teachers.arch", f"one of {ARCHITECTURES}", t.arch)
+        self._validate_arch("teachers", staged=False)
         need(t.epochs >= 1, "teachers.epochs", "a positive integer", t.epochs)
         need(t.lr > 0, "teachers.lr", "a positive number", t.lr)
         need(t.batch_size >= 1, "teachers.batch_size", "a positive integer", t.batch_size)
@@ -328,7 +330,7 @@ class Experiment:
         need(t.cache_dir is None or (bool(t.cache_dir) and "://" not in t.cache_dir), "teachers.cache_dir",
              "a local directory path or null (<output.dir>/softlabels)", t.cache_dir)
 
-        need(self.student.arch in ARCHITECTURES, "student.arch", f"one of {ARCHITECTURES}", self.student.arch)
+        self._validate_arch("student", staged=True)
 
         k = self.num_groups()
         c = self.curriculum
@@ -388,6 +390,26 @@ class Experiment:
                  f"a multiple of ray.workers ({r.workers}) with at least 2 samples per worker (BatchNorm)", batch)
         need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
         return self
+
+    def _validate_arch(self, section: str, staged: bool) -> None:
+        """`<section>.arch` names a buildable network and `<section>.pretrained` weights present on this
+        machine (nothing is downloaded): checked here so a missing file fails before any work."""
+        from raydistill.models import ARCHITECTURES, PretrainedError, check_arch
+        cfg = getattr(self, section)
+        kinds = f"one of {ARCHITECTURES}" + ("" if staged else ", tv:<torchvision model> or timm:<timm model>")
+        if not isinstance(cfg.arch, str):
+            raise ConfigError(f"{section}.arch: expected {kinds}, got {cfg.arch!r}")
+        try:
+            check_arch(cfg.arch, None, staged=staged)
+        except PretrainedError as err:   # a tv:/timm: name that does not exist, timm missing
+            raise ConfigError(f"{section}.arch: {err}") from None
+        except ValueError:
+            raise ConfigError(f"{section}.arch: expected {kinds}, got {cfg.arch!r}") from None
+        if cfg.pretrained is not None:
+            try:
+                check_arch(cfg.arch, cfg.pretrained, staged=staged)
+            except ValueError as err:
+                raise ConfigError(f"{section}.pretrained: {err}") from None
 
     def _validate_losses(self, need) -> None:
         """Each loss's parameter block, and the one combination the soft-label cache cannot serve."""

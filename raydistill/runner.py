@@ -92,8 +92,8 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: RunDir, key: str, de
         train = train or local_train(device, **exp.context_options())
         # no per-epoch test evaluation: a teacher's history is not kept, its test accuracy is measured below
         subsets = [data.train.of_classes(classes), data.val.of_classes(classes), None]
-        model, _ = train(teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs), *subsets, None,
-                         teacher_settings(exp, data), log=log)
+        plan = teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs, exp.teachers.pretrained)
+        model, _ = train(plan, *subsets, None, teacher_settings(exp, data), log=log)
         if write:
             out.save_torch(name, teacher_checkpoint(model, data.mean, data.std))
         teacher = FrozenTeacher(model, data.mean, data.std, device=device, **exp.serving_options())

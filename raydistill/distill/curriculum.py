@@ -54,6 +54,7 @@ class Plan:
     grades: tuple
     pass_mode: str
     loss: str = "kd"                # distillation loss (a name in raydistill.distill.losses.LOSSES)
+    pretrained: Optional[str] = None  # weights every grade's model starts from (stem + blocks), then carry-over
 
     @property
     def total_epochs(self) -> int:
@@ -136,7 +137,7 @@ def plan_for(method: str, experiment, groups: Sequence[Sequence[int]]) -> Plan:
     else:
         pass_mode = c.pass_mode if base == "multi_teacher" else "mixed"
         plan = plan_single_grade(base, arch, blocks, groups, experiment.total_epochs(), pass_mode)
-    return replace(plan, method=method, loss=loss)
+    return replace(plan, method=method, loss=loss, pretrained=experiment.student.pretrained)
 
 
 def teachers_needed(methods: Sequence[str], num_groups: int) -> list:

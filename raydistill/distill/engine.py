@@ -369,7 +369,7 @@ def grade_model(plan: Plan, grade: Grade, num_classes_total: int, s: TrainSettin
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed * 7919 + grade.index)
         model = build_grade_model(plan.arch, grade.split, grade.num_classes, grade.head_width or 64,
-                                  final=grade.final, head_relu=s.head_relu)
+                                  final=grade.final, head_relu=s.head_relu, pretrained=plan.pretrained)
     model.class_ids.copy_(torch.tensor(grade.class_ids))
     return model
 

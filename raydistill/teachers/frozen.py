@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from raydistill.data import normalize
 from raydistill.distill.precision import Precision
-from raydistill.models import ARCHITECTURES, build_model
+from raydistill.models import build_model, check_arch
 from raydistill.teachers.serving import fold_batchnorm
 
 
@@ -102,9 +102,11 @@ def load_teacher(path, expected_classes: Sequence[int] | None = None, device="cp
     missing = {"arch", "class_ids", "mean", "std", "state_dict"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise TeacherError(f"teacher checkpoint {path}: not a raydistill teacher (missing {sorted(missing)})")
-    if ckpt["arch"] not in ARCHITECTURES:
-        raise TeacherError(f"teacher checkpoint {path}: unknown architecture {ckpt['arch']!r}, "
-                           f"expected one of {ARCHITECTURES}")
+    try:
+        check_arch(ckpt["arch"], staged=False)
+    except ValueError as err:
+        raise TeacherError(f"teacher checkpoint {path}: architecture {ckpt['arch']!r} cannot be built ({err})") \
+            from None
     if expected_arch is not None and ckpt["arch"] != expected_arch:
         raise TeacherError(f"teacher checkpoint {path}: architecture {ckpt['arch']!r}, expected {expected_arch!r}")
     classes = list(ckpt["class_ids"])

@@ -13,8 +13,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of an eval-mode model with every BatchNorm2d that directly follows a Conv2d folded
-    into it (Sequential pairs, and the conv1/bn1, conv2/bn2 pairs of post-activation basic
-    blocks). Pre-activation blocks (BN before conv) are left as they are."""
+    into it (Sequential pairs, and the conv<i>/bn<i> pairs of post-activation basic and bottleneck
+    blocks, CIFAR's and torchvision's). Pre-activation blocks (BN before conv) are left as they are."""
     model = copy.deepcopy(model).eval()
 
     def visit(module: nn.Module) -> None:
@@ -22,13 +22,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             names = list(module._modules)
             for a, b in zip(names, names[1:]):
                 conv, bn = module._modules[a], module._modules[b]
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                if _foldable(conv, bn):
                     module._modules[a] = fuse_conv_bn_eval(conv, bn)
                     module._modules[b] = nn.Identity()
-        elif type(module).__name__ == "BasicBlock":
-            for i in (1, 2):
+        elif type(module).__name__ in ("BasicBlock", "Bottleneck"):
+            for i in (1, 2, 3):
                 conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                if _foldable(conv, bn):
                     setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
                     setattr(module, f"bn{i}", nn.Identity())
         for child in module.children():
@@ -36,3 +36,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     visit(model)
     return model
+
+
+def _foldable(conv, bn) -> bool:
+    """A plain Conv2d followed by a plain BatchNorm2d (not a subclass such as timm's BatchNormAct2d,
+    which also applies an activation that folding would drop)."""
+    return isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d

@@ -10,15 +10,17 @@ from raydistill.distill.engine import TrainContext, TrainSettings, train_plan
 from raydistill.models import num_blocks
 
 
-def teacher_plan(arch: str, classes: Sequence[int], epochs: int) -> Plan:
+def teacher_plan(arch: str, classes: Sequence[int], epochs: int, pretrained: Optional[str] = None) -> Plan:
+    """`arch`: staged or any tv:/timm: classifier; `pretrained`: weights it is fine-tuned from."""
     grade = Grade(0, num_blocks(arch), True, None, epochs, 0, (Lesson("teacher", tuple(classes), None),))
-    return Plan("teacher", arch, (grade,), "mixed")
+    return Plan("teacher", arch, (grade,), "mixed", pretrained=pretrained)
 
 
 def train_teacher(arch: str, classes: Sequence[int], epochs: int, train: ImageSet, val: ImageSet,
                   settings: TrainSettings, ctx: Optional[TrainContext] = None,
-                  progress: Optional[Callable[[str], None]] = None):
+                  progress: Optional[Callable[[str], None]] = None, pretrained: Optional[str] = None):
     """Plain CE on the group's samples; outputs are the group's classes in group-local order.
     No test set: a teacher's test accuracy is measured once, after training, by its caller."""
     subsets = [d.of_classes(classes) for d in (train, val)]
-    return train_plan(teacher_plan(arch, classes, epochs), *subsets, None, None, settings, ctx, progress=progress)
+    return train_plan(teacher_plan(arch, classes, epochs, pretrained), *subsets, None, None, settings, ctx,
+                      progress=progress)
