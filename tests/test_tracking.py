@@ -13,10 +13,10 @@ from conftest import tiny_experiment
 
 
 def small_experiment(tmp_path, **overrides):
-    """Two methods, three one-epoch grades, one-epoch teachers on ~40 images per class: seconds."""
+    """Two methods, three one-epoch grades, one-epoch teachers on ~24 images per class: seconds."""
     return tiny_experiment(tmp_path / "runs", **{
-        "methods": "[ed, scratch]", "data.train_per_class": 40, "data.test_per_class": 20, "teachers.epochs": 1,
-        "curriculum.grade_epochs": "[1, 2, 1]", **overrides})
+        "methods": "[ed, scratch]", "data.train_per_class": 24, "data.test_per_class": 10, "teachers.epochs": 1,
+        "curriculum.grade_epochs": "[1, 1, 1]", **overrides})
 
 
 def scalars(log_dir, tag):
@@ -58,13 +58,13 @@ def test_trackers_log_every_epoch_live_and_match_metrics(tmp_path):
     assert {"ed", "scratch", "teacher:group0", "teacher:group1", "teacher:group2"} <= set(runs)
     for method in ("ed", "scratch"):
         rows = [r for r in history if r["method"] == method]
-        assert len(rows) == 4
+        assert len(rows) == 3
         for tag, key in (("accuracy/val", "val_acc"), ("accuracy/test", "test_acc"), ("loss/total", "loss"),
                          ("lr", "lr"), ("images_per_s", "images_per_s")):
             logged = client.get_metric_history(runs[method].info.run_id, tag)
             assert sorted((m.step, m.value) for m in logged) == [(r["epoch"], pytest.approx(r[key])) for r in rows]
         assert runs[method].info.status == "FINISHED"
-        assert runs[method].data.params["curriculum.grade_epochs"] == "[1, 2, 1]"
+        assert runs[method].data.params["curriculum.grade_epochs"] == "[1, 1, 1]"
 
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 5                                               # one W&B run per stage
