@@ -399,10 +399,10 @@ def _train_stages(config: dict) -> None:
                 watch = epoch_watchers(stack, exp, out, stage, plan, log, bar=False) if writer else None
 
                 def on_epoch_end(metrics, make_state):
+                    if watch is not None:   # before the checkpoint: a crash may repeat an epoch there, never drop one
+                        watch(metrics)
                     report(stage, {**metrics, "stage_epochs": plan.total_epochs, "stage_grades": len(plan.grades)},
                            make_state(), offset + time.perf_counter() - started, wall_started)
-                    if watch is not None:
-                        watch(metrics)
                 return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, resume=resume,
                                   on_epoch_end=on_epoch_end, progress=None if config.get("driver_bar") else log)
         return train, offset
