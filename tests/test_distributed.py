@@ -138,27 +138,18 @@ def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
 
 def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
     from raydistill.distributed.trainer import RunInterrupted, run_distributed
-    mlflow = pytest.importorskip("mlflow")
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"   # rank 0 logs every epoch live (raydistill.tracking)
-    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "tracking.mlflow.tracking_uri": store})
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2})
     # a worker dies after the first epoch of grade 2 and max_failures is 0: the run stops
     with pytest.raises(RunInterrupted):
         run_distributed(exp, progress=None, fail_once_at=("method:ed", 3))
     run_dir = tmp_path / "tiny"
     stopped = _epochs_log(run_dir)
     assert [e["epoch"] for e in stopped if e["stage"] == "method:ed"] == [1, 2, 3]
-    assert _tensorboard_steps(run_dir / "tensorboard" / "ed") == [1, 2, 3]     # live, while the run is unfinished
+    # rank 0's live TensorBoard files (raydistill.tracking) hold every epoch up to the stop, before any end-of-run write
+    assert _tensorboard_steps(run_dir / "tensorboard" / "ed") == [1, 2, 3]
     # re-running resumes; a second worker death (at epoch 5) is recovered inside the run by max_failures
-    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1,
-                                       "tracking.mlflow.tracking_uri": store})
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1})
     result = run_distributed(exp, progress=None, fail_once_at=("method:ed", 5))
-    # MLflow: one run per stage, continued across the attempts, one value per epoch equal to metrics.json
-    client = mlflow.tracking.MlflowClient(tracking_uri=store)
-    runs = {r.data.tags["raydistill.stage"]: r.info.run_id
-            for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
-    assert set(runs) == {"ed", "teacher:group0", "teacher:group1", "teacher:group2"}
-    logged = sorted((m.step, m.value) for m in client.get_metric_history(runs["ed"], "accuracy/test"))
-    assert logged == [(h["epoch"], pytest.approx(h["test_acc"])) for h in result.history]
 
     log = _epochs_log(run_dir)
     pairs = [(e["stage"], e["epoch"]) for e in log]

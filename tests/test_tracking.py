@@ -125,6 +125,23 @@ def test_progress_bar_on_a_terminal_plain_lines_elsewhere():
     assert "4/4 epochs" in last and "took " in last and last.endswith("\n")
 
 
+def test_driver_bar_draws_the_epochs_ray_train_reports(ray_session):
+    """Under Ray the bar is drawn by the driver from the reports the Train controller sees: the callback
+    (called here as the controller would) forwards them through a Ray queue; one bar per stage."""
+    from raydistill.distributed.driver_bar import DriverBar
+    screen = io.StringIO()
+    bar = DriverBar(stream=screen)
+    report = {"grade": 1, "images_per_s": 50.0, "val_acc": 0.5, "stage_grades": 1, "loss": 1.0}
+    for stage, epoch, total in (("teacher:group0", 1, 2), ("teacher:group0", 2, 2), ("method:ed", 1, 3)):
+        bar.callback.after_report(None, [{**report, "stage": stage, "epoch": epoch, "stage_epochs": total}], None)
+    bar.callback.after_report(None, [{"stage": "done"}], None)              # the final report: no bar
+    bar.close()
+    lines = screen.getvalue().split("\n")
+    assert "teacher:group0 [" in lines[0] and "2/2 epochs" in lines[0] and "took " in lines[0]
+    assert lines[1].strip().startswith("ed [") and "1/3 epochs" in lines[1] and "ETA " in lines[1]
+    assert lines[2:] == [""]
+
+
 @pytest.mark.parametrize("overrides, field", [
     (["tracking.mlflow={experiment: x}"], "tracking.mlflow.tracking_uri"),
     (["tracking.mlflow={tracking_uri: file:/tmp/m, experimnt: x}"], "tracking.mlflow.experimnt"),

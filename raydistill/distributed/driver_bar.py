@@ -8,7 +8,7 @@ per-epoch lines (`driver_bar` in the train loop config).
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Optional, TextIO
 
 from raydistill.progress import StageBar
 from raydistill.tracking import stage_label
@@ -32,8 +32,9 @@ def epoch_forwarder(queue):
 class DriverBar:
     """Start before `fit`, pass `callback` in the run's callbacks, `close()` after `fit` returns."""
 
-    def __init__(self):
+    def __init__(self, stream: Optional[TextIO] = None):
         from ray.util.queue import Queue
+        self.stream = stream
         self.queue = Queue()
         self.callback = epoch_forwarder(self.queue)
         self.bar: Optional[StageBar] = None
@@ -50,7 +51,8 @@ class DriverBar:
                 if self.bar is not None:
                     self.bar.close()
                 self.stage = item["stage"]
-                self.bar = StageBar(stage_label(item["stage"]), item["stage_epochs"], item.get("stage_grades", 1))
+                self.bar = StageBar(stage_label(item["stage"]), item["stage_epochs"], item.get("stage_grades", 1),
+                                    stream=self.stream)
             self.bar.update(item)
         if self.bar is not None:
             self.bar.close()
