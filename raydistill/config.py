@@ -25,6 +25,9 @@ TEACHER_MODES = ("actors", "local")
 STAGE_MODES = ("sequential", "concurrent", "auto")
 SOFT_LABELS = ("online", "cache")
 CACHE_FORMATS = ("float16", "topk")
+WANDB_MODES = ("online", "offline", "disabled")
+# tracker section -> (module it imports, the extra that installs it)
+TRACKER_PACKAGES = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 
 
 class ConfigError(ValueError):
@@ -187,6 +190,25 @@ class OutputConfig:
 
 
 @dataclass
+class MLflowConfig:
+    tracking_uri: Optional[str] = None  # required: http://host:5000, file:/path/mlruns, sqlite:///mlflow.db
+    experiment: Optional[str] = None    # MLflow experiment (created if missing); default: the experiment name
+
+
+@dataclass
+class WandbConfig:
+    project: Optional[str] = None       # default: the experiment name
+    mode: str = "online"                # online | offline (files only, `wandb sync` later) | disabled
+
+
+@dataclass
+class TrackingConfig:
+    tensorboard: bool = True            # live event files in <run>/tensorboard/<stage>/, every epoch
+    mlflow: Optional[MLflowConfig] = None   # null: off
+    wandb: Optional[WandbConfig] = None     # null: off
+
+
+@dataclass
 class Experiment:
     name: str = "experiment"
     seed: int = 0
@@ -204,6 +226,7 @@ class Experiment:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -254,7 +277,12 @@ class Experiment:
                 raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. curriculum.temperature=2")
             node = raw
             parts = key.strip().split(".")
+            cls = Experiment
             for depth, part in enumerate(parts[:-1]):
+                hint = get_type_hints(cls).get(part) if is_dataclass(cls) else None
+                cls = _optional_section(hint) or hint
+                if node.get(part, 0) is None and _optional_section(hint):   # a section that is off: on, defaults
+                    node[part] = dataclasses.asdict(cls())
                 if not isinstance(node.get(part), dict):
                     raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
                 node = node[part]
@@ -389,6 +417,7 @@ class Experiment:
             need(batch % r.workers == 0 and batch // r.workers >= 2, field_path,
                  f"a multiple of ray.workers ({r.workers}) with at least 2 samples per worker (BatchNorm)", batch)
         need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
+        self._validate_tracking(need)
         return self
 
     def _validate_arch(self, section: str, staged: bool) -> None:
@@ -410,6 +439,25 @@ class Experiment:
                 check_arch(cfg.arch, cfg.pretrained, staged=staged)
             except ValueError as err:
                 raise ConfigError(f"{section}.pretrained: {err}") from None
+    def _validate_tracking(self, need) -> None:
+        """Tracker settings, and their packages: a missing one fails here, naming the extra, not in a
+        worker after the teachers trained."""
+        import importlib.util
+        tr = self.tracking
+        if tr.mlflow is not None:
+            need(isinstance(tr.mlflow.tracking_uri, str) and bool(tr.mlflow.tracking_uri.strip()),
+                 "tracking.mlflow.tracking_uri", "the MLflow tracking URI (http://host:5000, file:/path/mlruns, "
+                 "sqlite:///path/mlflow.db)", tr.mlflow.tracking_uri)
+            need(tr.mlflow.experiment is None or bool(tr.mlflow.experiment), "tracking.mlflow.experiment",
+                 "an MLflow experiment name or null (the experiment's name)", tr.mlflow.experiment)
+        if tr.wandb is not None:
+            need(tr.wandb.mode in WANDB_MODES, "tracking.wandb.mode", f"one of {list(WANDB_MODES)}", tr.wandb.mode)
+            need(tr.wandb.project is None or bool(tr.wandb.project), "tracking.wandb.project",
+                 "a W&B project name or null (the experiment's name)", tr.wandb.project)
+        for section, (module, extra) in TRACKER_PACKAGES.items():
+            if getattr(tr, section) is not None and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"tracking.{section}: the {module} package is not installed; "
+                                  f"install it with pip install 'raydistill[{extra}]' (or set tracking.{section}: null)")
 
     def _validate_losses(self, need) -> None:
         """Each loss's parameter block, and the one combination the soft-label cache cannot serve."""
@@ -539,7 +587,12 @@ def _build(cls, raw: dict, prefix: str):
         if f.name not in raw:
             continue
         value, hint, path = raw[f.name], hints[f.name], f"{prefix}{f.name}"
-        if is_dataclass(hint):
+        section = _optional_section(hint)
+        if section is not None:   # an optional section: null (off) or a mapping
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a section (mapping) or null, got {value!r}")
+            kwargs[f.name] = None if value is None else _build(section, value, prefix=path + ".")
+        elif is_dataclass(hint):
             if value is None:
                 value = {}
             if not isinstance(value, dict):
@@ -548,6 +601,14 @@ def _build(cls, raw: dict, prefix: str):
         else:
             kwargs[f.name] = _check_type(value, hint, path)
     return cls(**kwargs)
+
+
+def _optional_section(hint):
+    """The dataclass of an `Optional[SomeConfig]` field, else None."""
+    if get_origin(hint) is not Union:
+        return None
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and is_dataclass(args[0]) else None
 
 
 def _check_type(value, hint, path):

@@ -180,39 +180,44 @@ def write_curves(path: Path, history: list, summary: dict | None = None) -> Path
     return path
 
 
-def _safe_dir_name(method: str) -> str:
+def safe_dir_name(method: str) -> str:
     """"teacher:group0" -> "teacher_group0": a portable directory name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(method)).strip("._") or "unnamed"
 
 
+def epoch_scalars(row: dict) -> dict:
+    """{tag: value} of one epoch's metrics: what TensorBoard, MLflow and W&B get (finite values only)."""
+    return {tag: float(row[key]) for tag, key in SCALARS.items() if _finite(row.get(key))}
+
+
 def write_tensorboard(log_dir: Path, history: list) -> Path:
     """One event directory per method (log_dir/<method>/), one scalar per metric per epoch (step =
-    epoch). Built in a temporary directory that replaces log_dir, so re-writing (e.g. after a resumed
-    run) never duplicates steps and an interrupted write leaves the previous directory intact."""
+    epoch). Each is built in a temporary directory that replaces log_dir/<method>, so re-writing (e.g.
+    after a resumed run, or over the live files of `tracking`) never duplicates steps and an interrupted
+    write leaves the previous directory intact. Directories of other stages (teachers' live files) stay."""
     from torch.utils.tensorboard import SummaryWriter
 
     log_dir = Path(log_dir)
-    tmp = _tmp(log_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        for method, rows in _by_method(history).items():
-            writer = SummaryWriter(log_dir=str(tmp / _safe_dir_name(method)))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for method, rows in _by_method(history).items():
+        final = log_dir / safe_dir_name(method)
+        tmp, old = _tmp(final), final.with_name(f".{final.name}.{os.getpid()}.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            writer = SummaryWriter(log_dir=str(tmp))
             try:
                 for row in rows:
-                    for tag, key in SCALARS.items():
-                        if _finite(row.get(key)):
-                            writer.add_scalar(tag, float(row[key]), global_step=int(row["epoch"]))
+                    for tag, value in epoch_scalars(row).items():
+                        writer.add_scalar(tag, value, global_step=int(row["epoch"]))
             finally:
                 writer.close()
-        old = log_dir.with_name(f".{log_dir.name}.{os.getpid()}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if log_dir.exists():
-            log_dir.replace(old)
-        tmp.replace(log_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.replace(old)
+            tmp.replace(final)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return log_dir
 
 

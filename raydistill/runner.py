@@ -10,6 +10,7 @@ process that produced it.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -20,15 +21,17 @@ from raydistill.config import Experiment
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import count_parameters
+from raydistill.progress import interactive
 from raydistill.report import format_table, method_summary
-from raydistill.report_files import write_report_files
+from raydistill.report_files import safe_dir_name, write_report_files
 from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
                                  teacher_checkpoint)
 from raydistill.teachers.training import teacher_plan
 from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, refuse_changed_config,
                                   student_settings, teacher_settings)
 
-# train(plan, train_set, val_set, test_set, teacher_client, settings) -> (model, history)
+# train(plan, train_set, val_set, test_set, teacher_client, settings, log=None, stage=None) -> (model, history)
+# stage: "teacher:<key>" or "method:<method>", the name live metrics and the progress bar show
 TrainFn = Callable[..., tuple]
 
 
@@ -64,13 +67,39 @@ def start_run(exp: Experiment) -> tuple[PreparedData, RunDir]:
     return data, out
 
 
-def local_train(device, **context) -> TrainFn:
-    """`context`: TrainContext options (`Experiment.context_options()`)."""
+def local_train(device, exp: Optional[Experiment] = None, out: Optional[RunDir] = None, **context) -> TrainFn:
+    """`context`: TrainContext options (`Experiment.context_options()`). With `exp` and `out`, every
+    epoch goes to the live trackers (`tracking.LiveMetrics`); on a terminal a bar replaces the lines."""
     ctx = TrainContext(device=device, **context)
 
-    def train(plan, train_set, val_set, test_set, client, settings, log=None):
-        return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, progress=log)
+    def train(plan, train_set, val_set, test_set, client, settings, log=None, stage=None):
+        with ExitStack() as stack:
+            on_epoch = epoch_watchers(stack, exp, out, stage or plan.method, plan, log, bar=interactive())
+            return train_plan(plan, train_set, val_set, test_set, client, settings, ctx,
+                              on_epoch_end=lambda metrics, _state: on_epoch(metrics),
+                              progress=None if on_epoch.bar else log)
     return train
+
+
+def epoch_watchers(stack: ExitStack, exp: Optional[Experiment], out: Optional[RunDir], stage: str, plan, log,
+                   bar: bool) -> Callable[[dict], None]:
+    """The callable rank 0 runs after each epoch of `stage`: live metrics (when `exp` is given) and, with
+    `bar` and a log to show, the terminal progress bar (its `.bar` attribute; None when lines are kept).
+    Both are closed by `stack`."""
+    from raydistill.progress import StageBar
+    from raydistill.tracking import LiveMetrics, stage_label
+    live = stack.enter_context(LiveMetrics(exp, out, stage)) if exp is not None and out is not None else None
+    shown = StageBar(stage_label(stage), plan.total_epochs, len(plan.grades)) if bar and log else None
+    if shown is not None:
+        stack.callback(shown.close)
+
+    def on_epoch(metrics: dict) -> None:
+        if live is not None:
+            live.log(metrics)
+        if shown is not None:
+            shown.update(metrics)
+    on_epoch.bar = shown
+    return on_epoch
 
 
 def teacher_stage(exp: Experiment, data: PreparedData, out: RunDir, key: str, device, log,
@@ -89,11 +118,11 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: RunDir, key: str, de
             out.save_torch(name, teacher_checkpoint(teacher.model, teacher.mean, teacher.std))
     else:
         log(f"training teacher {key} ({exp.teachers.arch}, {len(classes)} classes, {exp.teachers.epochs} epochs)")
-        train = train or local_train(device, **exp.context_options())
+        train = train or local_train(device, exp, out if write else None, **exp.context_options())
         # no per-epoch test evaluation: a teacher's history is not kept, its test accuracy is measured below
         subsets = [data.train.of_classes(classes), data.val.of_classes(classes), None]
         plan = teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs, exp.teachers.pretrained)
-        model, _ = train(plan, *subsets, None, teacher_settings(exp, data), log=log)
+        model, _ = train(plan, *subsets, None, teacher_settings(exp, data), log=log, stage=f"teacher:{key}")
         if write:
             out.save_torch(name, teacher_checkpoint(model, data.mean, data.std))
         teacher = FrozenTeacher(model, data.mean, data.std, device=device, **exp.serving_options())
@@ -128,7 +157,8 @@ def method_stage(exp: Experiment, data: PreparedData, out: RunDir, method: str, 
         from raydistill.softlabels import teacherless_client
         client = teacherless_client(exp, data.train, client)   # scratch: no teacher calls; cache on: the same bank
     started = time.perf_counter()
-    model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log)
+    model, history = train(plan, data.train, data.val, data.test, client, student_settings(exp, data), log=log,
+                           stage=f"method:{method}")
     wall = wall_offset + time.perf_counter() - started
     if write:
         save_student(out, f"checkpoints/{method}.pt", model, data)
@@ -152,6 +182,9 @@ def finish_run(exp: Experiment, out: RunDir, result: RunResult, log) -> RunResul
     out.write_json("summary.json", summary)
     with out.local_folder() as folder:   # matplotlib and TensorBoard write local files
         write_report_files(folder, result.history, summary)
+        if out.local_path is None:   # the upload adds files: drop the live event files these replace
+            for method in {row["method"] for row in result.history}:
+                out.delete(f"tensorboard/{safe_dir_name(method)}")
     log(result.table())
     return result
 
@@ -177,7 +210,7 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
     if exp.teachers.soft_labels == "cache" and teachers:
         from raydistill.softlabels import cache_root, ensure_soft_label_cache
         client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp), log=log).client()
-    train = local_train(device, **exp.context_options())
+    train = local_train(device, exp, out, **exp.context_options())
     for method in exp.methods:
         history, result.methods[method] = method_stage(exp, data, out, method, client, log, train)
         result.history += history

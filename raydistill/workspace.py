@@ -123,14 +123,15 @@ def check_output_dir(exp: Experiment):
 
 
 # What may differ between a run and the command that resumes it: where and how it runs, not what it trains.
-RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output")
+RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output", "tracking")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} of a nested mapping (teachers.checkpoints kept whole)."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value and prefix + key not in ("teachers.checkpoints",):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
@@ -139,7 +140,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def config_changes(old: Experiment, new: Experiment) -> list[str]:
     """`field: old -> new` for every training-relevant field that differs (ray.*, output.* and the
     like may change on resume)."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 

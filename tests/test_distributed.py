@@ -145,6 +145,8 @@ def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
     run_dir = tmp_path / "tiny"
     stopped = _epochs_log(run_dir)
     assert [e["epoch"] for e in stopped if e["stage"] == "method:ed"] == [1, 2, 3]
+    # rank 0's live TensorBoard files (raydistill.tracking) hold every epoch up to the stop, before any end-of-run write
+    assert _tensorboard_steps(run_dir / "tensorboard" / "ed") == [1, 2, 3]
     # re-running resumes; a second worker death (at epoch 5) is recovered inside the run by max_failures
     exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1})
     result = run_distributed(exp, progress=None, fail_once_at=("method:ed", 5))
@@ -159,6 +161,13 @@ def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4, 5, 6]
     assert set(result.teachers) == {"group0", "group1", "group2"}
+
+
+def _tensorboard_steps(log_dir) -> list:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return [s.step for s in acc.Scalars("accuracy/test")]
 
 
 CLUSTER_SCRIPT = textwrap.dedent("""

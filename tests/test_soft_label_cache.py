@@ -135,7 +135,7 @@ def test_scratch_under_the_cache_replays_the_same_bank(built, small, tmp_path):
     exp, teachers, cache = built
     given = {}
 
-    def capture(plan, train, val, test, client, settings, log=None):
+    def capture(plan, train, val, test, client, settings, log=None, stage=None):
         given["client"] = client
         raise StopIteration
     with pytest.raises(StopIteration):

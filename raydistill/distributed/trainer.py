@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,9 +38,11 @@ from raydistill.config import Experiment
 from raydistill.data import ImageSet
 from raydistill.distill.curriculum import teachers_needed
 from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
-from raydistill.runner import (RunResult, finish_run, method_stage, run_result, start_run, teacher_stage,
+from raydistill.runner import (RunResult, epoch_watchers, finish_run, method_stage, run_result, start_run, teacher_stage,
                                write_metrics)
 from raydistill.distributed.consistency import plain_model, same_teacher_on_every_rank
+from raydistill.distributed.driver_bar import DriverBar
+from raydistill.progress import interactive
 from raydistill.storage import RunDir, join, storage_env
 from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
                                  saved_teachers)
@@ -179,11 +182,17 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
         mode = choose_mode(exp, ray.cluster_resources().get("CPU", 0))
         log(f"ray: stages {mode}, {exp.ray.workers} worker(s), teachers {exp.ray.teachers}, "
             f"storage {out.child('ray')}")
-        if mode == "concurrent":
+        if mode == "concurrent":   # stages' fits run in Ray tasks: their workers print plain lines
             completed = _run_concurrent(exp, data, out, data_ref, log)
         else:
-            state = fit_stages(exp, out, data_ref, "train", exp.ray.workers, fail_once_at=fail_once_at,
-                               callbacks=callbacks)
+            bar = DriverBar() if progress is not None and interactive() else None
+            try:
+                state = fit_stages(exp, out, data_ref, "train", exp.ray.workers, fail_once_at=fail_once_at,
+                                   callbacks=(callbacks or []) + ([bar.callback] if bar else []) or None,
+                                   driver_bar=bar is not None)
+            finally:
+                if bar is not None:
+                    bar.close()
             if state["aborted"]:
                 raise NonFiniteLossError(f"{state['aborted']}; the run stopped there. Completed stages and the "
                                          f"last good epoch checkpoint are kept in {out}")
@@ -195,9 +204,11 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
 
 
 def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, *, stages: Optional[list] = None,
-               ready: tuple = (), fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None) -> dict:
+               ready: tuple = (), fail_once_at: Optional[tuple] = None, callbacks: Optional[list] = None,
+               driver_bar: bool = False) -> dict:
     """One Ray Train run (storage `<run>/ray/<name>`) of `stages` (None: every stage), `ready`: teacher
-    stages completed by other fits. Returns its final progress (`latest_progress`)."""
+    stages completed by other fits. Returns its final progress (`latest_progress`). `driver_bar`: the
+    driver draws the epochs (`DriverBar`), so workers print no per-epoch lines."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -211,7 +222,8 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
         train_loop,
         train_loop_config={"exp": exp.to_dict(), "data": data_ref, "run_dir": out.location,
                            "storage": join(ray_storage.location, name), "stages": stages, "ready": list(ready),
-                           "fail_once_at": list(fail_once_at) if fail_once_at else None},
+                           "fail_once_at": list(fail_once_at) if fail_once_at else None,
+                           "driver_bar": driver_bar},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources),
         # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
         run_config=RunConfig(name=name, storage_path=ray_storage.root,
@@ -381,12 +393,18 @@ def _train_stages(config: dict) -> None:
         log(f"{stage}: {ctx.world_size} worker(s), rank 0 on node {ray.util.get_node_ip_address()}"
             + (f", resuming at epoch {resume.epoch}" if resume else ""))
 
-        def on_epoch_end(metrics, make_state):
-            report(stage, metrics, make_state(), offset + time.perf_counter() - started, wall_started)
+        def train(plan, train_set, val_set, test_set, client, settings, log=None, **_):
+            with ExitStack() as stack:
+                # rank 0: live metrics; the bar, when the driver shows one, is drawn there (`DriverBar`)
+                watch = epoch_watchers(stack, exp, out, stage, plan, log, bar=False) if writer else None
 
-        def train(plan, train_set, val_set, test_set, client, settings, log=None):
-            return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, resume=resume,
-                              on_epoch_end=on_epoch_end, progress=log)
+                def on_epoch_end(metrics, make_state):
+                    if watch is not None:   # before the checkpoint: a crash may repeat an epoch there, never drop one
+                        watch(metrics)
+                    report(stage, {**metrics, "stage_epochs": plan.total_epochs, "stage_grades": len(plan.grades)},
+                           make_state(), offset + time.perf_counter() - started, wall_started)
+                return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, resume=resume,
+                                  on_epoch_end=on_epoch_end, progress=None if config.get("driver_bar") else log)
         return train, offset
 
     def record(stage: str, value: dict) -> None:

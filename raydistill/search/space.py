@@ -51,7 +51,8 @@ NOT_SEARCHABLE = {"data": "teachers are trained once per search on the base expe
                   "methods": "trials run the ed curriculum only",
                   "ray": "trial resources are set by the search (--max-concurrent, base ray section)",
                   "output": "trial run directories are set by the search",
-                  "name": "trial names are set by the search"}
+                  "name": "trial names are set by the search",
+                  "tracking": "the search logs every trial to the base experiment's trackers"}
 ENUMERATE_LIMIT = 20000   # discrete spaces up to this size are enumerated exactly
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from raydistill.config import Experiment
 from raydistill.search.space import apply_values
+from raydistill.tracking import TRIAL_TRACKING_OFF
 
 # what each epoch report carries to Tune (the rest of the run's metrics stay in its run directory)
 FORWARDED = ("epoch", "grade", "num_classes", "blocks", "lr", "loss", "train_acc", "val_acc", "test_acc")
@@ -30,6 +31,7 @@ def trial_experiment(base: dict, values: dict, teachers: dict, trials_dir: str, 
         f"output.dir={_flow(trials_dir)}",
         f"output.name={trial_name(index)}",
         f"ray.cpus_per_worker={cpus_per_worker}",
+        *TRIAL_TRACKING_OFF,   # the search's Tune logger callbacks log each trial to MLflow / W&B
     ]).validate()
 
 

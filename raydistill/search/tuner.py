@@ -20,6 +20,7 @@ from raydistill.search.space import SCHEDULERS, SearchSpace, SpaceError, load_sp
 from raydistill.search.teachers import prepare_search_teachers
 from raydistill.workspace import with_absolute_paths
 from raydistill.search.trainable import TRIAL_CPU, curriculum_asha, run_trial
+from raydistill.tracking import tune_callbacks
 
 TUNER_DIR = "tuner"
 LOCAL_ENV = {**TRAIN_LOCAL_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -184,7 +185,8 @@ def _run_tuner(space: SearchSpace, candidates: list, scheduler: str, concurrent:
         tuner = tune.Tuner(trainable, param_space=param_space,
                            tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched,
                                                        num_samples=1, max_concurrent_trials=concurrent),
-                           run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1))
+                           run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1,
+                                                     callbacks=tune_callbacks(space.base)))
     grid = tuner.fit()
     # Tune marks the last result of a stopped or finished trial `done` (public Result.metrics):
     # that tells an ASHA stop from an interrupted search (see results.trial_rows)
