@@ -39,7 +39,7 @@ def _run_native(tmp_path, name, folder, size, stored, train_per_class, test_per_
     train = few_classes(SHARED / folder / "train.parquet", tmp_path / "train.parquet", 6, train_per_class)
     test = few_classes(SHARED / folder / "test.parquet", tmp_path / "test.parquet", 6, test_per_class)
     overrides = [f"data.train_path={train}", f"data.test_path={test}", "data.limit_per_class=null",
-                 "data.val_fraction=0.2", "methods=[ed]", "teachers.epochs=1", "curriculum.grade_epochs=[1,1,1]",
+                 "data.val_fraction=0.25", "methods=[ed]", "teachers.epochs=1", "curriculum.grade_epochs=[1,1,1]",
                  "teachers.batch_size=8", "optimizer.batch_size=8", "curriculum.head_widths=16",
                  "teachers.arch=resnet8", "student.arch=resnet8"]
     args = ["run", "--config", name, "--local", "--output", str(tmp_path / "runs")]
@@ -60,10 +60,10 @@ def _run_native(tmp_path, name, folder, size, stored, train_per_class, test_per_
 
 
 def test_tinyimagenet_at_64px(tmp_path, capsys):
-    data = _run_native(tmp_path, "tinyimagenet", "tiny-imagenet-200", 64, 64, 20, 10, capsys)
-    assert data.num_classes == 6 and len(data.test) == 60
+    data = _run_native(tmp_path, "tinyimagenet", "tiny-imagenet-200", 64, 64, 12, 5, capsys)
+    assert data.num_classes == 6 and len(data.test) == 30
 
 
 def test_imagenette_at_224px(tmp_path, capsys):
-    data = _run_native(tmp_path, "imagenette", "imagenette-224", 224, 256, 10, 4, capsys)
+    data = _run_native(tmp_path, "imagenette", "imagenette-224", 224, 256, 8, 3, capsys)
     assert data.train.class_names[0] == "n01440764" and data.num_classes == 6
