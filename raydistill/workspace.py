@@ -142,10 +142,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _resolved(exp: Experiment) -> dict:
+    """The config as a dict with the data fields whose null means a default resolved, so `augment:
+    true` (older configs), `augment: cifar` and a null that defaults to cifar compare equal."""
+    tree = exp.to_dict()
+    tree["data"].update(image_size=exp.image_size(), augment=exp.augment_preset())
+    return tree
+
+
 def config_changes(old: Experiment, new: Experiment) -> list[str]:
     """`field: old -> new` for every training-relevant field that differs (ray.*, output.* and the
     like may change on resume)."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    a, b = (_flatten(_resolved(e)) for e in (old, new))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 

@@ -149,3 +149,12 @@ def test_soft_label_bank_replays_imagenet_crops():
     assert torch.equal(bank.subset(torch.tensor([4, 5])).draws, bank.draws[4:])
     # a cifar bank's parameters (and so its cache key) are those of banks made before presets existed
     assert set(AugmentationBank.make(6, 3).params()) == {"samples", "draws", "padding", "flip", "seed"}
+
+
+def test_resume_compares_resolved_image_size_and_preset():
+    from raydistill.workspace import config_changes
+    older = Experiment.from_dict({"data": {"augment": True}})          # a run directory from before presets
+    assert config_changes(older, Experiment()) == []
+    assert config_changes(older, Experiment.from_dict({"data": {"augment": "cifar", "image_size": 32}})) == []
+    changed = config_changes(older, Experiment.from_dict({"data": {"image_size": 64}}))
+    assert changed == ["data.image_size: 32 -> 64"]

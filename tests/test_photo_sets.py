@@ -66,8 +66,9 @@ def test_missing_photo_sets_name_the_path(tmp_path):
     with pytest.raises(DataError, match=r"caltech256/256_ObjectCategories' not found under data\.root .*"
                                         r"data\.download: true"):
         load_dataset("caltech256", root=tmp_path / "none")
-    with pytest.raises(DataError, match=r"food-101/meta and food-101/images' not found under data\.root"):
+    with pytest.raises(DataError, match=r"food-101/meta' and '.*food-101/images' not found under data\.root"):
         load_dataset("food101", root=tmp_path / "none")
+    assert not (tmp_path / "none").exists()                     # a mistyped root creates nothing
     root = caltech_folder(tmp_path / "gap", np.random.default_rng(2), per_class=3)
     (root / "caltech256" / "256_ObjectCategories" / "002.bat" / "002_0002.jpg").rename(
         root / "caltech256" / "256_ObjectCategories" / "002.bat" / "002_0009.jpg")

@@ -16,15 +16,21 @@ from .imageset import DataError, ImageSet, first_n_per_class
 CALTECH_TEST_FRACTION = 0.2
 
 
-def _dataset(cls, root, download: bool, expected: str, **kw):
-    """torchvision's dataset object; a missing copy becomes one DataError naming the folder it needs."""
+def _dataset(cls, root, download: bool, needs: tuple, **kw):
+    """torchvision's dataset object; a missing copy becomes one DataError naming the folders it needs
+    (checked first without download, so a mistyped root creates nothing: Caltech256 makes its folder)."""
+    expected = " and ".join(needs)
     if root is None:
         raise DataError(f"source {cls.__name__.lower()!r} needs `data.root`, the folder that holds {expected}")
+    missing = [n for n in needs if not (Path(root) / n).is_dir()]
     try:
+        if missing and not download:
+            raise RuntimeError(missing)
         return cls(root=str(root), download=download, **kw)
     except RuntimeError:
         hint = "set data.download: true to fetch it" if not download else "the download did not produce it"
-        raise DataError(f"{cls.__name__.lower()}: {str(Path(root) / expected)!r} not found under data.root "
+        raise DataError(f"{cls.__name__.lower()}: {' and '.join(repr(str(Path(root) / n)) for n in needs)} "
+                        f"not found under data.root "
                         f"{str(root)!r}; {hint}, or point data.root at a copy in torchvision's layout") from None
     except Exception as exc:   # network errors when download=True offline
         raise DataError(f"{cls.__name__.lower()}: could not obtain the data under data.root {str(root)!r}: "
@@ -54,7 +60,7 @@ def load_caltech256(root, download: bool = False, limit_per_class=None, size: in
     (clutter included, as torchvision lists them); split per class as the module says."""
     from torchvision.datasets import Caltech256
 
-    ds = _dataset(Caltech256, root, download, "caltech256/256_ObjectCategories")
+    ds = _dataset(Caltech256, root, download, ("caltech256/256_ObjectCategories",))
     if not ds.categories:
         raise DataError(f"caltech256: {str(Path(ds.root) / '256_ObjectCategories')!r} has no category folders")
     folder = Path(ds.root) / "256_ObjectCategories"
@@ -79,7 +85,7 @@ def load_food101(root, download: bool = False, limit_per_class=None, size: int =
 
     sets = []
     for split, limit in (("train", limit_per_class), ("test", None)):
-        ds = _dataset(Food101, root, download, "food-101/meta and food-101/images", split=split,
+        ds = _dataset(Food101, root, download, ("food-101/meta", "food-101/images"), split=split,
                       loader=lambda path: path)       # the loader hands back the path; decoding is ours
         paths, labels = zip(*(ds[i] for i in range(len(ds)))) if len(ds) else ((), ())
         if not paths:
