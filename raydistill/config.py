@@ -20,7 +20,6 @@ METHODS = ("ed", "scratch", "kd", "multi_teacher")
 LOSSES = ("kd", "dkd", "lskd")          # = raydistill.distill.losses.LOSSES (a test keeps them equal)
 PASS_MODES = ("sequential", "mixed")
 SCHEDULES = ("step", "cosine", "constant")
-SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
 TEACHER_MODES = ("actors", "local")
 STAGE_MODES = ("sequential", "concurrent", "auto")
 SOFT_LABELS = ("online", "cache")
@@ -74,10 +73,10 @@ def split_method(entry: str) -> tuple:
 @dataclass
 class DataConfig:
     source: str = "builtin"
-    root: Optional[str] = None          # cifar10/100 root, imagefolder root
+    root: Optional[str] = None          # cifar10/100, imagefolder, caltech256, food101 root
     train_path: Optional[str] = None    # parquet
     test_path: Optional[str] = None     # parquet
-    download: bool = False              # torchvision datasets only
+    download: bool = False              # torchvision datasets only (cifar10/100, caltech256, food101)
     num_classes: int = 30               # builtin only
     train_per_class: Optional[int] = None  # builtin only (None: the generator's default)
     test_per_class: Optional[int] = None   # builtin only
@@ -85,7 +84,8 @@ class DataConfig:
     val_fraction: float = 0.1           # held out from train for model selection
     ratio: Optional[str] = "1:1:1"      # class groups as contiguous ranges ...
     groups: Optional[list] = None       # ... or explicit class lists (overrides ratio)
-    augment: bool = True                # random crop (pad 4) + horizontal flip
+    image_size: Optional[int] = None    # side the networks see; null: 32 (builtin, cifar10/100) or 224 (photos)
+    augment: Union[str, bool, None] = None  # cifar | imagenet | none; null: cifar (32 px sources) or imagenet
     seed: int = 0                       # dataset generation / split
 
 
@@ -321,6 +321,8 @@ class Experiment:
         need(0 <= self.device_data_fraction <= 1, "device_data_fraction", "a number in [0, 1]",
              self.device_data_fraction)
 
+        from raydistill.data.augment import PRESETS
+        from raydistill.data.sources import SOURCES
         d = self.data
         need(d.source in SOURCES, "data.source", f"one of {list(SOURCES)}", d.source)
         need(0 <= d.val_fraction < 1, "data.val_fraction", "a number in [0, 1)", d.val_fraction)
@@ -336,6 +338,14 @@ class Experiment:
             need(v is None or v >= 1, f"data.{name}", "a positive integer or null", v)
         need(d.groups is not None or d.ratio, "data.ratio", "a ratio like 1:1:1 when data.groups is not set",
              d.ratio)
+        need(d.image_size is None or (isinstance(d.image_size, int) and 8 <= d.image_size <= 1024), "data.image_size",
+             "an integer side in 8..1024 pixels, or null (32 for builtin/cifar10/cifar100, 224 otherwise)", d.image_size)
+        need(d.augment is None or isinstance(d.augment, bool) or d.augment in PRESETS, "data.augment",
+             f"one of {list(PRESETS)} or null (cifar for builtin/cifar10/cifar100, imagenet otherwise)",
+             d.augment)
+        if self.augment_preset() == "cifar":
+            need(self.image_size() > 8, "data.image_size", "more than 8 pixels for augment cifar (4-pixel pad crops)",
+                 self.image_size())
 
         t = self.teachers
         self._validate_arch("teachers", staged=False)
@@ -479,6 +489,20 @@ class Experiment:
              "whenever the target is not among the k largest", t.cache_format)
 
     # ---- derived values ------------------------------------------------------------------
+    def image_size(self) -> int:
+        """data.image_size, or its default for the source: 32 for builtin/cifar10/cifar100, 224 otherwise."""
+        from raydistill.data.sources import default_image_size
+        d = self.data
+        return int(d.image_size) if d.image_size is not None else default_image_size(d.source)
+
+    def augment_preset(self) -> str:
+        """data.augment as a preset name; null: cifar for the 32 px sources, imagenet for photographs;
+        the booleans of older configs: true = cifar, false = none."""
+        from raydistill.data.augment import preset_name
+        from raydistill.data.sources import default_augment
+        a = self.data.augment
+        return default_augment(self.data.source) if a is None else preset_name(a)
+
     def method_loss(self, entry: str) -> tuple:
         """(method, distillation loss) of a `methods` entry; without `+loss` it is `distill.loss`."""
         base, loss = split_method(entry)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from raydistill.config import ConfigError, Experiment
-from raydistill.data import (DataError, ImageSet, channel_stats, groups_from_ratio, load_dataset,
-                             train_val_split, validate_groups)
+from raydistill.data import (DataError, ImageSet, center_crop, channel_stats, decoded_size, groups_from_ratio,
+                             load_dataset, train_val_split, validate_groups)
 from raydistill.distill.engine import TrainSettings
 
 
@@ -33,12 +33,16 @@ class PreparedData:
 
 
 def prepare_data(exp: Experiment) -> PreparedData:
-    """Load, split and group the data; raise DataError/ConfigError on anything inconsistent."""
+    """Load, split and group the data; raise DataError/ConfigError on anything inconsistent.
+    Training images keep the decoded square the preset crops from; validation and test images are
+    stored as their evaluation view (the centre image_size crop), the same for every method."""
     d = exp.data
+    size = exp.image_size()
     train, test = load_dataset(d.source, root=d.root, train_path=d.train_path, test_path=d.test_path,
                                download=d.download, num_classes=d.num_classes if d.source == "builtin" else None,
                                train_per_class=d.train_per_class,
-                               test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class)
+                               test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class,
+                               size=decoded_size(size, exp.augment_preset()))
     try:
         if d.groups is not None:
             groups = validate_groups(d.groups, train.num_classes)
@@ -49,6 +53,7 @@ def prepare_data(exp: Experiment) -> PreparedData:
     if len(groups) != exp.num_groups():
         raise ConfigError(f"data.groups: expected {exp.num_groups()} groups, got {len(groups)}")
     train, val = train_val_split(train, d.val_fraction, d.seed)
+    val, test = (ImageSet(center_crop(s.images, size), s.labels, s.class_names) for s in (val, test))
     counts = torch.bincount(train.labels, minlength=train.num_classes)
     for p, classes in enumerate(groups):
         n = int(counts[classes].sum())
@@ -71,14 +76,15 @@ def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
                          losses=exp.loss_params(),
                          carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
                          bn_recalibrate=c.bn_recalibrate,
-                         augment=exp.data.augment, mean=tuple(data.mean), std=tuple(data.std), seed=exp.seed)
+                         augment=exp.augment_preset(), image_size=exp.image_size(), mean=tuple(data.mean),
+                         std=tuple(data.std), seed=exp.seed)
 
 
 def teacher_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
     t, o = exp.teachers, exp.optimizer
     return TrainSettings(lr=t.lr, momentum=o.momentum, weight_decay=o.weight_decay, batch_size=t.batch_size,
                          schedule=t.schedule, milestones=tuple(t.milestones), gamma=o.gamma,
-                         augment=exp.data.augment, mean=tuple(data.mean),
+                         augment=exp.augment_preset(), image_size=exp.image_size(), mean=tuple(data.mean),
                          std=tuple(data.std), seed=exp.seed + 1)
 
 
@@ -137,10 +143,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _resolved(exp: Experiment) -> dict:
+    """The config as a dict with the data fields whose null means a default resolved, so `augment:
+    true` (older configs), `augment: cifar` and a null that defaults to cifar compare equal."""
+    tree = exp.to_dict()
+    tree["data"].update(image_size=exp.image_size(), augment=exp.augment_preset())
+    return tree
+
+
 def config_changes(old: Experiment, new: Experiment) -> list[str]:
     """`field: old -> new` for every training-relevant field that differs (ray.*, output.* and the
     like may change on resume)."""
-    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    a, b = (flatten(_resolved(e)) for e in (old, new))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 

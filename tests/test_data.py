@@ -151,12 +151,12 @@ def test_imagefolder(tmp_path):
             for i in range(n):
                 size = 40 if i == 0 else 32   # one image needs resizing
                 (d / f"{i}.png").write_bytes(_png(rng, size))
-    tr, te = load_dataset("imagefolder", root=tmp_path)
+    tr, te = load_dataset("imagefolder", root=tmp_path, size=32)
     assert tr.class_names == ["cat", "dog"] and len(tr) == 6 and len(te) == 4
     assert tr.images.shape == (6, 3, 32, 32) and tr.labels.tolist() == [0, 0, 0, 1, 1, 1]
     ref = np.array(Image.open(tmp_path / "train" / "cat" / "1.png").convert("RGB"))
     assert torch.equal(tr.images[1], torch.from_numpy(ref).permute(2, 0, 1))
-    lim, _ = load_dataset("imagefolder", root=tmp_path, limit_per_class=1)
+    lim, _ = load_dataset("imagefolder", root=tmp_path, limit_per_class=1, size=32)
     assert len(lim) == 2
     (tmp_path / "test" / "bird").mkdir()
     (tmp_path / "test" / "bird" / "0.png").write_bytes(_png(rng))
@@ -179,12 +179,12 @@ def test_parquet(tmp_path):
     labels = [0, 1, 2, 0, 1, 2, 0]
     tr_p = _write_parquet(tmp_path / "train.parquet", [_png(rng) for _ in labels], labels)
     te_p = _write_parquet(tmp_path / "test.parquet", [_png(rng) for _ in range(3)], [2, 1, 0])
-    tr, te = load_dataset("parquet", train_path=tr_p, test_path=te_p)
+    tr, te = load_dataset("parquet", train_path=tr_p, test_path=te_p, size=32)
     assert tr.class_names == ["zero", "one", "two"] and len(tr) == 7 and len(te) == 3
     assert tr.labels.tolist() == labels and tr.images.shape == (7, 3, 32, 32)
     first = pq.read_table(tr_p).column("img")[0]["bytes"].as_py()
     assert torch.equal(tr.images[0], torch.from_numpy(np.array(Image.open(io.BytesIO(first)))).permute(2, 0, 1))
-    lim, _ = load_dataset("parquet", train_path=tr_p, test_path=te_p, limit_per_class=1)
+    lim, _ = load_dataset("parquet", train_path=tr_p, test_path=te_p, limit_per_class=1, size=32)
     assert lim.labels.tolist() == [0, 1, 2]
     assert torch.equal(lim.images, tr.images[:3])
     # no metadata -> str(i) names
@@ -242,7 +242,7 @@ def test_cifar10_torchvision(tmp_path, monkeypatch):
 @pytest.mark.skipif(not REAL_CIFAR.is_dir(), reason=f"real CIFAR-10 parquet folder {REAL_CIFAR} is absent")
 def test_real_cifar10_parquet():
     tr, te = load_dataset("parquet", train_path=REAL_CIFAR / "train.parquet", test_path=REAL_CIFAR / "test.parquet",
-                          limit_per_class=5, num_classes=10)
+                          limit_per_class=5, num_classes=10, size=32)
     assert tr.num_classes == 10 and tr.class_names[0] == "airplane" and tr.class_names[-1] == "truck"
     assert torch.bincount(tr.labels).tolist() == [5] * 10
     assert len(te) == 10000 and te.images.shape == (10000, 3, 32, 32)

@@ -113,6 +113,33 @@ def test_replayed_augmentation_equals_the_recorded_one(built, small):
     assert seen_draws == {0, 1}
 
 
+def test_imagenet_preset_cache_replays_resized_crops(small, tmp_path):
+    """augment imagenet: the bank holds crop boxes of the decoded square; the student trains on the
+    bank's random-resized crops at image_size and is served the teacher's logits of exactly those."""
+    from raydistill.data import ImageSet, resized_crop_flip
+    from raydistill.data.augment import square
+    decoded = replace(small, train=ImageSet(square(small.train.images, 37), small.train.labels,
+                                            small.train.class_names))
+    exp = cache_exp(tmp_path, **{"data.augment": "imagenet", "data.image_size": 32})
+    teachers = random_teachers(decoded)
+    cache = ensure_soft_label_cache(exp, decoded, teachers)
+    bank = cache.bank
+    assert (bank.preset, bank.size, bank.source_size, tuple(bank.draws.shape)) == ("imagenet", 32, 37, (120, 3, 5))
+    plan = plan_ed("resnet8", 3, decoded.groups, [1, 2, 3], [0, 1, 2], [1, 1, 1], [16, 16], pass_mode="mixed")
+    s = TrainSettings(batch_size=32, mean=tuple(decoded.mean), std=tuple(decoded.std), schedule="constant",
+                      augment="imagenet", image_size=32)
+    client = Recording(cache.client())
+    model = grade_model(plan, plan.grades[-1], decoded.num_classes, s)
+    train_epoch(model, build_optimizer(model, s, 0.0), plan.grades[-1], "mixed", decoded.train, client, s,
+                TrainContext(), 1)
+    assert client.calls
+    for key, images, index, draw, logits in client.calls:
+        d = bank.draws[index, 1].long()
+        assert images.shape[1:] == (3, 32, 32)
+        assert torch.equal(images, resized_crop_flip(decoded.train.images[index], d[:, :4], d[:, 4].bool(), 32))
+        torch.testing.assert_close(logits, teachers[key](images), rtol=2e-3, atol=2e-3)
+
+
 class InputProbe(torch.nn.Module):
     """The student, recording every input batch it is given."""
 

@@ -1,4 +1,8 @@
-"""Loaders per data source; each returns (train, test) ImageSets decoded once into uint8 tensors."""
+"""Loaders per data source; each returns (train, test) ImageSets decoded once into uint8 tensors.
+
+Every image is decoded to a `size` x `size` square (shorter side resized, centre square kept) once
+per run; the caller picks `size` from data.image_size and the augmentation preset
+(`augment.decoded_size`), so epochs only slice and crop tensors."""
 from __future__ import annotations
 
 import io
@@ -8,17 +12,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .augment import square
 from .imageset import DataError, ImageSet, first_n_per_class
 
-IMAGE_SIZE = 32
-SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
+SMALL_IMAGE_SOURCES = ("builtin", "cifar10", "cifar100")         # 32 px data: data.image_size defaults to 32
+PHOTO_SOURCES = ("imagefolder", "parquet", "caltech256", "food101")  # any size: data.image_size defaults to 224
+SOURCES = SMALL_IMAGE_SOURCES + PHOTO_SOURCES
 _IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-def decode_image_bytes(data: bytes, where: str) -> torch.Tensor:
-    """Bytes -> uint8 [3,32,32]. torchvision's decoder is ~3x faster than PIL; PIL covers other formats."""
+def default_image_size(source: str) -> int:
+    """data.image_size when the config leaves it null: 32 for the CIFAR-like sources, 224 for photographs."""
+    return 32 if source in SMALL_IMAGE_SOURCES else 224
+
+
+def default_augment(source: str) -> str:
+    """data.augment when the config leaves it null: CIFAR's pad-4 crops for 32 px data, ImageNet's
+    random-resized crops for photographs."""
+    return "cifar" if source in SMALL_IMAGE_SOURCES else "imagenet"
+
+
+def decode_image_bytes(data: bytes, where: str, size: int = 32) -> torch.Tensor:
+    """Bytes -> uint8 [3,size,size] (`augment.square`). torchvision's decoder is ~3x faster than PIL;
+    PIL covers other formats."""
     img = None
     try:
         from torchvision.io import ImageReadMode, decode_image
@@ -34,10 +51,7 @@ def decode_image_bytes(data: bytes, where: str) -> torch.Tensor:
                 img = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1)
         except Exception as exc:
             raise DataError(f"{where}: cannot decode image bytes ({type(exc).__name__}: {exc})") from None
-    if img.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        img = F.interpolate(img[None].float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                            antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-    return img
+    return square(img, size)
 
 
 def _limit(ds: ImageSet, limit_per_class) -> ImageSet:
@@ -79,7 +93,7 @@ def _folder_files(split_dir: Path) -> dict[str, list[Path]]:
             for c in classes}
 
 
-def load_imagefolder(root, limit_per_class=None) -> tuple[ImageSet, ImageSet]:
+def load_imagefolder(root, limit_per_class=None, size: int = 32) -> tuple[ImageSet, ImageSet]:
     """<root>/{train,test}/<class>/<image>; class names (sorted folder names) must match across splits."""
     if root is None:
         raise DataError("source 'imagefolder' needs `root` containing train/ and test/")
@@ -99,9 +113,9 @@ def load_imagefolder(root, limit_per_class=None) -> tuple[ImageSet, ImageSet]:
             if split == "train" and not paths:
                 raise DataError(f"imagefolder: class folder {str(root / split / c)!r} has no images")
             for p in paths:
-                imgs.append(decode_image_bytes(p.read_bytes(), f"imagefolder file {str(p)!r}"))
+                imgs.append(decode_image_bytes(p.read_bytes(), f"imagefolder file {str(p)!r}", size))
                 labels.append(ci)
-        images = torch.stack(imgs) if imgs else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+        images = torch.stack(imgs) if imgs else torch.zeros(0, 3, size, size, dtype=torch.uint8)
         sets.append(ImageSet(images, torch.as_tensor(labels, dtype=torch.int64), names))
     return sets[0], sets[1]
 
@@ -177,16 +191,16 @@ def _read_parquet(path, limit_per_class=None):
     return img_bytes.to_pylist(), labels[rows], names, rows
 
 
-def _decode_parquet(path, blobs, rows) -> torch.Tensor:
-    out = torch.empty(len(blobs), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+def _decode_parquet(path, blobs, rows, size: int) -> torch.Tensor:
+    out = torch.empty(len(blobs), 3, size, size, dtype=torch.uint8)
     for i, b in enumerate(blobs):
         if b is None:
             raise DataError(f"parquet file {str(path)!r} row {int(rows[i])}: `img.bytes` is null")
-        out[i] = decode_image_bytes(b, f"parquet file {str(path)!r} row {int(rows[i])}")
+        out[i] = decode_image_bytes(b, f"parquet file {str(path)!r} row {int(rows[i])}", size)
     return out
 
 
-def load_parquet(train_path, test_path, limit_per_class=None) -> tuple[ImageSet, ImageSet]:
+def load_parquet(train_path, test_path, limit_per_class=None, size: int = 32) -> tuple[ImageSet, ImageSet]:
     """HuggingFace-style CIFAR Parquet (img.bytes, label); label names from schema metadata or str(i)."""
     tr_blobs, tr_labels, tr_names, tr_rows = _read_parquet(train_path, limit_per_class)
     te_blobs, te_labels, te_names, te_rows = _read_parquet(test_path)
@@ -201,17 +215,19 @@ def load_parquet(train_path, test_path, limit_per_class=None) -> tuple[ImageSet,
         if len(bad):
             raise DataError(f"parquet file {str(path)!r} row {int(rows[bad[0]])}: label {int(labels[bad[0]])} "
                             f"out of range, expected 0..{len(names) - 1}")
-    train = ImageSet(_decode_parquet(train_path, tr_blobs, tr_rows), tr_labels, names)
-    test = ImageSet(_decode_parquet(test_path, te_blobs, te_rows), te_labels, names)
+    train = ImageSet(_decode_parquet(train_path, tr_blobs, tr_rows, size), tr_labels, names)
+    test = ImageSet(_decode_parquet(test_path, te_blobs, te_rows, size), te_labels, names)
     return train, test
 
 
 # --------------------------------------------------------------------------- dispatcher
 def load_dataset(source: str, *, root=None, train_path=None, test_path=None, download=False,
                  num_classes=None, train_per_class=None, test_per_class=None, seed=0,
-                 limit_per_class=None) -> tuple[ImageSet, ImageSet]:
-    """(train, test) for `source`. num_classes/…_per_class/seed shape `builtin`; for real sources a given
-    num_classes is checked against the data, and limit_per_class caps train samples per class."""
+                 limit_per_class=None, size=None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) for `source`, every image a `size` x `size` square (None: `default_image_size`).
+    num_classes/…_per_class/seed shape `builtin`; for real sources a given num_classes is checked
+    against the data, and limit_per_class caps train samples per class."""
+    size = int(size or default_image_size(source))
     if source == "builtin":
         from .synthetic import make_synthetic
 
@@ -227,11 +243,18 @@ def load_dataset(source: str, *, root=None, train_path=None, test_path=None, dow
     elif source in ("cifar10", "cifar100"):
         train, test = load_cifar(source, root, download=download, limit_per_class=limit_per_class)
     elif source == "imagefolder":
-        train, test = load_imagefolder(root, limit_per_class=limit_per_class)
+        train, test = load_imagefolder(root, limit_per_class=limit_per_class, size=size)
     elif source == "parquet":
-        train, test = load_parquet(train_path, test_path, limit_per_class=limit_per_class)
+        train, test = load_parquet(train_path, test_path, limit_per_class=limit_per_class, size=size)
+    elif source in ("caltech256", "food101"):
+        from .photo_sets import load_caltech256, load_food101
+
+        loader = load_caltech256 if source == "caltech256" else load_food101
+        train, test = loader(root, download=download, limit_per_class=limit_per_class, size=size)
     else:
         raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
+    if train.images.shape[-1] != size:   # the 32 px tensor sources, at another size
+        train, test = (ImageSet(square(s.images, size), s.labels, s.class_names) for s in (train, test))
     if num_classes is not None and train.num_classes != int(num_classes):
         raise DataError(f"source {source!r} has {train.num_classes} classes but num_classes={num_classes} was given")
     return train, test

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from raydistill.data import ImageSet, normalize, random_crop_flip, resident_on
+from raydistill.data import ImageSet, augment_batch, center_crop, normalize, resident_on
+from raydistill.data.augment import preset_name
 from raydistill.distill.curriculum import Grade, Plan
 from raydistill.distill.losses import Distillation, ed_loss
 from raydistill.distill.precision import Precision
@@ -76,12 +77,16 @@ class TrainSettings:
     carry_head_rows: bool = False
     keep_momentum: bool = False
     head_relu: bool = True
-    augment: bool = True
+    augment: str = "cifar"             # preset: cifar | imagenet | none (booleans: true = cifar, false = none)
+    image_size: Optional[int] = None    # side the model sees; None: the stored images' side
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.25, 0.25, 0.25)
     seed: int = 0
     eval_batch_size: int = 512
     bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass before evaluating/saving
+
+    def __post_init__(self):
+        self.augment = preset_name(self.augment)
 
 
 @dataclass
@@ -272,8 +277,8 @@ def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teac
         if replay is not None:
             draw = replay.draw_at(index, epoch)
             images = replay.apply(images, index, draw)
-        elif s.augment:
-            images = random_crop_flip(images, padding=4, generator=gen)
+        else:
+            images = augment_batch(images, s.augment, s.image_size, gen)
         labels = data.labels[index]
         lessons = tables.lesson[labels]
         calls = {}
@@ -311,7 +316,7 @@ def recalibrate_batchnorm(model: nn.Module, grade: Grade, data: ImageSet, s: Tra
     from torch.optim.swa_utils import update_bn
     index = grade_passes(grade, data.labels, "mixed")[0]
     batches = shard_batches(index, s.batch_size, s.seed, epoch, RECALIBRATION_STREAM, ctx.rank, ctx.world_size)
-    update_bn((ctx.batch(data.images[b], s) for b, _ in batches), model)
+    update_bn((ctx.batch(center_crop(data.images[b], s.image_size), s) for b, _ in batches), model)
 
 
 @torch.inference_mode()
@@ -323,7 +328,7 @@ def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx:
     index = torch.nonzero(torch.isin(data.labels, ids)).flatten()[ctx.rank::ctx.world_size]
     counts = torch.zeros(2, dtype=torch.float64)
     for chunk in torch.split(index, s.eval_batch_size):
-        x = ctx.batch(data.images[chunk], s)
+        x = ctx.batch(center_crop(data.images[chunk], s.image_size), s)
         predicted = ids[ctx.amp.forward(model, x).argmax(1).cpu()]
         counts += torch.tensor([(predicted == data.labels[chunk]).sum().item(), len(chunk)], dtype=torch.float64)
     counts = ctx.all_reduce_sum(counts.to(ctx.device)).cpu()

@@ -45,11 +45,11 @@ def compute_logits(teacher, images: torch.Tensor, bank: AugmentationBank) -> tor
 
 def _piece(teacher, images, samples: torch.Tensor, bank: AugmentationBank, fmt: str, topk: int,
            temperature: float) -> TeacherLabels:
-    sub = AugmentationBank(bank.draws[samples], bank.padding, bank.flip, bank.seed)
+    sub = bank.subset(samples)
     return encode(samples, compute_logits(teacher, images[samples], sub), fmt, topk, temperature)
 
 
-def _task(blob: bytes, images: np.ndarray, samples: np.ndarray, draws: np.ndarray, padding: int, flip: bool,
+def _task(blob: bytes, images: np.ndarray, samples: np.ndarray, sub: AugmentationBank,
           fmt: str, topk: int, temperature: float, threads: int, device: str,
           precision: str = "fp32") -> TeacherLabels:
     """One piece in a Ray task: the teacher arrives as checkpoint bytes, the images as numpy."""
@@ -57,7 +57,6 @@ def _task(blob: bytes, images: np.ndarray, samples: np.ndarray, draws: np.ndarra
     torch.set_num_threads(threads)
     teacher = teacher_from_bytes(blob, device, precision=precision)
     samples = torch.from_numpy(samples)
-    sub = AugmentationBank(torch.from_numpy(draws), padding, flip, 0)
     return encode(samples, compute_logits(teacher, torch.from_numpy(images[samples.numpy()]), sub), fmt, topk,
                   temperature)
 
@@ -94,6 +93,6 @@ def build_labels(teachers: dict, images: torch.Tensor, labels: torch.Tensor, ban
     refs = {}
     for key, t in teachers.items():
         blob = ray.put(teacher_bytes(t))
-        refs[key] = [task.remote(blob, images_ref, s.numpy(), bank.draws[s].numpy(), bank.padding, bank.flip,
+        refs[key] = [task.remote(blob, images_ref, s.numpy(), bank.subset(s),
                                  fmt, topk, temperature, threads, device, t.amp.name) for s in pieces[key]]
     return {key: concat(ray.get(r)) for key, r in refs.items()}

@@ -61,11 +61,17 @@ def local_cache_dir(root, name: str) -> Path:
 
 
 def bank_for(exp, num_samples: int) -> AugmentationBank:
-    """The bank of an experiment: `teachers.cache_draws` draws of crop (pad 4) + flip per sample,
-    seeded by `data.seed` (the seed that fixes the training set), not the training seed, so runs
-    with different seeds share one cache. Without augmentation: one identity draw."""
-    if not exp.data.augment:
+    """The bank of an experiment: `teachers.cache_draws` draws of the preset's crop + flip per sample
+    (cifar: pad-4 crops; imagenet: random-resized crops of the decoded square), seeded by `data.seed`
+    (the seed that fixes the training set), not the training seed, so runs with different seeds
+    share one cache. Without augmentation: one identity draw."""
+    from raydistill.data import decoded_size
+    preset, size = exp.augment_preset(), exp.image_size()
+    if preset == "none":
         return AugmentationBank.make(num_samples, 1, padding=0, flip=False, seed=exp.data.seed)
+    if preset == "imagenet":
+        return AugmentationBank.make(num_samples, exp.teachers.cache_draws, flip=True, seed=exp.data.seed,
+                                     preset="imagenet", size=size, source_size=decoded_size(size, preset))
     return AugmentationBank.make(num_samples, exp.teachers.cache_draws, padding=4, flip=True, seed=exp.data.seed)
 
 
@@ -116,6 +122,5 @@ def load_soft_label_cache(directory: Path) -> SoftLabelCache:
     meta = read_meta(directory)
     if meta is None:
         raise SoftLabelCacheError(f"soft-label cache {directory}: no meta.json, expected a complete cache")
-    b = meta["bank"]
-    bank = AugmentationBank.make(b["samples"], b["draws"], b["padding"], b["flip"], b["seed"])
+    bank = AugmentationBank.from_params(meta["bank"])
     return SoftLabelCache(directory, meta["key"], bank, read_labels(directory, meta), cache_bytes(directory), None)
