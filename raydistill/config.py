@@ -25,6 +25,7 @@ TEACHER_MODES = ("actors", "local")
 STAGE_MODES = ("sequential", "concurrent", "auto")
 SOFT_LABELS = ("online", "cache")
 CACHE_FORMATS = ("float16", "topk")
+LOADERS = ("memory", "stream", "auto")
 
 
 class ConfigError(ValueError):
@@ -84,6 +85,10 @@ class DataConfig:
     groups: Optional[list] = None       # ... or explicit class lists (overrides ratio)
     augment: bool = True                # random crop (pad 4) + horizontal flip
     seed: int = 0                       # dataset generation / split
+    cache_dir: Optional[str] = None     # decoded-image shards; None = <output.dir>/decoded (shared by runs and trials)
+    loader: str = "memory"              # memory: decoded set in each worker | stream: Ray Data pipeline | auto
+    memory_fraction: float = 0.25       # auto: stream when the decoded train set needs more of a worker's memory
+    stream_prefetch: int = 4            # stream: batches each worker prefetches
 
 
 @dataclass
@@ -304,6 +309,10 @@ class Experiment:
         for name in ("train_per_class", "test_per_class", "limit_per_class"):
             v = getattr(d, name)
             need(v is None or v >= 1, f"data.{name}", "a positive integer or null", v)
+        need(d.loader in LOADERS, "data.loader", f"one of {list(LOADERS)}", d.loader)
+        need(0 < d.memory_fraction <= 1, "data.memory_fraction", "a number in (0, 1]", d.memory_fraction)
+        need(isinstance(d.stream_prefetch, int) and d.stream_prefetch >= 1, "data.stream_prefetch",
+             "a positive integer", d.stream_prefetch)
         need(d.groups is not None or d.ratio, "data.ratio", "a ratio like 1:1:1 when data.groups is not set",
              d.ratio)
 

@@ -53,10 +53,10 @@ def teacher_classes(key: str, data: PreparedData) -> list:
     return classes_of(key, data.groups)
 
 
-def start_run(exp: Experiment) -> tuple[PreparedData, RunDir]:
+def start_run(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> tuple[PreparedData, RunDir]:
     """Validate, load the data, create the run directory and write config.yaml — before any training."""
     exp.validate()
-    data = prepare_data(exp)
+    data = prepare_data(exp, log)
     check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
     out = check_output_dir(exp)
     refuse_changed_config(out, exp)
@@ -170,7 +170,7 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
     log = progress or (lambda _msg: None)
     device = pick_device(exp)
     exp.check_devices(device.type, "local")
-    data, out = start_run(exp)
+    data, out = start_run(exp, log)
     result = run_result(out)
     teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
     client = LocalTeachers(teachers)

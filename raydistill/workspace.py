@@ -9,12 +9,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from raydistill.config import ConfigError, Experiment
 from raydistill.data import (DataError, ImageSet, channel_stats, groups_from_ratio, load_dataset,
                              train_val_split, validate_groups)
+from raydistill.data.decoded import load_decoded
 from raydistill.distill.engine import TrainSettings
 
 
@@ -32,13 +34,14 @@ class PreparedData:
         return self.train.num_classes
 
 
-def prepare_data(exp: Experiment) -> PreparedData:
-    """Load, split and group the data; raise DataError/ConfigError on anything inconsistent."""
+def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> PreparedData:
+    """Load (decoded shards when an earlier run stored them, see `data.decoded`), split and group
+    the data; raise DataError/ConfigError on anything inconsistent."""
     d = exp.data
-    train, test = load_dataset(d.source, root=d.root, train_path=d.train_path, test_path=d.test_path,
-                               download=d.download, num_classes=d.num_classes if d.source == "builtin" else None,
-                               train_per_class=d.train_per_class,
-                               test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class)
+    train, test = load_decoded(exp, lambda: load_dataset(
+        d.source, root=d.root, train_path=d.train_path, test_path=d.test_path, download=d.download,
+        num_classes=d.num_classes if d.source == "builtin" else None, train_per_class=d.train_per_class,
+        test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class), log)
     try:
         if d.groups is not None:
             groups = validate_groups(d.groups, train.num_classes)
@@ -95,6 +98,7 @@ def with_absolute_paths(exp: Experiment) -> Experiment:
     exp = copy.deepcopy(exp)
     d = exp.data
     d.root, d.train_path, d.test_path = absolute(d.root), absolute(d.train_path), absolute(d.test_path)
+    d.cache_dir = absolute(d.cache_dir)
     if exp.teachers.checkpoints:
         exp.teachers.checkpoints = {k: absolute(v) for k, v in exp.teachers.checkpoints.items()}
     exp.output.dir = absolute(exp.output.dir)
@@ -123,7 +127,8 @@ def check_output_dir(exp: Experiment):
 
 
 # What may differ between a run and the command that resumes it: where and how it runs, not what it trains.
-RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output")
+RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output", "data.cache_dir",
+                    "data.loader", "data.memory_fraction", "data.stream_prefetch")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -141,7 +146,7 @@ def config_changes(old: Experiment, new: Experiment) -> list[str]:
     like may change on resume)."""
     a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
+            if k.split(".")[0] not in RESUMABLE_FIELDS and k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 
 
 def refuse_changed_config(run, exp: Experiment) -> None:

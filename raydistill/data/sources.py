@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .imageset import DataError, ImageSet, first_n_per_class
+from .parallel import decode_many
 
 IMAGE_SIZE = 32
 SOURCES = ("builtin", "cifar10", "cifar100", "imagefolder", "parquet")
@@ -93,15 +94,15 @@ def load_imagefolder(root, limit_per_class=None) -> tuple[ImageSet, ImageSet]:
     names = list(train_files)
     sets = []
     for split, files, limit in (("train", train_files, limit_per_class), ("test", test_files, None)):
-        imgs, labels = [], []
+        all_paths, labels = [], []
         for ci, c in enumerate(names):
             paths = files[c][: int(limit)] if limit is not None else files[c]
             if split == "train" and not paths:
                 raise DataError(f"imagefolder: class folder {str(root / split / c)!r} has no images")
-            for p in paths:
-                imgs.append(decode_image_bytes(p.read_bytes(), f"imagefolder file {str(p)!r}"))
-                labels.append(ci)
-        images = torch.stack(imgs) if imgs else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+            all_paths += paths
+            labels += [ci] * len(paths)
+        images = decode_many(all_paths, [f"imagefolder file {str(p)!r}" for p in all_paths], decode_image_bytes,
+                             (3, IMAGE_SIZE, IMAGE_SIZE))
         sets.append(ImageSet(images, torch.as_tensor(labels, dtype=torch.int64), names))
     return sets[0], sets[1]
 
@@ -178,12 +179,11 @@ def _read_parquet(path, limit_per_class=None):
 
 
 def _decode_parquet(path, blobs, rows) -> torch.Tensor:
-    out = torch.empty(len(blobs), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     for i, b in enumerate(blobs):
         if b is None:
             raise DataError(f"parquet file {str(path)!r} row {int(rows[i])}: `img.bytes` is null")
-        out[i] = decode_image_bytes(b, f"parquet file {str(path)!r} row {int(rows[i])}")
-    return out
+    return decode_many(blobs, [f"parquet file {str(path)!r} row {int(r)}" for r in rows.tolist()],
+                       decode_image_bytes, (3, IMAGE_SIZE, IMAGE_SIZE))
 
 
 def load_parquet(train_path, test_path, limit_per_class=None) -> tuple[ImageSet, ImageSet]:

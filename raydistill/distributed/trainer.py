@@ -169,7 +169,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     check_cluster_address(exp)
     exp.check_devices("cuda" if exp.ray.use_gpu else "cpu", "ray")
     exp = with_absolute_paths(exp)
-    data, out = start_run(exp)
+    data, out = start_run(exp, log)
     # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
     check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
