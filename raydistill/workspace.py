@@ -17,12 +17,13 @@ from raydistill.config import ConfigError, Experiment
 from raydistill.data import (DataError, ImageSet, channel_stats, groups_from_ratio, load_dataset,
                              train_val_split, validate_groups)
 from raydistill.data.decoded import load_decoded
+from raydistill.data.stream import choose_loader, stream_splits, stream_stats
 from raydistill.distill.engine import TrainSettings
 
 
 @dataclass
 class PreparedData:
-    train: ImageSet
+    train: ImageSet         # or, with data.loader stream, `data.stream.StreamSplit` (an index, no pixels)
     val: ImageSet
     test: ImageSet
     groups: list            # class lists, group-local order
@@ -33,15 +34,23 @@ class PreparedData:
     def num_classes(self) -> int:
         return self.train.num_classes
 
+    @property
+    def streaming(self) -> bool:
+        return not isinstance(self.train, ImageSet)
+
 
 def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> PreparedData:
     """Load (decoded shards when an earlier run stored them, see `data.decoded`), split and group
     the data; raise DataError/ConfigError on anything inconsistent."""
     d = exp.data
-    train, test = load_decoded(exp, lambda: load_dataset(
-        d.source, root=d.root, train_path=d.train_path, test_path=d.test_path, download=d.download,
-        num_classes=d.num_classes if d.source == "builtin" else None, train_per_class=d.train_per_class,
-        test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class), log)
+    streaming = choose_loader(exp, log or (lambda _msg: None)) == "stream"
+    if streaming:   # indexes of the samples; pixels stay in storage until a pipeline decodes them
+        train, val, test = stream_splits(exp)
+    else:
+        train, test = load_decoded(exp, lambda: load_dataset(
+            d.source, root=d.root, train_path=d.train_path, test_path=d.test_path, download=d.download,
+            num_classes=d.num_classes if d.source == "builtin" else None, train_per_class=d.train_per_class,
+            test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class), log)
     try:
         if d.groups is not None:
             groups = validate_groups(d.groups, train.num_classes)
@@ -51,7 +60,8 @@ def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -
         raise DataError(f"{'data.groups' if d.groups is not None else 'data.ratio'}: {err}") from None
     if len(groups) != exp.num_groups():
         raise ConfigError(f"data.groups: expected {exp.num_groups()} groups, got {len(groups)}")
-    train, val = train_val_split(train, d.val_fraction, d.seed)
+    if not streaming:
+        train, val = train_val_split(train, d.val_fraction, d.seed)
     counts = torch.bincount(train.labels, minlength=train.num_classes)
     for p, classes in enumerate(groups):
         n = int(counts[classes].sum())
@@ -62,7 +72,7 @@ def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -
             if batch_size > n:
                 raise ConfigError(f"{field}: expected at most {n} (the training samples in class group {p}, "
                                   f"classes {classes[:5]}), got {batch_size}")
-    mean, std = channel_stats(train.images)
+    mean, std = stream_stats(train, seed=d.seed) if streaming else channel_stats(train.images)
     return PreparedData(train, val, test, groups, mean, std)
 
 

@@ -131,8 +131,8 @@ def _label_names_from_metadata(meta: dict | None) -> list[str] | None:
     return None
 
 
-def _read_parquet(path, limit_per_class=None):
-    """Validated (list of bytes, int64 labels, label names or None, row ids) from one file."""
+def parquet_labels(path):
+    """Validated (int64 labels of every row, label names or None) of one file, without its images."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -152,7 +152,7 @@ def _read_parquet(path, limit_per_class=None):
     if not ok:
         raise DataError(f"parquet file {str(path)!r} lacks the expected columns `img.bytes` (struct img with a "
                         f"binary field bytes) and `label`; found columns {schema.names}")
-    table = pq.read_table(path, columns=["img", "label"])
+    table = pq.read_table(path, columns=["label"])
     if table.num_rows == 0:
         raise DataError(f"parquet file {str(path)!r} has no rows; expected at least one image per class")
     label_col = table.column("label")
@@ -171,6 +171,16 @@ def _read_parquet(path, limit_per_class=None):
         row = int(bad[0])
         expect = f"0..{len(names) - 1} ({len(names)} label names in metadata)" if names else ">= 0"
         raise DataError(f"parquet file {str(path)!r} row {row}: label {int(labels[row])} out of range, expected {expect}")
+    return labels, names
+
+
+def _read_parquet(path, limit_per_class=None):
+    """Validated (list of bytes, int64 labels, label names or None, row ids) from one file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels, names = parquet_labels(path)
+    table = pq.read_table(path, columns=["img"])
     rows = first_n_per_class(labels, limit_per_class) if limit_per_class is not None else torch.arange(len(labels))
     img_bytes = table.column("img").combine_chunks().field("bytes")
     if limit_per_class is not None:
