@@ -507,6 +507,9 @@ def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainC
     ranks load the cache rank 0 names from there (a local copy of it when the root is a URI)."""
     from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache, local_cache_dir
     root = cache_root(exp)
+    if writer and data.streaming:   # the cache is keyed and built on decoded pixels: the decode-once shards
+        from raydistill.workspace import prepare_data
+        data = prepare_data(exp.with_overrides(["data.loader=memory"]), log)
     cache = ensure_soft_label_cache(exp, data, frozen, root=root, log=log) if writer else None
     name = _broadcast(cache.directory.name if writer else None, ctx)   # also the barrier
     return (cache if writer else load_soft_label_cache(local_cache_dir(root, name))).client()
