@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_experiment
 from test_decoded import parquet_experiment
 
 EPOCHS = 2
@@ -98,3 +99,25 @@ def test_streamed_samples_match_memory_mode_pixels_and_cached_soft_labels(ray_se
         cached = client.fetch(client.submit("group0", streamed, index=ids, draw=draws))
         # the cache holds, for (sample, draw), the logits of exactly the image the stream yields
         assert torch.allclose(cached.float(), teacher(streamed).float(), atol=2e-2, rtol=1e-2)
+
+
+def test_loader_fields_are_validated_and_auto_says_what_it_chose(tmp_path):
+    from raydistill.config import ConfigError
+    from raydistill.data.stream import choose_loader
+    from raydistill.runner import run
+
+    exp = parquet_experiment(tmp_path)
+    with pytest.raises(ConfigError, match="data.loader: expected one of"):
+        exp.with_overrides(["data.loader=disk"]).validate()
+    with pytest.raises(ConfigError, match="data.memory_fraction"):
+        exp.with_overrides(["data.memory_fraction=0"]).validate()
+    with pytest.raises(ConfigError, match="data.loader: stream needs the Ray backend"):
+        run(exp.with_overrides(["data.loader=stream"]), progress=None)
+    said = []
+    auto = exp.with_overrides(["data.loader=auto", "data.memory_fraction=0.5"])
+    # 120 decoded 32x32 images = 368,640 bytes: stream below 2x that per worker, memory above
+    assert choose_loader(auto, said.append, memory=700_000) == "stream"
+    assert choose_loader(auto, said.append, memory=800_000) == "memory"
+    assert "auto: stream" in said[0] and "auto: memory" in said[1]
+    builtin = tiny_experiment(tmp_path, **{"data.loader": "auto"})
+    assert choose_loader(builtin, said.append, memory=1) == "memory" and "does not stream" in said[-1]
