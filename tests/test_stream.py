@@ -121,3 +121,4 @@ def test_loader_fields_are_validated_and_auto_says_what_it_chose(tmp_path):
     assert "auto: stream" in said[0] and "auto: memory" in said[1]
     builtin = tiny_experiment(tmp_path, **{"data.loader": "auto"})
     assert choose_loader(builtin, said.append, memory=1) == "memory" and "does not stream" in said[-1]
+
