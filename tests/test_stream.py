@@ -122,3 +122,18 @@ def test_loader_fields_are_validated_and_auto_says_what_it_chose(tmp_path):
     builtin = tiny_experiment(tmp_path, **{"data.loader": "auto"})
     assert choose_loader(builtin, said.append, memory=1) == "memory" and "does not stream" in said[-1]
 
+
+
+def test_a_run_trains_and_evaluates_from_streams_on_two_workers(ray_session, tmp_path):
+    """The whole Ray backend in stream mode: a teacher stage (its test accuracy streamed too) and kd."""
+    from raydistill.distributed.trainer import run_distributed
+    exp = parquet_experiment(tmp_path, **{"data.loader": "stream", "methods": "[kd]", "teachers.epochs": 1,
+                                          "ray.workers": 2, "ray.cpus_per_worker": 0.25})
+    seen = []
+    result = run_distributed(exp, progress=seen.append)
+    history = [h for h in result.history if h["method"] == "kd"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert all(h["train_images"] == 108 for h in history)   # every training sample once per epoch, none padded
+    assert all(0 <= h["val_acc"] <= 1 and 0 <= h["test_acc"] <= 1 for h in history)
+    assert 0 <= result.teachers["all"]["test_acc"] <= 1
+    assert not (tmp_path / "runs" / "decoded").exists(), "stream mode decodes nothing up front"
