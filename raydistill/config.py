@@ -27,6 +27,7 @@ CACHE_FORMATS = ("float16", "topk")
 WANDB_MODES = ("online", "offline", "disabled")
 # tracker section -> (module it imports, the extra that installs it)
 TRACKER_PACKAGES = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+LOADERS = ("memory", "stream", "auto")
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,10 @@ class DataConfig:
     image_size: Optional[int] = None    # side the networks see; null: 32 (builtin, cifar10/100) or 224 (photos)
     augment: Union[str, bool, None] = None  # cifar | imagenet | none; null: cifar (32 px sources) or imagenet
     seed: int = 0                       # dataset generation / split
+    cache_dir: Optional[str] = None     # decoded-image shards; None = <output.dir>/decoded (shared by runs and trials)
+    loader: str = "memory"              # memory: decoded set in each worker | stream: Ray Data pipeline | auto
+    memory_fraction: float = 0.25       # auto: stream when the decoded train set needs more of a worker's memory
+    stream_prefetch: int = 4            # stream: batches each worker prefetches
 
 
 @dataclass
@@ -336,6 +341,10 @@ class Experiment:
         for name in ("train_per_class", "test_per_class", "limit_per_class"):
             v = getattr(d, name)
             need(v is None or v >= 1, f"data.{name}", "a positive integer or null", v)
+        need(d.loader in LOADERS, "data.loader", f"one of {list(LOADERS)}", d.loader)
+        need(0 < d.memory_fraction <= 1, "data.memory_fraction", "a number in (0, 1]", d.memory_fraction)
+        need(isinstance(d.stream_prefetch, int) and d.stream_prefetch >= 1, "data.stream_prefetch",
+             "a positive integer", d.stream_prefetch)
         need(d.groups is not None or d.ratio, "data.ratio", "a ratio like 1:1:1 when data.groups is not set",
              d.ratio)
         need(d.image_size is None or (isinstance(d.image_size, int) and 8 <= d.image_size <= 1024), "data.image_size",

@@ -18,6 +18,7 @@ import torch
 
 from raydistill.storage import RunDir
 from raydistill.config import Experiment
+from raydistill.data.stream import StreamSplit
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import count_parameters
@@ -56,10 +57,10 @@ def teacher_classes(key: str, data: PreparedData) -> list:
     return classes_of(key, data.groups)
 
 
-def start_run(exp: Experiment) -> tuple[PreparedData, RunDir]:
+def start_run(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> tuple[PreparedData, RunDir]:
     """Validate, load the data, create the run directory and write config.yaml — before any training."""
     exp.validate()
-    data = prepare_data(exp)
+    data = prepare_data(exp, log)
     check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
     out = check_output_dir(exp)
     refuse_changed_config(out, exp)
@@ -144,6 +145,13 @@ def prepare_teachers(exp: Experiment, data: PreparedData, out: RunDir, device, l
 
 def _accuracy(teacher, test) -> float:
     ids = torch.tensor(teacher.class_ids)
+    if isinstance(test, StreamSplit):   # every worker counts its share, then all sum
+        counts = torch.zeros(2, dtype=torch.float64)
+        for images, labels in test.eval_batches(512):
+            counts += torch.tensor([float((ids[teacher(images).argmax(1)] == labels).sum()), len(labels)],
+                                   dtype=torch.float64)
+        counts = test.all_reduce_sum(counts)
+        return counts[0].item() / max(counts[1].item(), 1.0)
     correct = sum(int((ids[teacher(test.images[i:i + 512]).argmax(1)] == test.labels[i:i + 512]).sum())
                   for i in range(0, len(test), 512))
     return correct / max(len(test), 1)
@@ -203,7 +211,13 @@ def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> Run
     log = progress or (lambda _msg: None)
     device = pick_device(exp)
     exp.check_devices(device.type, "local")
-    data, out = start_run(exp)
+    if exp.data.loader == "stream":
+        from raydistill.config import ConfigError
+        raise ConfigError("data.loader: stream needs the Ray backend (Ray Data pipelines feed Ray Train workers); "
+                          "expected memory or auto with --backend local")
+    if exp.data.loader == "auto":   # one process: nothing to stream to
+        exp = exp.with_overrides(["data.loader=memory"])
+    data, out = start_run(exp, log)
     result = run_result(out)
     teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
     client = LocalTeachers(teachers)

@@ -9,18 +9,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from raydistill.config import ConfigError, Experiment
 from raydistill.data import (DataError, ImageSet, center_crop, channel_stats, decoded_size, groups_from_ratio,
                              load_dataset, train_val_split, validate_groups)
+from raydistill.data.decoded import load_decoded
+from raydistill.data.stream import choose_loader, stream_splits, stream_stats
 from raydistill.distill.engine import TrainSettings
 
 
 @dataclass
 class PreparedData:
-    train: ImageSet
+    train: ImageSet         # or, with data.loader stream, `data.stream.StreamSplit` (an index, no pixels)
     val: ImageSet
     test: ImageSet
     groups: list            # class lists, group-local order
@@ -31,18 +34,27 @@ class PreparedData:
     def num_classes(self) -> int:
         return self.train.num_classes
 
+    @property
+    def streaming(self) -> bool:
+        return not isinstance(self.train, ImageSet)
 
-def prepare_data(exp: Experiment) -> PreparedData:
-    """Load, split and group the data; raise DataError/ConfigError on anything inconsistent.
-    Training images keep the decoded square the preset crops from; validation and test images are
-    stored as their evaluation view (the centre image_size crop), the same for every method."""
+def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> PreparedData:
+    """Load (decoded shards when an earlier run stored them, see `data.decoded`), split and group
+    the data; raise DataError/ConfigError on anything inconsistent. Training images keep the decoded
+    square the preset crops from; in memory mode validation and test images are stored as their
+    evaluation view (the centre image_size crop), the same for every method (streamed ones are
+    centre-cropped by the engine's evaluation)."""
     d = exp.data
     size = exp.image_size()
-    train, test = load_dataset(d.source, root=d.root, train_path=d.train_path, test_path=d.test_path,
-                               download=d.download, num_classes=d.num_classes if d.source == "builtin" else None,
-                               train_per_class=d.train_per_class,
-                               test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class,
-                               size=decoded_size(size, exp.augment_preset()))
+    streaming = choose_loader(exp, log or (lambda _msg: None)) == "stream"
+    if streaming:   # indexes of the samples; pixels stay in storage until a pipeline decodes them
+        train, val, test = stream_splits(exp)
+    else:
+        train, test = load_decoded(exp, lambda: load_dataset(
+            d.source, root=d.root, train_path=d.train_path, test_path=d.test_path, download=d.download,
+            num_classes=d.num_classes if d.source == "builtin" else None, train_per_class=d.train_per_class,
+            test_per_class=d.test_per_class, seed=d.seed, limit_per_class=d.limit_per_class,
+            size=decoded_size(size, exp.augment_preset())), log)
     try:
         if d.groups is not None:
             groups = validate_groups(d.groups, train.num_classes)
@@ -52,8 +64,9 @@ def prepare_data(exp: Experiment) -> PreparedData:
         raise DataError(f"{'data.groups' if d.groups is not None else 'data.ratio'}: {err}") from None
     if len(groups) != exp.num_groups():
         raise ConfigError(f"data.groups: expected {exp.num_groups()} groups, got {len(groups)}")
-    train, val = train_val_split(train, d.val_fraction, d.seed)
-    val, test = (ImageSet(center_crop(s.images, size), s.labels, s.class_names) for s in (val, test))
+    if not streaming:
+        train, val = train_val_split(train, d.val_fraction, d.seed)
+        val, test = (ImageSet(center_crop(s.images, size), s.labels, s.class_names) for s in (val, test))
     counts = torch.bincount(train.labels, minlength=train.num_classes)
     for p, classes in enumerate(groups):
         n = int(counts[classes].sum())
@@ -64,7 +77,7 @@ def prepare_data(exp: Experiment) -> PreparedData:
             if batch_size > n:
                 raise ConfigError(f"{field}: expected at most {n} (the training samples in class group {p}, "
                                   f"classes {classes[:5]}), got {batch_size}")
-    mean, std = channel_stats(train.images)
+    mean, std = stream_stats(train, seed=d.seed) if streaming else channel_stats(train.images)
     return PreparedData(train, val, test, groups, mean, std)
 
 
@@ -101,6 +114,7 @@ def with_absolute_paths(exp: Experiment) -> Experiment:
     exp = copy.deepcopy(exp)
     d = exp.data
     d.root, d.train_path, d.test_path = absolute(d.root), absolute(d.train_path), absolute(d.test_path)
+    d.cache_dir = absolute(d.cache_dir)
     if exp.teachers.checkpoints:
         exp.teachers.checkpoints = {k: absolute(v) for k, v in exp.teachers.checkpoints.items()}
     exp.output.dir = absolute(exp.output.dir)
@@ -129,7 +143,8 @@ def check_output_dir(exp: Experiment):
 
 
 # What may differ between a run and the command that resumes it: where and how it runs, not what it trains.
-RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output", "tracking")
+RESUMABLE_FIELDS = ("name", "device", "compile", "device_data_fraction", "ray", "output", "tracking",
+                    "data.cache_dir", "data.loader", "data.memory_fraction", "data.stream_prefetch")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -156,7 +171,7 @@ def config_changes(old: Experiment, new: Experiment) -> list[str]:
     like may change on resume)."""
     a, b = (flatten(_resolved(e)) for e in (old, new))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k.split(".")[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
+            if k.split(".")[0] not in RESUMABLE_FIELDS and k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 
 
 def refuse_changed_config(run, exp: Experiment) -> None:

@@ -65,19 +65,25 @@ def first_n_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 def train_val_split(train: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """Stratified split: each class gives round(n_c * val_fraction) samples to val, chosen by `seed`."""
+    train_idx, val_idx = split_indices(train.labels, train.num_classes, val_fraction, seed)
+    return train.subset(train_idx), train.subset(val_idx)
+
+
+def split_indices(labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int):
+    """(train, val) sorted indices of `train_val_split`, from the labels alone (streaming needs no pixels)."""
     if not 0.0 <= float(val_fraction) < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     g = torch.Generator().manual_seed(int(seed))
     val_parts = []
-    for c in range(train.num_classes):
-        idx = torch.nonzero(train.labels == c).flatten()
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
         n_val = int(round(len(idx) * float(val_fraction)))
         if n_val:
             val_parts.append(idx[torch.randperm(len(idx), generator=g)[:n_val]])
     val_idx = torch.sort(torch.cat(val_parts)).values if val_parts else torch.zeros(0, dtype=torch.int64)
-    is_val = torch.zeros(len(train), dtype=torch.bool)
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
     is_val[val_idx] = True
-    return train.subset(torch.nonzero(~is_val).flatten()), train.subset(val_idx)
+    return torch.nonzero(~is_val).flatten(), val_idx
 
 
 def channel_stats(images_uint8, chunk: int = 4096) -> tuple[list[float], list[float]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from .augment import square
 from .imageset import DataError, ImageSet, first_n_per_class
+from .parallel import decode_many
 
 SMALL_IMAGE_SOURCES = ("builtin", "cifar10", "cifar100")         # 32 px data: data.image_size defaults to 32
 PHOTO_SOURCES = ("imagefolder", "parquet", "caltech256", "food101")  # any size: data.image_size defaults to 224
@@ -107,15 +109,15 @@ def load_imagefolder(root, limit_per_class=None, size: int = 32) -> tuple[ImageS
     names = list(train_files)
     sets = []
     for split, files, limit in (("train", train_files, limit_per_class), ("test", test_files, None)):
-        imgs, labels = [], []
+        all_paths, labels = [], []
         for ci, c in enumerate(names):
             paths = files[c][: int(limit)] if limit is not None else files[c]
             if split == "train" and not paths:
                 raise DataError(f"imagefolder: class folder {str(root / split / c)!r} has no images")
-            for p in paths:
-                imgs.append(decode_image_bytes(p.read_bytes(), f"imagefolder file {str(p)!r}", size))
-                labels.append(ci)
-        images = torch.stack(imgs) if imgs else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+            all_paths += paths
+            labels += [ci] * len(paths)
+        images = decode_many(all_paths, [f"imagefolder file {str(p)!r}" for p in all_paths],
+                             partial(decode_image_bytes, size=size), (3, size, size))
         sets.append(ImageSet(images, torch.as_tensor(labels, dtype=torch.int64), names))
     return sets[0], sets[1]
 
@@ -144,8 +146,8 @@ def _label_names_from_metadata(meta: dict | None) -> list[str] | None:
     return None
 
 
-def _read_parquet(path, limit_per_class=None):
-    """Validated (list of bytes, int64 labels, label names or None, row ids) from one file."""
+def parquet_labels(path):
+    """Validated (int64 labels of every row, label names or None) of one file, without its images."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,7 +167,7 @@ def _read_parquet(path, limit_per_class=None):
     if not ok:
         raise DataError(f"parquet file {str(path)!r} lacks the expected columns `img.bytes` (struct img with a "
                         f"binary field bytes) and `label`; found columns {schema.names}")
-    table = pq.read_table(path, columns=["img", "label"])
+    table = pq.read_table(path, columns=["label"])
     if table.num_rows == 0:
         raise DataError(f"parquet file {str(path)!r} has no rows; expected at least one image per class")
     label_col = table.column("label")
@@ -184,6 +186,16 @@ def _read_parquet(path, limit_per_class=None):
         row = int(bad[0])
         expect = f"0..{len(names) - 1} ({len(names)} label names in metadata)" if names else ">= 0"
         raise DataError(f"parquet file {str(path)!r} row {row}: label {int(labels[row])} out of range, expected {expect}")
+    return labels, names
+
+
+def _read_parquet(path, limit_per_class=None):
+    """Validated (list of bytes, int64 labels, label names or None, row ids) from one file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels, names = parquet_labels(path)
+    table = pq.read_table(path, columns=["img"])
     rows = first_n_per_class(labels, limit_per_class) if limit_per_class is not None else torch.arange(len(labels))
     img_bytes = table.column("img").combine_chunks().field("bytes")
     if limit_per_class is not None:
@@ -192,12 +204,11 @@ def _read_parquet(path, limit_per_class=None):
 
 
 def _decode_parquet(path, blobs, rows, size: int) -> torch.Tensor:
-    out = torch.empty(len(blobs), 3, size, size, dtype=torch.uint8)
     for i, b in enumerate(blobs):
         if b is None:
             raise DataError(f"parquet file {str(path)!r} row {int(rows[i])}: `img.bytes` is null")
-        out[i] = decode_image_bytes(b, f"parquet file {str(path)!r} row {int(rows[i])}", size)
-    return out
+    return decode_many(blobs, [f"parquet file {str(path)!r} row {int(r)}" for r in rows.tolist()],
+                       partial(decode_image_bytes, size=size), (3, size, size))
 
 
 def load_parquet(train_path, test_path, limit_per_class=None, size: int = 32) -> tuple[ImageSet, ImageSet]:

@@ -160,9 +160,7 @@ def shard_batches(indices: torch.Tensor, batch_size: int, seed: int, epoch: int,
     real samples): padding repeats samples at the end of the permutation, so it is the tail of a
     rank's last batch, trained on (DDP needs equal steps) but not counted. A trailing batch of one
     sample is dropped (BN)."""
-    if batch_size % world_size or batch_size // world_size < 2:
-        raise ValueError(f"batch size {batch_size} over {world_size} worker(s): expected a multiple of the "
-                         f"workers with at least 2 samples per worker")
+    per_worker = per_worker_batch(batch_size, world_size)
     perm = indices[torch.randperm(len(indices), generator=epoch_generator(seed, epoch, 0, stream))]
     real = len(perm)
     total = math.ceil(real / world_size) * world_size
@@ -170,7 +168,6 @@ def shard_batches(indices: torch.Tensor, batch_size: int, seed: int, epoch: int,
         perm = torch.cat([perm, perm[: total - real]])
     mine = perm[rank::world_size]
     mine_real = len(range(rank, real, world_size))   # positions rank, rank+W, ... below the real count
-    per_worker = batch_size // world_size
     chunks = list(torch.split(mine, per_worker))
     if len(chunks) > 1 and len(chunks[-1]) < 2:
         chunks.pop()
@@ -179,6 +176,30 @@ def shard_batches(indices: torch.Tensor, batch_size: int, seed: int, epoch: int,
         out.append((chunk, max(0, min(len(chunk), mine_real - start))))
         start += len(chunk)
     return out
+
+
+def per_worker_batch(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size or batch_size // world_size < 2:
+        raise ValueError(f"batch size {batch_size} over {world_size} worker(s): expected a multiple of the "
+                         f"workers with at least 2 samples per worker")
+    return batch_size // world_size
+
+
+def epoch_passes(grade: Grade, pass_mode: str, data, s: "TrainSettings", epoch: int, ctx: "TrainContext",
+                 stream_offset: int = 0) -> list[Iterator[tuple]]:
+    """This worker's batches of each pass of an epoch, as (sample index, uint8 images, labels, real
+    count): slices of an in-memory ImageSet (`shard_batches`), or a streamed split's batches
+    (`data.stream.StreamSplit`: the pipeline shuffles, pads and shards)."""
+    if not isinstance(data, ImageSet):
+        classes = ([lesson.classes for lesson in grade.lessons] if pass_mode == "sequential"
+                   else [[c for lesson in grade.lessons for c in lesson.classes]])
+        per_worker = per_worker_batch(s.batch_size, ctx.world_size)
+        return [data.pass_batches(c, per_worker) for c in classes]
+
+    def sliced(batches):
+        return ((b, data.images[b], data.labels[b], n) for b, n in batches)
+    return [sliced(shard_batches(index, s.batch_size, s.seed, epoch, stream_offset + stream, ctx.rank, ctx.world_size))
+            for stream, index in enumerate(grade_passes(grade, data.labels, pass_mode))]
 
 
 def grade_passes(grade: Grade, labels: torch.Tensor, pass_mode: str) -> list[torch.Tensor]:
@@ -225,13 +246,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
     tables = GradeTables(grade, data.num_classes, ctx.device)
     sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, ce, kd (sample-weighted), correct, samples
     started = time.perf_counter()
-    for stream, pass_indices in enumerate(grade_passes(grade, data.labels, pass_mode)):
-        batches = shard_batches(pass_indices, s.batch_size, s.seed, epoch, stream, ctx.rank, ctx.world_size)
-        real_counts = [n for _, n in batches]
+    for stream, batches in enumerate(epoch_passes(grade, pass_mode, data, s, epoch, ctx)):
         aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
-        for step, (batch, teacher_out) in enumerate(
-                _prefetched([b for b, _ in batches], data, grade, tables, teachers, s, aug_gen, epoch)):
-            images, labels, lessons = batch
+        for batch, teacher_out in _prefetched(batches, len(data), grade, tables, teachers, s, aug_gen, epoch):
+            images, labels, lessons, n = batch
             x = ctx.batch(images, s)
             targets = tables.position[labels].to(ctx.device)
             logits = ctx.amp.forward(model, x)
@@ -248,7 +266,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
                 raise NonFiniteLossError(f"non-finite loss ({terms['loss'].item()} on rank {ctx.rank}) in grade "
                                          f"{grade.index + 1}, epoch {epoch + 1}")
             ctx.amp.step(terms["loss"], optimizer)
-            n = real_counts[step]   # padded duplicates (DDP's equal steps) train but are not counted
+            # n: real samples, first in the batch; padded duplicates (DDP's equal steps) train but are not counted
             with torch.no_grad():
                 correct = (logits[:n].argmax(1) == targets[:n]).sum()
                 sums += torch.stack([terms["loss"].detach() * n, terms["ce"] * n, terms["kd"] * n,
@@ -261,25 +279,24 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
             "seconds": seconds, "images_per_s": sums[4].item() / max(seconds, 1e-9)}
 
 
-def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teachers, s: TrainSettings,
+def _prefetched(batches, num_samples: int, grade: Grade, tables: GradeTables, teachers, s: TrainSettings,
                 gen: torch.Generator, epoch: int) -> Iterator:
-    """Yield (batch, teacher logits) with batch k+1's teacher calls submitted before k is used.
-    With a replay (soft-label cache) sample i is augmented with its draw for this epoch and the
-    client is told (sample, draw); otherwise augmentation is drawn from `gen`."""
+    """Yield ((images, labels, lessons, real count), teacher logits) with batch k+1's teacher calls
+    submitted before k is used. With a replay (soft-label cache) sample i is augmented with its draw
+    for this epoch and the client is told (sample, draw); otherwise augmentation is drawn from `gen`."""
     replay: Optional[Replay] = getattr(teachers, "replay", None)
-    if replay is not None and len(replay) != len(data):
+    if replay is not None and len(replay) != num_samples:
         raise ValueError(f"soft-label cache: its augmentation bank covers {len(replay)} training samples, "
-                         f"expected {len(data)} (the training set it is used with)")
+                         f"expected {num_samples} (the training set it is used with)")
 
-    def prepare(index):
-        images = data.images[index]
+    def prepare(item):
+        index, images, labels, n = item
         draw = None
         if replay is not None:
             draw = replay.draw_at(index, epoch)
             images = replay.apply(images, index, draw)
         else:
             images = augment_batch(images, s.augment, s.image_size, gen)
-        labels = data.labels[index]
         lessons = tables.lesson[labels]
         calls = {}
         if teachers is not None:
@@ -293,11 +310,11 @@ def _prefetched(batches, data: ImageSet, grade: Grade, tables: GradeTables, teac
                         calls[li] = (rows, teachers.submit(lesson.teacher, sub))
                     else:
                         calls[li] = (rows, teachers.submit(lesson.teacher, sub, index=index[rows], draw=draw[rows]))
-        return (images, labels, lessons), calls
+        return (images, labels, lessons, n), calls
 
     pending = None
-    for index in batches:
-        ready, pending = pending, prepare(index)
+    for item in batches:
+        ready, pending = pending, prepare(item)
         if ready is not None:
             yield ready[0], {li: (rows, teachers.fetch(h)) for li, (rows, h) in ready[1].items()}
     if pending is not None:
@@ -314,9 +331,18 @@ def recalibrate_batchnorm(model: nn.Module, grade: Grade, data: ImageSet, s: Tra
     mixed batches of all the grade's classes (torch's `update_bn`). A sequential epoch ends with a
     whole pass over its last lesson, so the running statistics otherwise describe that group only."""
     from torch.optim.swa_utils import update_bn
-    index = grade_passes(grade, data.labels, "mixed")[0]
-    batches = shard_batches(index, s.batch_size, s.seed, epoch, RECALIBRATION_STREAM, ctx.rank, ctx.world_size)
-    update_bn((ctx.batch(center_crop(data.images[b], s.image_size), s) for b, _ in batches), model)
+    batches = epoch_passes(grade, "mixed", data, s, epoch, ctx, stream_offset=RECALIBRATION_STREAM)[0]
+    update_bn((ctx.batch(center_crop(images, s.image_size), s) for _, images, _, _ in batches), model)
+
+
+def eval_batches(data, class_ids: torch.Tensor, batch_size: int, rank: int, world_size: int) -> Iterator[tuple]:
+    """(uint8 images, labels) of this worker's share of the samples of `class_ids`."""
+    if not isinstance(data, ImageSet):
+        yield from data.of_classes(class_ids.tolist()).eval_batches(batch_size)
+        return
+    index = torch.nonzero(torch.isin(data.labels, class_ids)).flatten()[rank::world_size]
+    for chunk in torch.split(index, batch_size):
+        yield data.images[chunk], data.labels[chunk]
 
 
 @torch.inference_mode()
@@ -325,12 +351,10 @@ def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx:
     them; sharded over workers and summed. NaN when there are no such samples (e.g. no val split)."""
     model.eval()
     ids = torch.as_tensor(list(class_ids))
-    index = torch.nonzero(torch.isin(data.labels, ids)).flatten()[ctx.rank::ctx.world_size]
     counts = torch.zeros(2, dtype=torch.float64)
-    for chunk in torch.split(index, s.eval_batch_size):
-        x = ctx.batch(center_crop(data.images[chunk], s.image_size), s)
-        predicted = ids[ctx.amp.forward(model, x).argmax(1).cpu()]
-        counts += torch.tensor([(predicted == data.labels[chunk]).sum().item(), len(chunk)], dtype=torch.float64)
+    for images, labels in eval_batches(data, ids, s.eval_batch_size, ctx.rank, ctx.world_size):
+        predicted = ids[ctx.amp.forward(model, ctx.batch(center_crop(images, s.image_size), s)).argmax(1).cpu()]
+        counts += torch.tensor([(predicted == labels).sum().item(), len(labels)], dtype=torch.float64)
     counts = ctx.all_reduce_sum(counts.to(ctx.device)).cpu()
     return counts[0].item() / counts[1].item() if counts[1] > 0 else float("nan")
 
@@ -392,7 +416,8 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
     """
     ctx = ctx or TrainContext()
     distill = distillation(plan.loss, s)
-    train = resident_on(train, ctx.device, ctx.device_data_fraction)
+    if isinstance(train, ImageSet):   # a streamed split arrives batch by batch
+        train = resident_on(train, ctx.device, ctx.device_data_fraction)
     history = list(resume.history) if resume else []
     start_epoch = resume.epoch if resume else 0
     model = optimizer = wrapped = current_grade = None

@@ -36,6 +36,7 @@ import torch
 
 from raydistill.config import Experiment
 from raydistill.data import ImageSet
+from raydistill.data.stream import StreamSplit
 from raydistill.distill.curriculum import teachers_needed
 from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainState, train_plan
 from raydistill.runner import (RunResult, epoch_watchers, finish_run, method_stage, run_result, start_run, teacher_stage,
@@ -112,18 +113,37 @@ def result_from_progress(exp: Experiment, out: RunDir, completed: dict) -> RunRe
 
 
 def pack_data(data: PreparedData) -> dict:
-    """numpy arrays (zero-copy reads from the object store) of the prepared data."""
-    sets = {name: (s.images.numpy(), s.labels.numpy(), s.class_names)
+    """numpy arrays (zero-copy reads from the object store) of the prepared data; streamed splits
+    travel as they are (indexes: their pixels come through the fit's datasets)."""
+    sets = {name: s if data.streaming else (s.images.numpy(), s.labels.numpy(), s.class_names)
             for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
     return {"sets": sets, "groups": data.groups, "mean": data.mean, "std": data.std}
 
 
-def unpack_data(packed: dict) -> PreparedData:
+def unpack_data(packed: dict, ctx: Optional[TrainContext] = None) -> PreparedData:
+    """The PreparedData of a worker; streamed splits are attached to the worker's collectives."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # read-only object-store buffers; never written
-        sets = {name: ImageSet(torch.from_numpy(im), torch.from_numpy(lb), names)
-                for name, (im, lb, names) in packed["sets"].items()}
+        sets = {name: s.attach(ctx.rank, ctx.world_size, lambda t: ctx.all_reduce_sum(t.to(ctx.device)).cpu())
+                if isinstance(s, StreamSplit) else ImageSet(torch.from_numpy(s[0]), torch.from_numpy(s[1]), s[2])
+                for name, s in packed["sets"].items()}
     return PreparedData(sets["train"], sets["val"], sets["test"], packed["groups"], packed["mean"], packed["std"])
+
+
+def fit_datasets(exp: Experiment, packed: dict, workers: int) -> Optional[dict]:
+    """With streamed data, the Ray Datasets of a fit of `workers` workers (padding depends on it):
+    one per class set any stage passes over, plus val and test. None for in-memory data."""
+    sets = packed["sets"]
+    if not isinstance(sets["train"], StreamSplit):
+        return None
+    from raydistill.data.stream import stream_datasets
+    from raydistill.distill.curriculum import plan_for
+    class_sets = [list(g) for g in packed["groups"]]
+    for method in exp.methods:
+        for grade in plan_for(method, exp, packed["groups"]).grades:
+            class_sets += [list(lesson.classes) for lesson in grade.lessons]
+            class_sets.append([c for lesson in grade.lessons for c in lesson.classes])
+    return stream_datasets(sets["train"], sets["val"], sets["test"], class_sets, workers, exp.seed)
 
 
 def check_cluster_address(exp: Experiment) -> None:
@@ -138,7 +158,7 @@ def check_cluster_address(exp: Experiment) -> None:
             raise ConfigError(str(err)) from None
 
 
-def init_ray(exp: Experiment, num_teachers: int) -> bool:
+def init_ray(exp: Experiment, num_teachers: int, streaming: bool = False) -> bool:
     """Connect to `ray.address`, or start a local instance. Returns True if this call started Ray."""
     import ray
     if ray.is_initialized():
@@ -149,6 +169,8 @@ def init_ray(exp: Experiment, num_teachers: int) -> bool:
     os.environ.update(LOCAL_ENV)
     r = exp.ray
     need = r.workers * exp.worker_cpus() + (r.teacher_cpus * num_teachers if r.teachers == "actors" else 0)
+    if streaming:   # Ray Data's read/decode tasks need CPUs of their own besides the Train workers'
+        need += os.cpu_count() or 1
     # the dashboard serves the State API that Ray Train's placement-group cleaner polls every second
     # address="local": a new instance even when `ray start` left a cluster on this machine (which a
     # bare ray.init() would join): without ray.address the run is this machine's alone
@@ -172,11 +194,11 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     check_cluster_address(exp)
     exp.check_devices("cuda" if exp.ray.use_gpu else "cpu", "ray")
     exp = with_absolute_paths(exp)
-    data, out = start_run(exp)
+    data, out = start_run(exp, log)
     # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
     check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
-    started_ray = init_ray(exp, num_teachers)
+    started_ray = init_ray(exp, num_teachers, data.streaming)
     try:
         data_ref = ray.put(pack_data(data))
         mode = choose_mode(exp, ray.cluster_resources().get("CPU", 0))
@@ -218,6 +240,7 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
     ray_storage = out.child("ray")
+    datasets = fit_datasets(exp, ray.get(data_ref), workers)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"exp": exp.to_dict(), "data": data_ref, "run_dir": out.location,
@@ -225,6 +248,7 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
                            "fail_once_at": list(fail_once_at) if fail_once_at else None,
                            "driver_bar": driver_bar},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        datasets=datasets,
         # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
         run_config=RunConfig(name=name, storage_path=ray_storage.root,
                              storage_filesystem=ray_storage.fs if ray_storage.local_path is None else None,
@@ -338,10 +362,10 @@ def _train_stages(config: dict) -> None:
     from ray.train import Checkpoint
 
     exp = Experiment.from_dict(config["exp"])
-    data = unpack_data(ray.get(config["data"]))
     out = RunDir(config["run_dir"])
     torch.set_num_threads(max(1, int(exp.worker_cpus())))
     ctx = _context(exp)
+    data = unpack_data(ray.get(config["data"]), ctx)
     writer = ctx.rank == 0
     log = print if writer else (lambda _msg: None)
     attempt = _broadcast(uuid.uuid4().hex[:8], ctx)
@@ -501,6 +525,9 @@ def _cache_client(exp: Experiment, data: PreparedData, frozen: dict, ctx: TrainC
     ranks load the cache rank 0 names from there (a local copy of it when the root is a URI)."""
     from raydistill.softlabels import cache_root, ensure_soft_label_cache, load_soft_label_cache, local_cache_dir
     root = cache_root(exp)
+    if writer and data.streaming:   # the cache is keyed and built on decoded pixels: the decode-once shards
+        from raydistill.workspace import prepare_data
+        data = prepare_data(exp.with_overrides(["data.loader=memory"]), log)
     cache = ensure_soft_label_cache(exp, data, frozen, root=root, log=log) if writer else None
     name = _broadcast(cache.directory.name if writer else None, ctx)   # also the barrier
     return (cache if writer else load_soft_label_cache(local_cache_dir(root, name))).client()

@@ -53,10 +53,10 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         space.output = output
     candidates = space.candidates(samples)
     search_dir = space.search_dir
-    base = space.base
+    base = shared_decoded_store(space.base, search_dir)
 
     from raydistill.workspace import prepare_data
-    data = prepare_data(base)   # data problems fail here, before teachers or Ray
+    data = prepare_data(base, log)   # data problems fail here, before teachers or Ray; decodes once
     search_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _check_same_search(search_dir, space_fingerprint(space, candidates), scheduler)
     log(f"search {space.name}: {len(candidates)} trials, scheduler {scheduler}, directory {search_dir}")
@@ -100,6 +100,14 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
     elif not unfinished:
         log("no trial completed its curriculum: nothing exported")
     return SearchResult(search_dir, frame, best, best_path)
+
+
+def shared_decoded_store(base, search_dir: Path):
+    """`base` with `data.cache_dir` set (unless given) to one decoded-shard store in the search
+    directory, so this process decodes once and every trial (output.dir = trials/) loads the shards."""
+    if base.data.cache_dir is None:
+        base.data.cache_dir = str((Path(search_dir) / "decoded").resolve())
+    return base
 
 
 def shared_soft_labels(base, data, teacher_paths: dict, trials_dir: Path, log) -> None:
