@@ -80,9 +80,18 @@ def markdown(rows: list, title: str) -> str:
              "| " + " | ".join(short) + " | test | val | seeds |", "|" + "---|" * (len(knobs) + 3)]
     for r in rows:
         pm = lambda m: f"{r[m]:.2f}" + (f" ± {r[m + '_std']:.2f}" if r[m + "_std"] is not None else "")
-        lines.append("| " + " | ".join(str(r[k]) for k in knobs) + f" | {pm('test_acc')} | {pm('val_acc')} | "
+        lines.append("| " + " | ".join(_shown(r[k]) for k in knobs) + f" | {pm('test_acc')} | {pm('val_acc')} | "
                      f"{','.join(map(str, r['seeds']))} |")
     return "\n".join(lines) + "\n"
+
+
+def _shown(value) -> str:
+    """A table cell: trials.parquet stores non-numeric searched values as JSON text."""
+    try:
+        value = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        pass
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def write_table(results: Path, title: str) -> str:

@@ -309,25 +309,43 @@ def test_points_to_evaluate_come_first_and_bad_points_or_searchers_fail_before_r
         space_from_dict(joint)
 
 
-SEARCHERS_RUN = [pytest.param("optuna", ["scratch", "kd", "multi_teacher"], id="optuna+baselines"),
-                 pytest.param("hyperopt", [], id="hyperopt"),
-                 pytest.param("bohb", [], id="bohb")]
+# bohb: HyperBandForBOHB with reduction factor 10 over 2-epoch trials is one bracket that never
+# pauses a trial (see README "Searchers": a paused trial's Ray Train workers wait for Ray Train's
+# placement-group cleaner, which needs the dashboard's State API; the test session has none)
+SEARCHERS_RUN = [pytest.param("optuna", ["scratch", "kd", "multi_teacher"], {}, id="optuna+baselines"),
+                 pytest.param("hyperopt", [], {}, id="hyperopt"),
+                 pytest.param("bohb", [], {"asha": {"reduction_factor": 10}}, id="bohb")]
 
 
-@pytest.mark.parametrize("searcher,baselines", SEARCHERS_RUN)
-def test_model_based_searcher_runs_a_3_trial_search_end_to_end(ray_session, tmp_path, searcher, baselines):
+@pytest.fixture(scope="module")
+def tiny_teachers(tmp_path_factory) -> dict:
+    """The tiny space's teachers (group0, group1, all), trained once for every searcher's search."""
+    from raydistill.search.space import space_from_dict
+    from raydistill.search.teachers import prepare_search_teachers
+    space = space_from_dict(tiny_space())
+    return prepare_search_teachers(space.base, tmp_path_factory.mktemp("teachers"), lambda _m: None,
+                                   methods=["ed", "scratch", "kd", "multi_teacher"])
+
+
+@pytest.mark.parametrize("searcher,baselines,extra", SEARCHERS_RUN)
+def test_model_based_searcher_runs_a_3_trial_search_end_to_end(ray_session, tmp_path, tiny_teachers, searcher,
+                                                               baselines, extra):
     """3 trials proposed by Tune's searcher (the first the given point, exactly), trials.parquet and
     best.yaml as with random search; with baselines, the summary places the best curriculum."""
     import pandas as pd
     from raydistill import Experiment
     from raydistill.search import tune
     from raydistill.search.space import space_from_dict
+    from raydistill.search.teachers import training_events
     point = {"curriculum.splits": [2, 3], "curriculum.order": [1, 0], "optimizer.lr": 0.0437,
              "curriculum.head_widths": 12}
-    space = space_from_dict(tiny_space(name=searcher, searcher=searcher, points_to_evaluate=[point],
-                                       baselines=baselines, output=str(tmp_path)))
+    raw = tiny_space(name=searcher, searcher=searcher, points_to_evaluate=[point], baselines=baselines,
+                     output=str(tmp_path), **extra)
+    raw["base"]["teachers"]["checkpoints"] = tiny_teachers   # loaded, never trained here
+    space = space_from_dict(raw)
     result = tune(space, progress=None)
     search_dir = tmp_path / searcher
+    assert training_events(search_dir) == []
     table = pd.read_parquet(search_dir / "trials.parquet")
     assert list(table["trial"]) == ["trial-000", "trial-001", "trial-002"]
     assert set(table.columns) >= {"curriculum.splits", "curriculum.order", "optimizer.lr", "curriculum.head_widths",
@@ -352,3 +370,27 @@ def test_model_based_searcher_runs_a_3_trial_search_end_to_end(ray_session, tmp_
         for method in baselines:
             gap = 100 * (result.best["test_acc"] - result.baselines[method]["test_acc"])
             assert f"ed - {method}: val" in summary and f"test {gap:+6.2f}" in summary, summary
+
+
+def test_ablation_grid_and_its_table():
+    """benchmarks/ablation.py: the shipped grid is every knob combination x 3 seeds (no Ray), and the
+    table is mean ± std over seeds per combination, from trials.parquet-shaped rows."""
+    import importlib.util
+    import pandas as pd
+    from raydistill.search import load_space
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    space = load_space("ablation_cifar10")
+    combos = space.candidates()
+    assert space.searcher == "grid" and space.scheduler == "fifo" and len(combos) == 48
+    assert {(c["curriculum.pass_mode"], c["curriculum.bn_recalibrate"], c["optimizer.restart_per_grade"],
+             json.dumps(c["curriculum.grade_epochs"]), c["seed"]) for c in combos} == {
+        (p, b, r, g, s) for p in ("sequential", "mixed") for b in (False, True) for r in (False, True)
+        for g in ("[2, 2, 4]", "[4, 2, 2]") for s in (0, 1, 2)}
+    trials = pd.DataFrame([{"trial": f"trial-{i:03d}", "curriculum.pass_mode": '"mixed"', "seed": seed,
+                            "val_acc": val, "test_acc": test, "stop_reason": "completed"}
+                           for i, (seed, val, test) in enumerate([(0, 0.5, 0.40), (1, 0.6, 0.50), (2, 0.7, 0.60)])])
+    [row] = ablation.aggregate(trials)
+    assert row["test_acc"] == 50.0 and row["test_acc_std"] == 10.0 and row["val_acc"] == 60.0 and row["seeds"] == [0, 1, 2]
+    assert "| mixed | 50.00 ± 10.00 | 60.00 ± 10.00 | 0,1,2 |" in ablation.markdown([row], "t")
