@@ -102,7 +102,8 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         if started_ray:
             ray.shutdown()
 
-    rows = trial_rows(space, results, _trials(space, candidates, results), scheduler)
+    run_trials = _trials(space, candidates, results)
+    rows = trial_rows(space, results, run_trials, scheduler)
     frame = table_frame(rows, space.dimensions)
     table_path = write_table(frame, search_dir)
     best = best_row(rows)
@@ -113,8 +114,7 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         best = None   # a best of a partial search would not be the search's best
         log(f"search interrupted: {len(unfinished)} trial(s) unfinished; re-run the same command to resume")
     if best is not None:
-        values = next(r["values"] for r in results if r["index"] == int(best["trial"].split("-")[1])) \
-            if space.model_based else candidates[int(best["trial"].split("-")[1])]
+        values = dict(run_trials)[int(best["trial"].split("-")[1])]
         # absolute paths: Ray Train workers load teacher checkpoints from their own working directory
         best_path = export_best(space, best, values, ed_teachers, search_dir, alone_cpus)
     log(f"\n{len(rows)} trials ({table_path}); best {min(top, len(rows))} by validation accuracy "
