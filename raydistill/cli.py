@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from raydistill.config import ConfigError, Experiment, shipped_experiments
+from raydistill.search.space import BASELINES, SCHEDULERS, SEARCHERS
 
 
 def _load(args) -> Experiment:
@@ -79,7 +80,7 @@ def cmd_submit(args) -> int:
 def cmd_tune(args) -> int:
     from raydistill.search.tuner import tune
     result = tune(args.space, samples=args.samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
-                  output=args.output, top=args.top)
+                  output=args.output, top=args.top, searcher=args.searcher, baselines=args.baselines)
     return 0 if result.best is not None else 1
 
 
@@ -136,7 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="search curricula with Ray Tune; re-running the same command resumes")
     p.add_argument("space", help="search space YAML path, or a name in tune_spaces/ (smoke, cifar10_short, ...)")
     p.add_argument("--samples", type=int, help="number of trials (distinct configurations; default: the space's)")
-    p.add_argument("--scheduler", choices=["asha", "fifo"], help="asha stops weak curricula early (default: the space's)")
+    p.add_argument("--searcher", choices=list(SEARCHERS),
+                   help="random/grid: pre-drawn trials; optuna, hyperopt, bohb: Tune's model-based searchers "
+                        "(default: the space's)")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS),
+                   help="asha stops weak curricula early; hyperband goes with bohb (default: the space's)")
+    p.add_argument("--baselines", nargs="*", choices=list(BASELINES),
+                   help="also run these methods once at the trial budget with the search's teachers "
+                        "(default: the space's baselines)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's, else what the CPUs allow)")
     p.add_argument("--output", help="parent of the search directory (default: the space's output, runs/tune)")
     p.add_argument("--top", type=int, default=5, help="print the best N trials (default 5)")

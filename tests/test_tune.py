@@ -142,7 +142,7 @@ def test_trial_rows_tell_an_asha_stop_from_an_interrupted_trial():
     candidates = space.candidates()[:3]
     results = [{"index": 0, "metrics": {"epoch": 1, "val_acc": 0.5}, "error": None, "done": True},
                {"index": 1, "metrics": {"epoch": 1, "val_acc": 0.5}, "error": None, "done": False}]
-    rows = trial_rows(space, results, candidates, "asha")
+    rows = trial_rows(space, results, list(enumerate(candidates)), "asha")
     assert [r["stop_reason"] for r in rows] == ["stopped by asha after epoch 1", "interrupted after epoch 1",
                                                 "not run"]
 
@@ -227,3 +227,170 @@ def test_search_cache_is_built_once_and_trials_load_it(tmp_path):
     assert not any("building" in line for line in seen)
     assert result.methods["ed"]["epochs"] == 3
     assert len(list((search_dir / "trials" / "softlabels").iterdir())) == 1
+
+
+# ---- searchers: Tune's own spaces, model-based searchers, points to evaluate, baselines ----------
+
+def tiny_space(**extra) -> dict:
+    """2 groups, resnet8 (3 blocks), 1+1 epochs of ed on tiny built-in data: one trial is seconds."""
+    base = {"name": "searchers", "seed": 0,
+            "data": {"source": "builtin", "num_classes": 4, "train_per_class": 60, "test_per_class": 30,
+                     "ratio": "1:1", "val_fraction": 0.2},
+            "teachers": {"arch": "resnet8", "epochs": 1, "batch_size": 32, "lr": 0.05},
+            "student": {"arch": "resnet8"},
+            "curriculum": {"grade_epochs": [1, 1], "head_widths": 16, "pass_mode": "mixed"},
+            "optimizer": {"lr": 0.05, "batch_size": 32}}
+    return {"base": base, "samples": 3, "max_concurrent": 2, "seed": 0, "search": {
+        "curriculum.splits": {"valid_splits": True}, "curriculum.order": {"permutations": True},
+        "optimizer.lr": {"loguniform": [0.01, 0.1]}, "curriculum.head_widths": {"randint": [8, 32]}}, **extra}
+
+
+def test_compiled_spaces_sample_only_valid_splits_and_permutations():
+    """Tune's domains (no Ray cluster): thousands of samples decode to valid increasing split tuples
+    ending at the last block, permutations of the groups, values inside their ranges."""
+    import random
+    from ray.tune.search.sample import Categorical, Float, Integer
+    from raydistill.search.searchers import decode, param_space
+    from raydistill.search.space import space_from_dict
+    raw = tiny_space()
+    raw["base"]["data"].update(num_classes=6, ratio="1:1:1")
+    raw["base"]["student"]["arch"] = "resnet20"     # 9 blocks: 28 valid split tuples for 3 grades
+    raw["base"]["curriculum"]["grade_epochs"] = [1, 1, 1]
+    space = space_from_dict(raw)
+    domains = param_space(space.dimensions)
+    assert isinstance(domains["curriculum.splits"], Categorical) and isinstance(domains["optimizer.lr"], Float)
+    assert isinstance(domains["curriculum.head_widths"], Integer)
+    random.seed(0)
+    import numpy as np
+    np.random.seed(0)
+    seen_splits, seen_orders, widths = set(), set(), set()
+    for _ in range(2000):
+        values = decode(space.dimensions, {path: d.sample() for path, d in domains.items()})
+        splits, order = values["curriculum.splits"], values["curriculum.order"]
+        assert len(splits) == 3 and splits[-1] == 9 and all(a < b for a, b in zip(splits, splits[1:])), splits
+        assert sorted(order) == [0, 1, 2], order
+        assert 0.01 <= values["optimizer.lr"] <= 0.1 and 8 <= values["curriculum.head_widths"] <= 32
+        space.experiment_for(values)   # the whole trial validates
+        seen_splits.add(tuple(splits)), seen_orders.add(tuple(order)), widths.add(values["curriculum.head_widths"])
+    assert len(seen_splits) == 28 and len(seen_orders) == 6 and widths == set(range(8, 33))
+
+
+def test_points_to_evaluate_come_first_and_bad_points_or_searchers_fail_before_ray(tmp_path):
+    from raydistill.search.space import SpaceError, space_from_dict
+    point = {"curriculum.splits": [2, 3], "curriculum.order": [1, 0], "optimizer.lr": 0.05,
+             "curriculum.head_widths": 16}
+    for searcher in ("random", "optuna"):
+        space = space_from_dict(tiny_space(searcher=searcher, points_to_evaluate=[point]))
+        assert space.candidates()[0] == point
+    grid = tiny_space(searcher="grid", points_to_evaluate=[{**point, "optimizer.lr": 0.05}])
+    grid["search"]["optimizer.lr"] = {"choice": [0.02, 0.05]}
+    grid["search"]["curriculum.head_widths"] = {"choice": [16]}
+    candidates = space_from_dict(grid).candidates()
+    assert candidates[0] == point and len(candidates) == 2 * 2 * 2 and len({json.dumps(c) for c in candidates}) == 8
+    for change, pattern in (({"curriculum.splits": [3, 3]}, r"points_to_evaluate\[0\]\.curriculum\.splits: \[3, 3\] "
+                                                            r"is outside the dimension"),
+                            ({"optimizer.lr": 0.5}, r"points_to_evaluate\[0\]\.optimizer\.lr: 0\.5 is outside"),
+                            ({"curriculum.order": None}, r"points_to_evaluate\[0\]\.curriculum\.order: None")):
+        with pytest.raises(SpaceError, match=pattern):
+            space_from_dict(tiny_space(searcher="optuna", points_to_evaluate=[{**point, **change}]))
+    with pytest.raises(SpaceError, match=r"points_to_evaluate\[0\]: expected a value for each searched field"):
+        space_from_dict(tiny_space(points_to_evaluate=[{"curriculum.splits": [2, 3]}]))
+    with pytest.raises(SpaceError, match=r"searcher: expected one of \['random', 'grid', 'optuna', 'hyperopt', 'bohb'\]"):
+        space_from_dict(tiny_space(searcher="tpe"))
+    with pytest.raises(SpaceError, match=r"scheduler: searcher bohb runs with scheduler hyperband"):
+        space_from_dict(tiny_space(searcher="bohb", scheduler="asha"))
+    with pytest.raises(SpaceError, match=r"searcher: grid needs discrete dimensions .*optimizer\.lr is loguniform"):
+        space_from_dict(tiny_space(searcher="grid")).candidates()
+    # a model-based searcher proposes any combination: one invalid together is refused up front
+    joint = tiny_space(searcher="optuna")
+    joint["search"]["curriculum.splits"] = {"choice": [[1, 3], [2, 3]]}   # valid for resnet8 only
+    joint["search"]["student.arch"] = {"choice": ["resnet8", "resnet14"]}
+    with pytest.raises(SpaceError, match=r"searcher optuna may propose any combination, but .* is invalid"):
+        space_from_dict(joint)
+
+
+# bohb: HyperBandForBOHB with reduction factor 10 over 2-epoch trials is one bracket that never
+# pauses a trial (see README "Searchers": a paused trial's Ray Train workers wait for Ray Train's
+# placement-group cleaner, which needs the dashboard's State API; the test session has none)
+SEARCHERS_RUN = [pytest.param("optuna", ["scratch", "kd", "multi_teacher"], {}, id="optuna+baselines"),
+                 pytest.param("hyperopt", [], {}, id="hyperopt"),
+                 pytest.param("bohb", [], {"asha": {"reduction_factor": 10}}, id="bohb")]
+
+
+@pytest.fixture(scope="module")
+def tiny_teachers(tmp_path_factory) -> dict:
+    """The tiny space's teachers (group0, group1, all), trained once for every searcher's search."""
+    from raydistill.search.space import space_from_dict
+    from raydistill.search.teachers import prepare_search_teachers
+    space = space_from_dict(tiny_space())
+    return prepare_search_teachers(space.base, tmp_path_factory.mktemp("teachers"), lambda _m: None,
+                                   methods=["ed", "scratch", "kd", "multi_teacher"])
+
+
+@pytest.mark.parametrize("searcher,baselines,extra", SEARCHERS_RUN)
+def test_model_based_searcher_runs_a_3_trial_search_end_to_end(ray_session, tmp_path, tiny_teachers, searcher,
+                                                               baselines, extra):
+    """3 trials proposed by Tune's searcher (the first the given point, exactly), trials.parquet and
+    best.yaml as with random search; with baselines, the summary places the best curriculum."""
+    import pandas as pd
+    from raydistill import Experiment
+    from raydistill.search import tune
+    from raydistill.search.space import space_from_dict
+    from raydistill.search.teachers import training_events
+    point = {"curriculum.splits": [2, 3], "curriculum.order": [1, 0], "optimizer.lr": 0.0437,
+             "curriculum.head_widths": 12}
+    raw = tiny_space(name=searcher, searcher=searcher, points_to_evaluate=[point], baselines=baselines,
+                     output=str(tmp_path), **extra)
+    raw["base"]["teachers"]["checkpoints"] = tiny_teachers   # loaded, never trained here
+    space = space_from_dict(raw)
+    result = tune(space, progress=None)
+    search_dir = tmp_path / searcher
+    assert training_events(search_dir) == []
+    table = pd.read_parquet(search_dir / "trials.parquet")
+    assert list(table["trial"]) == ["trial-000", "trial-001", "trial-002"]
+    assert set(table.columns) >= {"curriculum.splits", "curriculum.order", "optimizer.lr", "curriculum.head_widths",
+                                  "val_acc", "test_acc", "epochs_run", "epochs_planned", "stop_reason", "wall_s"}
+    first = table.iloc[0]
+    assert (json.loads(first["curriculum.splits"]), json.loads(first["curriculum.order"]), first["optimizer.lr"],
+            first["curriculum.head_widths"]) == ([2, 3], [1, 0], 0.0437, 12)
+    ran = Experiment.from_yaml(search_dir / "trials" / "trial-000" / "config.yaml")   # the trial's own run
+    assert (ran.splits(), ran.order(), ran.optimizer.lr, ran.curriculum.head_widths) == ([2, 3], [1, 0], 0.0437, 12)
+    for _, row in table.iterrows():
+        splits = json.loads(row["curriculum.splits"])
+        assert splits in ([1, 3], [2, 3]) and sorted(json.loads(row["curriculum.order"])) == [0, 1]
+        assert 0.01 <= row["optimizer.lr"] <= 0.1 and 8 <= row["curriculum.head_widths"] <= 32
+    completed = table[table["stop_reason"] == "completed"]
+    assert len(completed) >= 1 and completed["val_acc"].between(0, 1).all()
+    assert result.best["trial"] == completed.sort_values("val_acc", ascending=False, kind="stable").iloc[0]["trial"]
+    assert Experiment.from_yaml(result.best_config).methods == ["ed"]
+    if baselines:
+        assert set(result.baselines) == set(baselines)
+        assert all(b["epochs"] == 2 and 0 <= b["test_acc"] <= 1 for b in result.baselines.values())
+        summary = result.summary()
+        for method in baselines:
+            gap = 100 * (result.best["test_acc"] - result.baselines[method]["test_acc"])
+            assert f"ed - {method}: val" in summary and f"test {gap:+6.2f}" in summary, summary
+
+
+def test_ablation_grid_and_its_table():
+    """benchmarks/ablation.py: the shipped grid is every knob combination x 3 seeds (no Ray), and the
+    table is mean ± std over seeds per combination, from trials.parquet-shaped rows."""
+    import importlib.util
+    import pandas as pd
+    from raydistill.search import load_space
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    space = load_space("ablation_cifar10")
+    combos = space.candidates()
+    assert space.searcher == "grid" and space.scheduler == "fifo" and len(combos) == 48
+    assert {(c["curriculum.pass_mode"], c["curriculum.bn_recalibrate"], c["optimizer.restart_per_grade"],
+             json.dumps(c["curriculum.grade_epochs"]), c["seed"]) for c in combos} == {
+        (p, b, r, g, s) for p in ("sequential", "mixed") for b in (False, True) for r in (False, True)
+        for g in ("[2, 2, 4]", "[4, 2, 2]") for s in (0, 1, 2)}
+    trials = pd.DataFrame([{"trial": f"trial-{i:03d}", "curriculum.pass_mode": '"mixed"', "seed": seed,
+                            "val_acc": val, "test_acc": test, "stop_reason": "completed"}
+                           for i, (seed, val, test) in enumerate([(0, 0.5, 0.40), (1, 0.6, 0.50), (2, 0.7, 0.60)])])
+    [row] = ablation.aggregate(trials)
+    assert row["test_acc"] == 50.0 and row["test_acc_std"] == 10.0 and row["val_acc"] == 60.0 and row["seeds"] == [0, 1, 2]
+    assert "| mixed | 50.00 ± 10.00 | 60.00 ± 10.00 | 0,1,2 |" in ablation.markdown([row], "t")

@@ -1,6 +1,8 @@
-"""Curriculum search with Ray Tune: search spaces as files (space), one Ray Train run per trial
-(trainable), teachers trained once (teachers), Tuner + resume (tuner), results table and best
-experiment (results). Importing this package does not import Ray."""
+"""Curriculum search with Ray Tune: search spaces as files (space), compiled to Tune's domains and
+sampled by random/grid or Tune's optuna/hyperopt/bohb searchers (searchers), one Ray Train run per
+trial (trainable), teachers trained once (teachers), baselines beside the search (baselines),
+Tuner + resume (tuner), results table and best experiment (results). Importing this package does
+not import Ray."""
 from raydistill.search.space import SearchSpace, SpaceError, load_space, shipped_spaces
 
 

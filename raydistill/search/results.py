@@ -17,13 +17,14 @@ BEST_FILE = "best.yaml"
 COMPLETED = "completed"
 
 
-def trial_rows(space: SearchSpace, results, candidates: list, scheduler: str) -> list:
-    """One dict per trial from Tune results: (candidate index, metrics of the last report, error)."""
+def trial_rows(space: SearchSpace, results, trials: list, scheduler: str) -> list:
+    """One dict per trial ((index, values) in `trials`) from Tune results: (trial index, metrics of
+    the last report, error)."""
     by_index = {}
     for r in results:
         by_index[r["index"]] = r
     rows = []
-    for index, values in enumerate(candidates):
+    for index, values in trials:
         r = by_index.get(index, {})
         metrics = r.get("metrics") or {}
         planned = space.experiment_for(values).total_epochs()
@@ -34,8 +35,8 @@ def trial_rows(space: SearchSpace, results, candidates: list, scheduler: str) ->
             reason = COMPLETED
         elif run == 0:
             reason = "not run"
-        elif r.get("done") and scheduler == "asha":
-            reason = f"stopped by asha after epoch {run}"
+        elif r.get("done") and scheduler in ("asha", "hyperband"):
+            reason = f"stopped by {scheduler} after epoch {run}"
         else:
             reason = f"interrupted after epoch {run}"
         row = {"trial": trial_name(index)}

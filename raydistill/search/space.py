@@ -18,8 +18,12 @@ File format (see tune_spaces/*.yaml)::
       curriculum.alpha: {uniform: [0.1, 0.5]}
       distill.loss: {choice: [kd, dkd, lskd]}     # the distillation loss and its parameters, too
       distill.dkd.beta: {uniform: [1.0, 8.0]}
-    samples: 8                   # trials (distinct configurations)
-    scheduler: asha              # asha | fifo
+    samples: 8                   # trials (distinct configurations with random/grid)
+    searcher: random             # random | grid | optuna | hyperopt | bohb (see search/searchers.py)
+    points_to_evaluate: [{...}]  # complete points run first, exactly as given
+    baselines: [scratch, kd, multi_teacher]   # run once beside the search, same teachers
+    max_failures: 1              # restarts of a crashed trial (Tune's FailureConfig)
+    scheduler: asha              # asha | fifo | hyperband (bohb's; the default with bohb)
     asha: {grace_period: 2, reduction_factor: 2}
     max_concurrent: 2            # trials at once (default: what the CPUs allow)
     seed: 0                      # sampling seed
@@ -40,10 +44,14 @@ import yaml
 
 from raydistill.config import ConfigError, Experiment, load_yaml
 
-SCHEDULERS = ("asha", "fifo")
-KINDS = ("choice", "uniform", "loguniform", "valid_splits", "permutations")
-SPACE_KEYS = ("name", "description", "base", "set", "search", "samples", "scheduler", "asha", "max_concurrent",
-              "seed", "output")
+SCHEDULERS = ("asha", "fifo", "hyperband")
+SEARCHERS = ("random", "grid", "optuna", "hyperopt", "bohb")
+MODEL_BASED = ("optuna", "hyperopt", "bohb")   # searchers that propose trials from the results so far
+BASELINES = ("scratch", "kd", "multi_teacher")
+KINDS = ("choice", "uniform", "loguniform", "randint", "valid_splits", "permutations")
+SPACE_KEYS = ("name", "description", "base", "set", "search", "samples", "searcher", "points_to_evaluate",
+              "baselines", "max_failures", "scheduler", "asha", "max_concurrent", "seed", "output")
+JOINT_CHECK_DRAWS = 256   # random combinations checked up front for a model-based searcher
 # Teachers are trained once per search from these fields, and Ray/output are set per trial:
 # searching them would silently make trials disagree with their teachers or their resources.
 NOT_SEARCHABLE = {"data": "teachers are trained once per search on the base experiment's data",
@@ -64,8 +72,8 @@ class SpaceError(ConfigError):
 class Dimension:
     path: str                       # dotted experiment field, e.g. curriculum.splits
     kind: str                       # one of KINDS
-    values: Optional[list] = None   # discrete candidates (choice, valid_splits, permutations)
-    low: Optional[float] = None     # continuous range (uniform, loguniform)
+    values: Optional[list] = None   # discrete candidates (choice, valid_splits, permutations, randint)
+    low: Optional[float] = None     # range (uniform, loguniform; randint: both ends included)
     high: Optional[float] = None
 
     @property
@@ -80,6 +88,8 @@ class Dimension:
         return rng.uniform(self.low, self.high)
 
     def describe(self) -> str:
+        if self.kind == "randint":
+            return f"randint [{int(self.low)}, {int(self.high)}]"
         if self.discrete:
             return f"{self.kind}: {len(self.values)} values"
         return f"{self.kind} [{self.low}, {self.high}]"
@@ -92,6 +102,10 @@ class SearchSpace:
     base: Experiment                # validated, with `set` applied
     dimensions: list
     samples: int = 4
+    searcher: str = "random"
+    points: list = field(default_factory=list)      # points_to_evaluate: complete {path: value}, run first
+    baselines: list = field(default_factory=list)   # methods run once beside the search
+    max_failures: int = 1
     scheduler: str = "asha"
     grace_period: int = 1
     reduction_factor: int = 2
@@ -105,32 +119,85 @@ class SearchSpace:
     def search_dir(self) -> Path:
         return Path(self.output) / self.name
 
+    @property
+    def model_based(self) -> bool:
+        return self.searcher in MODEL_BASED
+
     def experiment_for(self, values: dict) -> Experiment:
         """The base experiment with these searched values (validated)."""
         return apply_values(self.base, values).validate()
 
+    def longest_budget(self) -> dict:
+        """{path: value} of the searched value with the most epochs ({} when epochs are not searched):
+        the trial budget of the baselines, and ASHA's/HyperBand's max_t."""
+        best, most = {}, self.base.total_epochs()
+        for d in self.dimensions:
+            for value in d.values if d.discrete else []:
+                try:
+                    epochs = self.experiment_for({d.path: value}).total_epochs()
+                except ConfigError:
+                    continue
+                if epochs > most:
+                    best, most = {d.path: value}, epochs
+        return best
+
+    def max_epochs(self) -> int:
+        return self.experiment_for(self.longest_budget()).total_epochs()
+
     def candidates(self, samples: Optional[int] = None) -> list:
-        """`samples` distinct, valid configurations ({path: value}), reproducible from `seed`."""
+        """The configurations ({path: value}) fixed before the search starts, reproducible from `seed`:
+        points_to_evaluate first, then `samples` in all (random: distinct valid draws; grid: every
+        valid combination, `samples` ignored). A model-based searcher starts from the points alone
+        and proposes the rest of its `samples` trials itself."""
         n = samples or self.samples
+        if len(self.points) > n and self.searcher != "grid":
+            raise SpaceError(f"{self.source}: points_to_evaluate: {len(self.points)} points but only {n} trials; "
+                             f"raise samples or give fewer points")
         if n not in self._candidates:
-            self._candidates[n] = self._draw(n)
+            points = [dict(p) for p in self.points]
+            if self.model_based:
+                self._candidates[n] = points
+            elif self.searcher == "grid":
+                seen = {_key(p) for p in points}
+                self._candidates[n] = points + [c for c in self._valid_grid() if _key(c) not in seen]
+            else:
+                self._candidates[n] = points + self._draw(n - len(points), {_key(p) for p in points})
         return self._candidates[n]
 
-    def _draw(self, n: int) -> list:
+    def _valid_grid(self) -> list:
+        """Every valid combination of discrete dimensions, in enumeration order (or a SpaceError)."""
+        continuous = [d.path for d in self.dimensions if not d.discrete]
+        if continuous:
+            raise SpaceError(f"{self.source}: searcher: grid needs discrete dimensions (choice, randint, valid_splits, "
+                             f"permutations); {continuous[0]} is {self._dim(continuous[0]).kind}")
+        size = _product_size(self.dimensions)
+        if size > ENUMERATE_LIMIT:
+            raise SpaceError(f"{self.source}: searcher: grid over {size} combinations (limit {ENUMERATE_LIMIT}); "
+                             f"use searcher random or a model-based searcher")
+        combos = [dict(zip((d.path for d in self.dimensions), values))
+                  for values in itertools.product(*(d.values for d in self.dimensions))]
+        return [c for c in combos if self._valid(c)]
+
+    def _dim(self, path: str) -> Dimension:
+        return next(d for d in self.dimensions if d.path == path)
+
+    def _draw(self, n: int, exclude: set) -> list:
         rng = random.Random(self.seed)
+        if n <= 0:
+            return []
         if all(d.discrete for d in self.dimensions) and _product_size(self.dimensions) <= ENUMERATE_LIMIT:
             combos = [dict(zip((d.path for d in self.dimensions), values))
                       for values in itertools.product(*(d.values for d in self.dimensions))]
-            valid = [c for c in combos if self._valid(c)]
+            valid = [c for c in combos if _key(c) not in exclude and self._valid(c)]
             if len(valid) < n:
-                raise SpaceError(f"{self.source}: search: the space has only {len(valid)} distinct valid "
-                                 f"configuration(s) ({len(combos)} combinations), asked for {n} trials; "
-                                 f"lower --samples or widen the space")
+                raise SpaceError(f"{self.source}: search: the space has only {len(valid) + len(exclude)} distinct "
+                                 f"valid configuration(s) ({len(combos)} combinations), asked for "
+                                 f"{n + len(exclude)} trials; lower --samples or widen the space")
             return rng.sample(valid, n)
-        found, seen = [], set()
+        found, seen = [], set(exclude)
         for _ in range(200 * n):
             combo = {d.path: d.sample(rng) for d in self.dimensions}
-            key = json.dumps(combo, sort_keys=True)
+            key = _key(combo)
             if key not in seen and self._valid(combo):
                 seen.add(key)
                 found.append(combo)
@@ -139,12 +206,34 @@ class SearchSpace:
         raise SpaceError(f"{self.source}: search: found only {len(found)} distinct valid configurations in "
                          f"{200 * n} draws, asked for {n} trials; lower --samples or widen the space")
 
+    def check_jointly_valid(self, draws: int = JOINT_CHECK_DRAWS) -> None:
+        """A model-based searcher proposes any combination of the dimensions, so none may be invalid
+        together: checks `draws` seeded random combinations (all of them when fewer) and names the first
+        invalid one. Random and grid search skip invalid combinations instead."""
+        rng = random.Random(self.seed)
+        if all(d.discrete for d in self.dimensions) and _product_size(self.dimensions) <= draws:
+            combos = [dict(zip((d.path for d in self.dimensions), values))
+                      for values in itertools.product(*(d.values for d in self.dimensions))]
+        else:
+            combos = [{d.path: d.sample(rng) for d in self.dimensions} for _ in range(draws)]
+        for combo in combos:
+            try:
+                self.experiment_for(combo)
+            except ConfigError as err:
+                raise SpaceError(f"{self.source}: search: searcher {self.searcher} may propose any combination, but "
+                                 f"{json.dumps(combo)} is invalid: {err}; make the dimensions independent or use "
+                                 f"searcher: random (it skips invalid combinations)") from None
+
     def _valid(self, values: dict) -> bool:
         try:
             self.experiment_for(values)
             return True
         except ConfigError:
             return False
+
+
+def _key(values: dict) -> str:
+    return json.dumps(values, sort_keys=True)
 
 
 def _product_size(dimensions) -> int:
@@ -251,9 +340,17 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
     samples = raw.get("samples", 4)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise fail("samples", "a positive integer", samples)
-    scheduler = raw.get("scheduler", "asha")
-    if scheduler not in SCHEDULERS:
-        raise fail("scheduler", f"one of {list(SCHEDULERS)}", scheduler)
+    searcher = raw.get("searcher", "random")
+    if searcher not in SEARCHERS:
+        raise fail("searcher", f"one of {list(SEARCHERS)}", searcher)
+    scheduler = raw.get("scheduler") or ("hyperband" if searcher == "bohb" else "asha")
+    check_scheduler(scheduler, searcher, source)
+    baselines = raw.get("baselines") or []
+    if not isinstance(baselines, list) or not set(baselines) <= set(BASELINES) or len(set(baselines)) < len(baselines):
+        raise fail("baselines", f"a list of distinct methods from {list(BASELINES)}", baselines)
+    max_failures = raw.get("max_failures", 1)
+    if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < -1:
+        raise fail("max_failures", "an integer >= 0 (restarts of a crashed trial; -1: unlimited)", max_failures)
     asha = raw.get("asha") or {}
     if not isinstance(asha, dict) or set(asha) - {"grace_period", "reduction_factor"}:
         raise fail("asha", "a mapping with grace_period and/or reduction_factor", asha)
@@ -274,9 +371,56 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
     output = raw.get("output", "runs/tune")
     if not isinstance(output, str) or not output:
         raise fail("output", "a directory path", output)
-    return SearchSpace(name=name, source=source, base=base, dimensions=dims, samples=samples, scheduler=scheduler,
-                       grace_period=grace, reduction_factor=factor, max_concurrent=max_concurrent, seed=seed,
-                       output=output, description=str(raw.get("description") or ""))
+    space = SearchSpace(name=name, source=source, base=base, dimensions=dims, samples=samples, searcher=searcher,
+                        baselines=list(baselines), max_failures=max_failures, scheduler=scheduler,
+                        grace_period=grace, reduction_factor=factor, max_concurrent=max_concurrent, seed=seed,
+                        output=output, description=str(raw.get("description") or ""))
+    space.points = _points(raw.get("points_to_evaluate") or [], space)
+    check_searcher(space)
+    return space
+
+
+def check_searcher(space: SearchSpace) -> None:
+    """A model-based searcher: its packages are installed and every combination is valid."""
+    if space.model_based:
+        from raydistill.search.searchers import check_installed
+        check_installed(space.searcher, space.source)
+        space.check_jointly_valid()
+
+
+def check_scheduler(scheduler, searcher: str, source: str) -> None:
+    """asha/fifo with any searcher but bohb; hyperband (HyperBandForBOHB) is bohb's, and bohb needs it."""
+    if scheduler not in SCHEDULERS:
+        raise SpaceError(f"{source}: scheduler: expected one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if (scheduler == "hyperband") != (searcher == "bohb"):
+        raise SpaceError(f"{source}: scheduler: searcher bohb runs with scheduler hyperband (Tune's HyperBandForBOHB) "
+                         f"and hyperband only with bohb; got searcher {searcher!r} with scheduler {scheduler!r}")
+
+
+def _points(points, space: SearchSpace) -> list:
+    """points_to_evaluate: complete points (every searched field), each value inside its dimension,
+    the combination valid; returned as given."""
+    where = f"{space.source}: points_to_evaluate"
+    if not isinstance(points, list):
+        raise SpaceError(f"{where}: expected a list of mappings from every searched field to a value, got {points!r}")
+    paths = [d.path for d in space.dimensions]
+    for i, point in enumerate(points):
+        if not isinstance(point, dict) or set(point) != set(paths):
+            got = sorted(point) if isinstance(point, dict) else point
+            raise SpaceError(f"{where}[{i}]: expected a value for each searched field {paths}, got {got!r}")
+        for d in space.dimensions:
+            value = point[d.path]
+            inside = (value in d.values if d.discrete else
+                      isinstance(value, (int, float)) and not isinstance(value, bool) and d.low <= value <= d.high)
+            if not inside:
+                raise SpaceError(f"{where}[{i}].{d.path}: {value!r} is outside the dimension ({d.describe()})")
+        try:
+            space.experiment_for(point)
+        except ConfigError as err:
+            raise SpaceError(f"{where}[{i}]: invalid for the base experiment: {err}") from None
+    if len({_key(p) for p in points}) < len(points):
+        raise SpaceError(f"{where}: the points must be distinct")
+    return [dict(p) for p in points]
 
 
 def _load_base(base, source: str, base_dir: Path) -> Experiment:
@@ -315,6 +459,13 @@ def _dimension(path: Any, spec: Any, base: Experiment, source: str) -> Dimension
         if path != "curriculum.order" or arg is not True:
             raise SpaceError(f"{where}: permutations: expected `curriculum.order: {{permutations: true}}`")
         dim = Dimension(path, kind, values=[list(p) for p in itertools.permutations(range(base.num_groups()))])
+    elif kind == "randint":
+        ok = (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                              for x in arg) and arg[0] <= arg[1])
+        if not ok or arg[1] - arg[0] >= ENUMERATE_LIMIT:
+            raise SpaceError(f"{where}: randint: expected [low, high], integers with low <= high (both included, "
+                             f"at most {ENUMERATE_LIMIT} values), got {arg!r}")
+        dim = Dimension(path, kind, values=list(range(arg[0], arg[1] + 1)), low=arg[0], high=arg[1])
     else:
         ok = (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                               for x in arg) and arg[0] < arg[1])
@@ -322,7 +473,7 @@ def _dimension(path: Any, spec: Any, base: Experiment, source: str) -> Dimension
             raise SpaceError(f"{where}: {kind}: expected [low, high] with low < high"
                              f"{' and low > 0' if kind == 'loguniform' else ''}, got {arg!r}")
         dim = Dimension(path, kind, low=float(arg[0]), high=float(arg[1]))
-    for value in dim.values if dim.discrete else [dim.low, dim.high]:
+    for value in dim.values if dim.discrete and kind != "randint" else [dim.low, dim.high]:
         try:
             apply_values(base, {path: value}, source=f"{source}: search").validate()
         except SpaceError:
@@ -346,16 +497,18 @@ def valid_splits(base: Experiment, where: str) -> list:
 def space_fingerprint(space: SearchSpace, candidates: list) -> dict:
     """What a search directory was created for; a resumed search must match it."""
     return {"space": space.name, "base": space.base.to_dict(), "candidates": candidates,
+            "searcher": space.searcher, "samples": space.samples, "seed": space.seed,
             "scheduler": space.scheduler, "grace_period": space.grace_period,
-            "reduction_factor": space.reduction_factor}
+            "reduction_factor": space.reduction_factor, "baselines": space.baselines}
 
 
 def space_to_dict(space: SearchSpace) -> dict:
     """A self-contained space file for `space` (base inlined, dimensions as explicit candidates or
     ranges): `space_from_dict` of it samples the same trials. Used to ship a search as a Ray Job."""
-    search = {d.path: ({"choice": list(d.values)} if d.discrete else {d.kind: [d.low, d.high]})
-              for d in space.dimensions}
+    search = {d.path: ({"choice": list(d.values)} if d.discrete and d.kind != "randint" else
+                       {d.kind: [d.low, d.high]}) for d in space.dimensions}
     return {"name": space.name, "base": space.base.to_dict(), "search": search, "samples": space.samples,
-            "scheduler": space.scheduler,
+            "searcher": space.searcher, "points_to_evaluate": space.points, "baselines": space.baselines,
+            "max_failures": space.max_failures, "scheduler": space.scheduler,
             "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor},
             "max_concurrent": space.max_concurrent, "seed": space.seed, "output": space.output}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import teachers_needed
@@ -17,9 +17,10 @@ from raydistill.distill.curriculum import teachers_needed
 TRAINED_LOG = "trained.jsonl"
 
 
-def teacher_paths(exp: Experiment, search_dir: Path) -> dict:
-    """{key: path} of the teachers the ed curriculum needs, inside the search directory."""
-    return {key: search_dir / "teachers" / f"{key}.pt" for key in teachers_needed(["ed"], exp.num_groups())}
+def teacher_paths(exp: Experiment, search_dir: Path, methods: Sequence[str] = ("ed",)) -> dict:
+    """{key: path} of the teachers `methods` need (the ed curriculum's, and the baselines'), inside the
+    search directory."""
+    return {key: search_dir / "teachers" / f"{key}.pt" for key in teachers_needed(list(methods), exp.num_groups())}
 
 
 def training_events(search_dir: Path) -> list:
@@ -28,11 +29,12 @@ def training_events(search_dir: Path) -> list:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
 
 
-def prepare_search_teachers(exp: Experiment, search_dir: Path, log: Callable[[str], None]) -> dict:
+def prepare_search_teachers(exp: Experiment, search_dir: Path, log: Callable[[str], None],
+                            methods: Sequence[str] = ("ed",)) -> dict:
     """Train or load every missing teacher; reuse files already in the search directory.
     With `ray.use_gpu` the work runs as a Ray task on a GPU node (Ray must be initialized), so a
     CPU-only head node does not train them; the search directory must then be shared storage."""
-    paths = teacher_paths(exp, search_dir)
+    paths = teacher_paths(exp, search_dir, methods)
     missing = [key for key, path in paths.items() if not path.is_file()]
     for key in paths:
         if key not in missing:

@@ -27,27 +27,45 @@ def trial_experiment(base: dict, values: dict, teachers: dict, trials_dir: str, 
     exp = apply_values(Experiment.from_dict(base), values)
     return exp.with_overrides([
         "methods=[ed]",
-        f"teachers.checkpoints={_flow(teachers)}",
-        f"output.dir={_flow(trials_dir)}",
+        f"teachers.checkpoints={flow_yaml(teachers)}",
+        f"output.dir={flow_yaml(trials_dir)}",
         f"output.name={trial_name(index)}",
         f"ray.cpus_per_worker={cpus_per_worker}",
         *TRIAL_TRACKING_OFF,   # the search's Tune logger callbacks log each trial to MLflow / W&B
     ]).validate()
 
 
-def _flow(value) -> str:
+def flow_yaml(value) -> str:
+    """A value as one line of YAML (for --set style overrides)."""
     import yaml
     return yaml.safe_dump(value, default_flow_style=True, width=10 ** 6).strip().removesuffix("...").strip()
 
 
+def name_by_creation(trial) -> str:
+    """Tune's trial_name_creator for a model-based search: trial-NNN in the order the searcher created
+    the trials (Tune's experiment tag starts with that 1-based counter), the trial's run directory name."""
+    return trial_name(int(trial.experiment_tag.split("_", 1)[0]) - 1)
+
+
+def trial_values(config: dict, setup: dict) -> tuple:
+    """(index, {path: value}) of this trial: a pre-drawn candidate (random, grid) carries both; a
+    model-based searcher's config is decoded, and its index is in the trial's name (name_by_creation)."""
+    if "candidate" in config:
+        return config["candidate"]["index"], config["candidate"]["values"]
+    from ray import tune
+    from raydistill.search.searchers import decode
+    return int(tune.get_context().get_trial_name().split("-")[1]), decode(setup["dimensions"], config)
+
+
 def run_trial(config: dict, setup: dict) -> None:
-    """Tune function trainable. config: {"candidate": {"index", "values"}}; setup (tune.with_parameters):
-    the base experiment, teacher paths, trials directory and CPUs per worker."""
+    """Tune function trainable. config: {"candidate": {"index", "values"}} or a model-based searcher's
+    {path: encoded value}; setup (tune.with_parameters): the base experiment, the dimensions, teacher
+    paths, trials directory and CPUs per worker."""
     from raydistill.distributed.trainer import run_distributed
 
-    candidate = config["candidate"]
-    exp = trial_experiment(setup["base"], candidate["values"], setup["teachers"], setup["trials_dir"],
-                           candidate["index"], setup["cpus_per_worker"])
+    index, values = trial_values(config, setup)
+    exp = trial_experiment(setup["base"], values, setup["teachers"], setup["trials_dir"], index,
+                           setup["cpus_per_worker"])
     Path(setup["trials_dir"]).mkdir(parents=True, exist_ok=True)
     run_distributed(exp, progress=print, callbacks=[epoch_report_callback(exp.total_epochs())])
 
@@ -69,20 +87,39 @@ def epoch_report_callback(epochs_planned: int):
     return EpochReport()
 
 
-def curriculum_asha(max_t: int, grace_period: int, reduction_factor: int):
-    """ASHA that never stops a trial at its own last epoch: the trial is finishing anyway, and a
-    stop there would kill it before its run directory gets summary.json and the final checkpoint."""
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+def finishing_last_epoch(scheduler_cls):
+    """`scheduler_cls` that never stops (or pauses) a trial at its own last epoch: the trial is
+    finishing anyway, and a stop there would kill it before its run directory gets summary.json and
+    the final checkpoint."""
+    from ray.tune.schedulers import TrialScheduler
 
-    class CurriculumASHA(ASHAScheduler):
+    class Scheduler(scheduler_cls):
         def on_trial_result(self, tune_controller, trial, result):
             decision = super().on_trial_result(tune_controller, trial, result)
             if result.get("epoch", 0) >= result.get("epochs_planned", float("inf")):
                 return TrialScheduler.CONTINUE
             return decision
 
+    Scheduler.__name__ = Scheduler.__qualname__ = f"Curriculum{scheduler_cls.__name__}"
+    return Scheduler
+
+
+def curriculum_asha(max_t: int, grace_period: int, reduction_factor: int):
+    """ASHA on the reported epoch that lets every trial finish its last epoch."""
+    from ray.tune.schedulers import ASHAScheduler
+
     # time is the reported epoch, not Tune's report count: a trial restored mid-run (its run resumes
     # from an epoch checkpoint) must be judged at its real epoch.
     # max_t + 1: ASHA's own "reached max_t" stop must not fire at the longest trial's last epoch
-    return CurriculumASHA(time_attr="epoch", max_t=max_t + 1, grace_period=min(grace_period, max_t),
-                          reduction_factor=reduction_factor)
+    return finishing_last_epoch(ASHAScheduler)(time_attr="epoch", max_t=max_t + 1,
+                                               grace_period=min(grace_period, max_t),
+                                               reduction_factor=reduction_factor)
+
+
+def curriculum_bohb_hyperband(max_t: int, reduction_factor: int):
+    """BOHB's HyperBand (HyperBandForBOHB) on the reported epoch; it pauses trials at its rungs and
+    resumes them later (the trial's run resumes from its epoch checkpoint), and lets every trial
+    finish its last epoch."""
+    from ray.tune.schedulers import HyperBandForBOHB
+    return finishing_last_epoch(HyperBandForBOHB)(time_attr="epoch", max_t=max_t + 1,
+                                                  reduction_factor=reduction_factor)

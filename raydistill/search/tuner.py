@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from raydistill.distributed.trainer import LOCAL_ENV as TRAIN_LOCAL_ENV
 from raydistill.search.results import (BEST_FILE, best_row, export_best, format_best, table_frame, trial_rows,
                                        write_table)
-from raydistill.search.space import SCHEDULERS, SearchSpace, SpaceError, load_space, space_fingerprint
-from raydistill.search.teachers import prepare_search_teachers
+from raydistill.search import searchers
+from raydistill.search.baselines import comparison, read_baselines, run_baselines
+from raydistill.search.space import (BASELINES, SEARCHERS, SearchSpace, SpaceError, check_scheduler, check_searcher,
+                                     load_space, space_fingerprint)
+from raydistill.search.teachers import prepare_search_teachers, teacher_paths
 from raydistill.workspace import with_absolute_paths
-from raydistill.search.trainable import TRIAL_CPU, curriculum_asha, run_trial
+from raydistill.search.trainable import (TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband, name_by_creation,
+                                         run_trial)
 from raydistill.tracking import tune_callbacks
 
 TUNER_DIR = "tuner"
@@ -32,26 +36,40 @@ class SearchResult:
     table: object                  # pandas DataFrame, one row per trial (also trials.parquet)
     best: Optional[dict]           # the best trial's row (chosen on val_acc), None if none completed
     best_config: Optional[Path]    # best.yaml
+    baselines: dict = field(default_factory=dict)   # method -> {val_acc, test_acc, epochs}
 
     def summary(self, top: int = 5) -> str:
-        return format_best(self.table, top)
+        text = format_best(self.table, top)
+        return text + ("\n" + comparison(self.best, self.baselines) if self.baselines else "")
 
 
 def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = None,
          scheduler: Optional[str] = None, max_concurrent: Optional[int] = None, output: Optional[str] = None,
-         top: int = 5, progress: Optional[Callable[[str], None]] = print) -> SearchResult:
+         top: int = 5, progress: Optional[Callable[[str], None]] = print, searcher: Optional[str] = None,
+         baselines: Optional[list] = None) -> SearchResult:
     """Run (or resume) a curriculum search. Arguments left None come from the space file."""
     log = progress or (lambda _msg: None)
     space = load_space(space_or_path)
-    samples = samples or space.samples
+    if searcher and searcher != space.searcher:
+        if searcher not in SEARCHERS:
+            raise SpaceError(f"searcher: expected one of {list(SEARCHERS)}, got {searcher!r}")
+        space.searcher = searcher
+        space.scheduler = "hyperband" if searcher == "bohb" else (
+            "asha" if space.scheduler == "hyperband" else space.scheduler)
+        check_searcher(space)
+    if baselines is not None:
+        if not set(baselines) <= set(BASELINES):
+            raise SpaceError(f"baselines: expected methods from {list(BASELINES)}, got {baselines!r}")
+        space.baselines = list(baselines)
+    space.samples = samples or space.samples
     scheduler = scheduler or space.scheduler
-    if scheduler not in SCHEDULERS:
-        raise SpaceError(f"scheduler: expected one of {list(SCHEDULERS)}, got {scheduler!r}")
+    check_scheduler(scheduler, space.searcher, "--scheduler")
+    space.scheduler = scheduler
     if max_concurrent is not None and max_concurrent < 1:
         raise SpaceError(f"max_concurrent: expected a positive integer, got {max_concurrent!r}")
     if output:
         space.output = output
-    candidates = space.candidates(samples)
+    candidates = space.candidates()   # pre-drawn trials (random, grid) or the points (model-based)
     search_dir = space.search_dir
     base = shared_decoded_store(space.base, search_dir)
 
@@ -59,47 +77,63 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
     data = prepare_data(base, log)   # data problems fail here, before teachers or Ray; decodes once
     search_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _check_same_search(search_dir, space_fingerprint(space, candidates), scheduler)
-    log(f"search {space.name}: {len(candidates)} trials, scheduler {scheduler}, directory {search_dir}")
+    trials = len(candidates) if not space.model_based else space.samples
+    log(f"search {space.name}: {trials} trials, searcher {space.searcher}, scheduler {scheduler}, "
+        f"directory {search_dir}")
 
     import ray
     started_ray = _init_ray(base)
     try:
-        teachers = prepare_search_teachers(base, search_dir, log)
+        teachers = prepare_search_teachers(base, search_dir, log, methods=["ed", *space.baselines])
+        ed_teachers = {k: str(Path(p).resolve()) for k, p in teachers.items() if k in teacher_paths(base, search_dir)}
         if base.teachers.soft_labels == "cache":
-            shared_soft_labels(base, data, teachers, search_dir / "trials", log)
+            shared_soft_labels(base, data, ed_teachers, search_dir / "trials", log)
         cpus_per_worker, concurrent = _resources(base, max_concurrent or space.max_concurrent)
         log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each")
         (search_dir / "space.json").write_text(json.dumps(fingerprint, indent=1))   # what a resume must match
-        grid = _run_tuner(space, candidates, scheduler, concurrent, search_dir, {
-            "base": with_absolute_paths(base).to_dict(),
-            "teachers": {k: str(Path(p).resolve()) for k, p in teachers.items()},
+        results = _run_tuner(space, candidates, concurrent, search_dir, {
+            "base": with_absolute_paths(base).to_dict(), "dimensions": space.dimensions,
+            "teachers": ed_teachers,
             "trials_dir": str((search_dir / "trials").resolve()), "cpus_per_worker": cpus_per_worker})
+        # run alone, baselines (and the exported best) get the whole cores the trial's torch threads used
+        alone_cpus = float(max(1, int(cpus_per_worker)))
+        baseline_results = run_baselines(space, {k: str(Path(p).resolve()) for k, p in teachers.items()},
+                                         search_dir, alone_cpus, log)
     finally:
         if started_ray:
             ray.shutdown()
 
-    rows = trial_rows(space, grid, candidates, scheduler)
+    run_trials = _trials(space, candidates, results)
+    rows = trial_rows(space, results, run_trials, scheduler)
     frame = table_frame(rows, space.dimensions)
     table_path = write_table(frame, search_dir)
     best = best_row(rows)
     best_path = None
     unfinished = [r["trial"] for r in rows if r["stop_reason"].startswith(("interrupted", "not run"))]
+    unfinished += [None] * (trials - len(rows))   # a model-based search interrupted before creating them
     if unfinished:
         best = None   # a best of a partial search would not be the search's best
         log(f"search interrupted: {len(unfinished)} trial(s) unfinished; re-run the same command to resume")
     if best is not None:
-        values = candidates[int(best["trial"].split("-")[1])]
-        # absolute paths: Ray Train workers load teacher checkpoints from their own working directory;
-        # run alone, the best experiment gets the whole cores the trial's torch threads used
-        best_path = export_best(space, best, values, {k: str(Path(p).resolve()) for k, p in teachers.items()},
-                                search_dir, float(max(1, int(cpus_per_worker))))
+        values = dict(run_trials)[int(best["trial"].split("-")[1])]
+        # absolute paths: Ray Train workers load teacher checkpoints from their own working directory
+        best_path = export_best(space, best, values, ed_teachers, search_dir, alone_cpus)
     log(f"\n{len(rows)} trials ({table_path}); best {min(top, len(rows))} by validation accuracy "
         f"(accuracies in %; test is reported, never used to choose):\n{format_best(frame, top)}")
     if best:
         log(f"best: {best['trial']} -> {best_path}")
     elif not unfinished:
         log("no trial completed its curriculum: nothing exported")
-    return SearchResult(search_dir, frame, best, best_path)
+    if baseline_results:
+        log(comparison(best, baseline_results))
+    return SearchResult(search_dir, frame, best, best_path, baseline_results)
+
+
+def _trials(space: SearchSpace, candidates: list, results: list) -> list:
+    """(index, values) of every trial: the pre-drawn candidates, or those the searcher created."""
+    if not space.model_based:
+        return list(enumerate(candidates))
+    return sorted(((r["index"], r["values"]) for r in results), key=lambda t: t[0])
 
 
 def shared_decoded_store(base, search_dir: Path):
@@ -174,9 +208,9 @@ def _resources(base, max_concurrent: Optional[int]) -> tuple:
     return per_worker, concurrent
 
 
-def _run_tuner(space: SearchSpace, candidates: list, scheduler: str, concurrent: int, search_dir: Path,
-               setup: dict) -> list:
-    """Fit (or restore and finish) the Tuner; returns one plain dict per trial."""
+def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir: Path, setup: dict) -> list:
+    """Fit (or restore and finish) the Tuner; returns one plain dict per trial: index, values,
+    metrics of its last report, error, done."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -186,14 +220,24 @@ def _run_tuner(space: SearchSpace, candidates: list, scheduler: str, concurrent:
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
-        max_t = max(space.experiment_for(c).total_epochs() for c in candidates)
-        sched = (curriculum_asha(max_t, space.grace_period, space.reduction_factor)
-                 if scheduler == "asha" else FIFOScheduler())
-        param_space = {"candidate": tune.grid_search([{"index": i, "values": v} for i, v in enumerate(candidates)])}
-        tuner = tune.Tuner(trainable, param_space=param_space,
-                           tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched,
-                                                       num_samples=1, max_concurrent_trials=concurrent),
+        max_t = space.max_epochs()
+        sched = {"asha": lambda: curriculum_asha(max_t, space.grace_period, space.reduction_factor),
+                 "hyperband": lambda: curriculum_bohb_hyperband(max_t, space.reduction_factor),
+                 "fifo": FIFOScheduler}[space.scheduler]()
+        if space.model_based:
+            param_space = searchers.param_space(space.dimensions)
+            tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched, num_samples=space.samples,
+                                          search_alg=searchers.search_algorithm(space, concurrent),
+                                          trial_name_creator=name_by_creation,
+                                          trial_dirname_creator=name_by_creation)
+        else:
+            param_space = {"candidate": tune.grid_search([{"index": i, "values": v}
+                                                          for i, v in enumerate(candidates)])}
+            tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched, num_samples=1,
+                                          max_concurrent_trials=concurrent)
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1,
+                                                     failure_config=tune.FailureConfig(max_failures=space.max_failures),
                                                      callbacks=tune_callbacks(space.base)))
     grid = tuner.fit()
     # Tune marks the last result of a stopped or finished trial `done` (public Result.metrics):
@@ -202,8 +246,12 @@ def _run_tuner(space: SearchSpace, candidates: list, scheduler: str, concurrent:
     for result in grid:
         config = result.config or {}
         metrics = result.metrics or {}
-        out.append({"index": config.get("candidate", {}).get("index"), "metrics": metrics,
-                    "error": result.error, "done": bool(metrics.get("done"))})
+        if "candidate" in config:
+            index, values = config["candidate"]["index"], config["candidate"]["values"]
+        else:
+            index, values = int(Path(result.path).name.split("-")[1]), searchers.decode(space.dimensions, config)
+        out.append({"index": index, "values": values, "metrics": metrics, "error": result.error,
+                    "done": bool(metrics.get("done"))})
     return out
 
 
@@ -221,4 +269,5 @@ def load_search(search_dir) -> SearchResult:
     rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
             for r in table.to_dict("records")]
     best = best_row(rows) if best_config.is_file() else None
-    return SearchResult(search_dir, table, best, best_config if best_config.is_file() else None)
+    return SearchResult(search_dir, table, best, best_config if best_config.is_file() else None,
+                        read_baselines(search_dir))

@@ -1,0 +1,137 @@
+"""ED ablation: which knob causes ED's gap at a short budget. One grid search (`searcher: grid`,
+`scheduler: fifo`: every trial runs to its last epoch) over pass_mode x bn_recalibrate x
+restart_per_grade x grade-epoch split x student seed, then one table of mean ± std over seeds.
+
+The grid is a space file (tune_spaces/ablation_cifar10.yaml by default), so the trials are ordinary
+`raydistill tune` trials: teachers trained once (from the base seed; the spread over seeds is the
+students' spread), one Ray Train run per trial in <output>/<name>/trials/trial-NNN, resumable by
+running the same command again. The search's trials.parquet is copied to --results with
+`table.md` and `aggregate.json` (last-epoch accuracies; nothing is selected on test data).
+
+    python benchmarks/ablation.py                                   # 48 runs at the cifar10 budget (hours on 2 cores)
+    python benchmarks/ablation.py --seeds 0 1 2 --set data.train_path=../shared/data/tiny-imagenet-200/train.parquet ...
+    python benchmarks/ablation.py --smoke                           # the same grid on tiny built-in data, 1 seed: minutes
+    python benchmarks/ablation.py --table-only --results benchmarks/results/ablation_cifar10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = "seed"
+SMOKE = ["data.source=builtin", "data.num_classes=6", "data.train_per_class=40", "data.test_per_class=20",
+         "data.limit_per_class=null", "data.val_fraction=0.2", "teachers.arch=resnet8", "teachers.epochs=1",
+         "teachers.batch_size=32", "optimizer.batch_size=32"]
+SMOKE_GRADE_EPOCHS = [[1, 1, 1], [2, 1, 1]]
+
+
+def ablation_space(args):
+    """The space file with --set applied to its base and --seeds / --grade-epochs replacing those dimensions."""
+    from raydistill.search.space import apply_values, load_space
+    space = load_space(args.space)
+    overrides = (SMOKE if args.smoke else []) + list(args.set)
+    if overrides:
+        space.base = space.base.with_overrides(overrides).validate()
+    grade_epochs = SMOKE_GRADE_EPOCHS if args.smoke and not args.grade_epochs else args.grade_epochs
+    seeds = [0] if args.smoke and not args.seeds else args.seeds
+    for d in space.dimensions:
+        if d.path == SEED and seeds:
+            d.values = list(seeds)
+        if d.path == "curriculum.grade_epochs" and grade_epochs:
+            d.values = [list(g) for g in grade_epochs]
+        for value in d.values or []:
+            apply_values(space.base, {d.path: value}).validate()
+    if args.smoke:
+        space.name += "_smoke"
+    if args.output:
+        space.output = str(args.output)
+    return space
+
+
+def aggregate(trials) -> list:
+    """One row per configuration (every searched column but the seed): mean ± std over seeds."""
+    knobs = [c for c in trials.columns if c not in (SEED, "trial", "val_acc", "test_acc", "grade", "epochs_run",
+                                                   "epochs_planned", "stop_reason", "wall_s")]
+    done = trials[trials["stop_reason"] == "completed"]
+    rows = []
+    for key, group in done.groupby(knobs, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(knobs, key))
+        for metric in ("test_acc", "val_acc"):
+            values = [100 * v for v in group[metric]]
+            row[metric] = round(statistics.mean(values), 2)
+            row[f"{metric}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else None
+        row["seeds"] = sorted(int(s) for s in group[SEED]) if SEED in group else []
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["test_acc"])
+
+
+def markdown(rows: list, title: str) -> str:
+    if not rows:
+        return f"# {title}\n\nno completed trials\n"
+    knobs = [k for k in rows[0] if k not in ("test_acc", "test_acc_std", "val_acc", "val_acc_std", "seeds")]
+    short = [k.split(".")[-1] for k in knobs]
+    lines = [f"# {title}", "", "Last-epoch accuracy (%), mean ± std over seeds; sorted by test accuracy.", "",
+             "| " + " | ".join(short) + " | test | val | seeds |", "|" + "---|" * (len(knobs) + 3)]
+    for r in rows:
+        pm = lambda m: f"{r[m]:.2f}" + (f" ± {r[m + '_std']:.2f}" if r[m + "_std"] is not None else "")
+        lines.append("| " + " | ".join(_shown(r[k]) for k in knobs) + f" | {pm('test_acc')} | {pm('val_acc')} | "
+                     f"{','.join(map(str, r['seeds']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value) -> str:
+    """A table cell: trials.parquet stores non-numeric searched values as JSON text."""
+    try:
+        value = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        pass
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def write_table(results: Path, title: str) -> str:
+    import pandas as pd
+    rows = aggregate(pd.read_parquet(results / "trials.parquet"))
+    (results / "aggregate.json").write_text(json.dumps(rows, indent=1))
+    text = markdown(rows, title)
+    (results / "table.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--space", default="ablation_cifar10", help="a grid space file or tune_spaces/ name")
+    p.add_argument("--seeds", type=int, nargs="+", help="student seeds (replace the space's seed dimension)")
+    p.add_argument("--grade-epochs", type=json.loads, nargs="+", metavar="[E1,E2,E3]",
+                   help="grade-epoch splits (replace the space's curriculum.grade_epochs dimension)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
+    p.add_argument("--smoke", action="store_true", help="tiny built-in data, 1 teacher epoch, 3-4 epoch splits")
+    p.add_argument("--output", type=Path, help="parent of the search directory (default: the space's)")
+    p.add_argument("--results", type=Path, help="where trials.parquet, table.md, aggregate.json go "
+                                                "(default: benchmarks/results/<space name>)")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--table-only", action="store_true", help="rebuild table.md from --results/trials.parquet")
+    args = p.parse_args(argv)
+    if args.table_only:
+        print(write_table(args.results, args.results.name))
+        return 0
+    from raydistill.search.tuner import tune
+    space = ablation_space(args)
+    if space.searcher != "grid":
+        print(f"ablation: {space.source}: expected searcher: grid, got {space.searcher}", file=sys.stderr)
+        return 2
+    result = tune(space, max_concurrent=args.max_concurrent)
+    results = args.results or REPO / "benchmarks" / "results" / space.name
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copy(result.search_dir / "trials.parquet", results / "trials.parquet")
+    print(write_table(results, space.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
