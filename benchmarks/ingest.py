@@ -27,9 +27,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def native_size(parquet_path) -> int:
+    """Side of the first image of a Parquet table (CIFAR-10: 32, Tiny-ImageNet: 64)."""
+    import pyarrow.parquet as pq
+    first = pq.ParquetFile(parquet_path).read_row_group(0, columns=["img"]).column("img")[0]["bytes"].as_py()
+    from torchvision.io import decode_image
+    import torch
+    return int(decode_image(torch.frombuffer(bytearray(first), dtype=torch.uint8)).shape[-1])
+
+
 def experiment(train_path: str, test_path: str, out: Path, cache: Path, limit, extra=()):
     from raydistill.config import Experiment
-    overrides = [f"data.source=parquet", f"data.train_path={train_path}", f"data.test_path={test_path}",
+    # decoded at the tables' native size with the cifar preset (a Parquet source would default to 224 px)
+    size = native_size(train_path)
+    overrides = ["data.source=parquet", f"data.train_path={train_path}", f"data.test_path={test_path}",
+                 f"data.image_size={size}", "data.augment=cifar",
                  f"data.cache_dir={cache}", f"output.dir={out}", "data.ratio=1:1", "methods=[scratch]",
                  "curriculum.splits=[1,3]", "curriculum.grade_epochs=[1,1]", "student.arch=resnet8",
                  "curriculum.pass_mode=mixed", *extra]

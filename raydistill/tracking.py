@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from raydistill.config import Experiment
 from raydistill.report_files import epoch_scalars, safe_dir_name
