@@ -54,7 +54,7 @@ def decodes(root) -> list:
 def test_shards_equal_a_fresh_decode_and_key_follows_the_files(tmp_path):
     exp = parquet_experiment(tmp_path)
     d = exp.data
-    fresh = load_dataset("parquet", train_path=d.train_path, test_path=d.test_path)
+    fresh = load_dataset("parquet", train_path=d.train_path, test_path=d.test_path, size=32)
     seen = []
     first = load_decoded(exp, lambda: fresh, seen.append)
     again = load_decoded(exp, lambda: pytest.fail("decoded again"), seen.append)

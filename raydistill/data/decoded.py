@@ -124,7 +124,10 @@ def load_decoded(exp, decode: Callable[[], tuple[ImageSet, ImageSet]],
     from raydistill.softlabels.cache import local_cache_dir
     from raydistill.storage import RunDir, is_uri
     root = decoded_root(exp)
-    key, components = decoded_key(exp.data, decoded_size(exp.image_size(), exp.augment_preset()))
+    try:
+        key, components = decoded_key(exp.data, decoded_size(exp.image_size(), exp.augment_preset()))
+    except OSError:   # an input file is missing or unreadable: the source's own loader names it
+        return decode()
     directory = local_cache_dir(root, key[:16])
     cached = read_decoded(directory, key)
     if cached is not None:
