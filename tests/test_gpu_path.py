@@ -139,9 +139,11 @@ def epoch_inputs(data, device, fraction):
     grade, s = plan.grades[0], settings(data, batch_size=64)
     tables = GradeTables(grade, data.num_classes, ctx.device)
     pass_indices = grade_passes(grade, train.labels, "mixed")[0]
-    batches = [b for b, _ in shard_batches(pass_indices, s.batch_size, s.seed, 3, 0, 0, 1)]
+    batches = [(b, train.images[b], train.labels[b], n)
+               for b, n in shard_batches(pass_indices, s.batch_size, s.seed, 3, 0, 0, 1)]
     gen = epoch_generator(s.seed, 3, 0, 1000)
-    out = [ctx.batch(images, s) for (images, _, _), _ in _prefetched(batches, train, grade, tables, None, s, gen, 3)]
+    out = [ctx.batch(images, s)
+           for (images, _, _, _), _ in _prefetched(batches, len(train), grade, tables, None, s, gen, 3)]
     return train, out
 
 
