@@ -1,6 +1,18 @@
-"""ED ablation: which knob causes ED's gap at a short budget. One grid search (`searcher: grid`,
-`scheduler: fifo`: every trial runs to its last epoch) over pass_mode x bn_recalibrate x
-restart_per_grade x grade-epoch split x student seed, then one table of mean ± std over seeds.
+"""ED ablation: which knob causes ED's gap at a short budget. Two designs:
+
+one-at-a-time (default, the committed table): the shipped `cifar10` ED run (mixed passes, no BN
+recalibration, one cosine schedule, grade epochs [2, 2, 4]) with ONE knob changed per variant
+(VARIANTS), 3 student seeds each, run by benchmarks/accuracy.py in-process with the loss table's
+teachers and soft-label bank; the base row is the loss table's `ed` runs (--base-results, the same
+teachers, bank and code), so nothing is run twice. 5 variants x 3 seeds = 15 runs.
+
+    python benchmarks/ablation.py --teachers-from runs/accuracy/teachers --threads 1 \
+        --set teachers.soft_labels=cache                            # -> benchmarks/results/ablation_cifar10/
+    python benchmarks/ablation.py --table-only                      # table.md from the committed runs
+
+grid (--design grid): one Tune grid search (`searcher: grid`, `scheduler: fifo`: every trial runs
+to its last epoch) over pass_mode x bn_recalibrate x restart_per_grade x grade-epoch split x
+student seed (48 runs), then one table of mean ± std over seeds per combination.
 
 The grid is a space file (tune_spaces/ablation_cifar10.yaml by default), so the trials are ordinary
 `raydistill tune` trials: teachers trained once (from the base seed; the spread over seeds is the
@@ -8,10 +20,9 @@ students' spread), one Ray Train run per trial in <output>/<name>/trials/trial-N
 running the same command again. The search's trials.parquet is copied to --results with
 `table.md` and `aggregate.json` (last-epoch accuracies; nothing is selected on test data).
 
-    python benchmarks/ablation.py                                   # 48 runs at the cifar10 budget (hours on 2 cores)
-    python benchmarks/ablation.py --seeds 0 1 2 --set data.train_path=../shared/data/tiny-imagenet-200/train.parquet ...
-    python benchmarks/ablation.py --smoke                           # the same grid on tiny built-in data, 1 seed: minutes
-    python benchmarks/ablation.py --table-only --results benchmarks/results/ablation_cifar10
+    python benchmarks/ablation.py --design grid                     # 48 runs at the cifar10 budget (hours on 2 cores)
+    python benchmarks/ablation.py --design grid --smoke             # the same grid on tiny built-in data, 1 seed: minutes
+    python benchmarks/ablation.py --design grid --table-only --results benchmarks/results/ablation_grid
 """
 from __future__ import annotations
 
@@ -28,6 +39,86 @@ SMOKE = ["data.source=builtin", "data.num_classes=6", "data.train_per_class=40",
          "data.limit_per_class=null", "data.val_fraction=0.2", "teachers.arch=resnet8", "teachers.epochs=1",
          "teachers.batch_size=32", "optimizer.batch_size=32"]
 SMOKE_GRADE_EPOCHS = [[1, 1, 1], [2, 1, 1]]
+# one knob changed at a time from the shipped cifar10 ED curriculum (raydistill/experiments/cifar10.yaml)
+VARIANTS = {
+    "pass_mode_sequential": ["curriculum.pass_mode=sequential"],
+    "bn_recalibrate": ["curriculum.bn_recalibrate=true"],
+    "restart_per_grade": ["optimizer.restart_per_grade=true"],
+    "grade_epochs_4_2_2": ["curriculum.grade_epochs=[4,2,2]"],
+    "grade_epochs_1_1_6": ["curriculum.grade_epochs=[1,1,6]"],
+}
+BASE_RESULTS = REPO / "benchmarks" / "results" / "cifar10_losses"
+ONE_AT_A_TIME_RESULTS = REPO / "benchmarks" / "results" / "ablation_cifar10"
+
+
+def _accuracy():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+    return accuracy
+
+
+def variant_rows(results: Path, base_results: Path) -> list:
+    """One row per variant (base first): ed's last-epoch test/val accuracy per seed, mean ± std, and
+    the change from the base in test accuracy."""
+    accuracy = _accuracy()
+    sources = {"base": base_results, **{name: results / name for name in VARIANTS}}
+    rows = []
+    for name, folder in sources.items():
+        summaries = accuracy.load_summaries(folder)
+        seeds = sorted(s for s in summaries if "ed" in summaries[s]["methods"])
+        if not seeds:
+            continue
+        runs = [summaries[s]["methods"]["ed"] for s in seeds]
+        row = {"variant": name, "change": "; ".join(VARIANTS.get(name, [])) or "none (the loss table's `ed`)",
+               "seeds": seeds}
+        for metric in ("test_acc", "val_acc"):
+            values = [100 * r[f"final_{metric}"] for r in runs]
+            row[metric], row[f"{metric}_runs"] = round(statistics.fmean(values), 2), [round(v, 2) for v in values]
+            row[f"{metric}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else 0.0
+        rows.append(row)
+    base = next((r for r in rows if r["variant"] == "base"), None)
+    for r in rows:
+        r["delta_test"] = round(r["test_acc"] - base["test_acc"], 2) if base else None
+    return rows
+
+
+def variant_markdown(rows: list) -> str:
+    lines = ["| variant | change from the shipped ED run | test top-1 % (mean ± std) | per seed | val % | Δ test |",
+             "|---|---|---:|---|---:|---:|"]
+    for r in rows:
+        delta = "" if r["variant"] == "base" or r["delta_test"] is None else f"{r['delta_test']:+.2f}"
+        lines.append(f"| `{r['variant']}` | {r['change']} | {r['test_acc']:.2f} ± {r['test_acc_std']:.2f} | "
+                     f"{' / '.join(f'{v:.2f}' for v in r['test_acc_runs'])} | "
+                     f"{r['val_acc']:.2f} ± {r['val_acc_std']:.2f} | {delta} |")
+    return "\n".join(lines)
+
+
+def write_variant_table(results: Path, base_results: Path) -> str:
+    rows = variant_rows(results, base_results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "aggregate.json").write_text(json.dumps(rows, indent=1))
+    text = variant_markdown(rows)
+    (results / "table.md").write_text(text + "\n")
+    return text
+
+
+def run_variants(args) -> int:
+    """Each variant through benchmarks/accuracy.py (in-process runs, resumable per seed); then the table."""
+    accuracy = _accuracy()
+    results = args.results or ONE_AT_A_TIME_RESULTS
+    common = ["--methods", "ed", "--seeds", *map(str, args.seeds or [0, 1, 2])]
+    for flag, value in (("--threads", args.threads), ("--teachers-from", args.teachers_from)):
+        if value is not None:
+            common += [flag, str(value)]
+    common += [x for field in args.set for x in ("--set", field)]
+    work = args.work or REPO / "runs" / "ablation"      # one work dir per variant: runs are resumed by directory
+    if not (args.base_results / "seed0").exists():
+        accuracy.main(common + ["--work", str(work / "base"), "--results", str(args.base_results)])
+    for name, overrides in VARIANTS.items():
+        accuracy.main(common + ["--work", str(work / name), "--results", str(results / name)]
+                      + [x for o in overrides for x in ("--set", o)])
+    print(write_variant_table(results, args.base_results))
+    return 0
 
 
 def ablation_space(args):
@@ -105,7 +196,14 @@ def write_table(results: Path, title: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--space", default="ablation_cifar10", help="a grid space file or tune_spaces/ name")
+    p.add_argument("--design", choices=["one-at-a-time", "grid"], default="one-at-a-time")
+    p.add_argument("--base-results", type=Path, default=BASE_RESULTS,
+                   help="one-at-a-time: the base runs (seed<S>/ed/summary.json); run there if absent")
+    p.add_argument("--teachers-from", type=Path, help="one-at-a-time: teacher checkpoints (accuracy.py)")
+    p.add_argument("--threads", type=int, help="one-at-a-time: torch threads per run")
+    p.add_argument("--work", type=Path, help="one-at-a-time: parent of each variant's accuracy.py --work "
+                                             "(default runs/ablation)")
+    p.add_argument("--space", default="ablation_cifar10", help="grid: a grid space file or tune_spaces/ name")
     p.add_argument("--seeds", type=int, nargs="+", help="student seeds (replace the space's seed dimension)")
     p.add_argument("--grade-epochs", type=json.loads, nargs="+", metavar="[E1,E2,E3]",
                    help="grade-epoch splits (replace the space's curriculum.grade_epochs dimension)")
@@ -113,10 +211,15 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny built-in data, 1 teacher epoch, 3-4 epoch splits")
     p.add_argument("--output", type=Path, help="parent of the search directory (default: the space's)")
     p.add_argument("--results", type=Path, help="where trials.parquet, table.md, aggregate.json go "
-                                                "(default: benchmarks/results/<space name>)")
+                                                "(default: ablation_cifar10 one-at-a-time, benchmarks/results/<space name>_grid for a grid)")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--table-only", action="store_true", help="rebuild table.md from --results/trials.parquet")
     args = p.parse_args(argv)
+    if args.design == "one-at-a-time":
+        if args.table_only:
+            print(write_variant_table(args.results or ONE_AT_A_TIME_RESULTS, args.base_results))
+            return 0
+        return run_variants(args)
     if args.table_only:
         print(write_table(args.results, args.results.name))
         return 0
@@ -126,7 +229,7 @@ def main(argv=None) -> int:
         print(f"ablation: {space.source}: expected searcher: grid, got {space.searcher}", file=sys.stderr)
         return 2
     result = tune(space, max_concurrent=args.max_concurrent)
-    results = args.results or REPO / "benchmarks" / "results" / space.name
+    results = args.results or REPO / "benchmarks" / "results" / f"{space.name}_grid"
     results.mkdir(parents=True, exist_ok=True)
     shutil.copy(result.search_dir / "trials.parquet", results / "trials.parquet")
     print(write_table(results, space.name))

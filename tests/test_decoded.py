@@ -87,3 +87,41 @@ def test_second_run_and_a_tune_trial_do_not_decode_again(ray_session, tmp_path):
     result = run_distributed(trial.with_overrides(["methods=[scratch]"]), progress=seen.append)
     assert result.methods["scratch"]["epochs"] == 3
     assert len(decodes(store)) == 1 and any("decoded shards loaded" in line for line in seen), seen
+
+
+def test_key_is_the_same_for_a_relative_and_an_absolute_path(tmp_path, monkeypatch):
+    """A search's driver decodes with the config's relative paths, its trials run with absolute ones
+    (workspace.with_absolute_paths): both must find the same shards."""
+    import copy
+    exp = parquet_experiment(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    relative = copy.deepcopy(exp.data)
+    relative.train_path, relative.test_path = "train.parquet", "./test.parquet"
+    assert decoded_key(relative, 32)[0] == decoded_key(exp.data, 32)[0]
+
+
+def test_decoding_inside_a_placement_group_does_not_need_its_cpus(ray_session):
+    """A Tune trial's driver runs in a placement group whose bundle holds 0.01 CPU and captures
+    child tasks: decoding there must not submit 1-CPU tasks into it (it used to fail with
+    "Cannot schedule _decode_chunk with the placement group")."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from raydistill.data.parallel import decode_many
+
+    def decode(blob, where):
+        return torch.full((3, 2, 2), blob[0], dtype=torch.uint8)
+
+    @ray.remote(num_cpus=0.01)
+    def in_group(items):
+        return decode_many(items, [f"item {i}" for i in range(len(items))], decode, (3, 2, 2))
+
+    group = placement_group([{"CPU": 0.01}])
+    ray.get(group.ready())
+    try:
+        items = [bytes([i]) for i in range(40)]
+        out = ray.get(in_group.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, placement_group_capture_child_tasks=True)).remote(items), timeout=120)
+        assert out.shape == (40, 3, 2, 2) and out[:, 0, 0, 0].tolist() == list(range(40))
+    finally:
+        remove_placement_group(group)

@@ -91,3 +91,60 @@ def test_readme_loss_table_matches_committed_results():
             assert m["final_test_acc"] == history[-1]["test_acc"]
             config = (run / "config.yaml").read_text()
             assert "soft_labels: cache" in config and f"seed: {seed}" in config
+
+
+def _load_benchmark(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _last_epoch_runs(results, methods, seeds):
+    """Each (seed, method) run's summary is the last epoch of its own metrics.json; yields configs."""
+    for seed in seeds:
+        for method in methods:
+            run = results / f"seed{seed}" / method
+            m = json.loads((run / "summary.json").read_text())["methods"][method]
+            history = [h for h in json.loads((run / "metrics.json").read_text())["history"] if h["method"] == method]
+            assert [h["epoch"] for h in history] == list(range(1, m["epochs"] + 1))
+            assert m["final_test_acc"] == history[-1]["test_acc"]
+            import yaml
+            yield seed, method, yaml.safe_load((run / "config.yaml").read_text())
+
+
+def test_readme_ablation_table_matches_committed_results():
+    """The one-at-a-time ED ablation (issue 17): every variant has 3 seeds, changes exactly its own
+    knob from the shipped cifar10 ED run, and the README row is what the files give."""
+    ablation = _load_benchmark("ablation")
+    results = REPO / "benchmarks" / "results" / "ablation_cifar10"
+    rows = ablation.variant_rows(results, ablation.BASE_RESULTS)
+    assert [r["variant"] for r in rows] == ["base", *ablation.VARIANTS] and all(r["seeds"] == [0, 1, 2] for r in rows)
+    table = ablation.variant_markdown(rows)
+    assert table in (REPO / "README.md").read_text() and (results / "table.md").read_text().strip() == table
+    base = {"pass_mode": "mixed", "bn_recalibrate": False, "restart_per_grade": False, "grade_epochs": [2, 2, 4]}
+    for name, (override,) in ablation.VARIANTS.items():
+        field, value = override.split("=")
+        for _, _, config in _last_epoch_runs(results / name, ["ed"], [0, 1, 2]):
+            seen = {"pass_mode": config["curriculum"]["pass_mode"], "grade_epochs": config["curriculum"]["grade_epochs"],
+                    "bn_recalibrate": config["curriculum"]["bn_recalibrate"],
+                    "restart_per_grade": config["optimizer"]["restart_per_grade"]}
+            changed = {k for k in base if seen[k] != base[k]}
+            assert changed == {field.split(".")[-1]}, (name, seen)
+            assert config["teachers"]["soft_labels"] == "cache" and config["student"]["arch"] == "resnet8"
+
+
+def test_readme_ingest_tables_match_committed_results():
+    """The stream-vs-memory benchmark (issue 14): the README shows exactly what the committed JSON
+    files give, and the files hold both loaders at both sizes and 3 seeds of each for accuracy."""
+    ingest = _load_benchmark("ingest")
+    results = REPO / "benchmarks" / "results" / "ingest"
+    text = ingest.tables(results)
+    assert text in (REPO / "README.md").read_text() and (results / "table.md").read_text().strip() == text
+    train = json.loads((results / "train_tinyimagenet.json").read_text())["train"]
+    assert {(r["loader"], r["size"]) for r in train} == {(l, z) for l in ("memory", "stream") for z in ("1x", "4x")}
+    runs = json.loads((results / "accuracy_cifar10.json").read_text())["accuracy"]
+    assert sorted((r["loader"], r["seed"]) for r in runs) == [(l, s) for l in ("memory", "stream") for s in (0, 1, 2)]
+    assert {r["loader"] for r in json.loads((results / "throughput_cifar10.json").read_text())["train"]} == {
+        "memory", "stream"}

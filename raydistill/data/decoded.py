@@ -41,6 +41,9 @@ def decoded_root(exp) -> str:
 
 
 def _stat(path: Path) -> list:
+    """Absolute, so a relative path in the driver and its absolute form in a trial or worker
+    (workspace.with_absolute_paths) give the same key."""
+    path = path.expanduser().resolve()
     st = path.stat()
     return [str(path), st.st_size, st.st_mtime_ns]
 

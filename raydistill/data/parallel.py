@@ -1,5 +1,10 @@
 """Decode many images at once: Ray tasks when Ray is up (spread over the cluster's CPUs), else a
-thread pool (torchvision's decoders and resize run in C++ without the GIL, so threads scale)."""
+thread pool (torchvision's decoders and resize run in C++ without the GIL, so threads scale).
+
+Inside a placement group (a Tune trial, a Ray Train worker) the thread pool is used too: tasks
+would be captured by the group, whose bundles are sized for the trial or worker itself (a Tune
+trial's driver bundle holds 0.01 CPU, so a 1-CPU task cannot be placed), and tasks outside it
+would wait for CPUs the group's own workers hold."""
 from __future__ import annotations
 
 import os
@@ -33,7 +38,7 @@ def decode_many(items: Sequence, wheres: Sequence[str], decode: Callable, empty_
         return torch.zeros(0, *empty_shape, dtype=torch.uint8)
     try:
         import ray
-        ray_up = ray.is_initialized()
+        ray_up = ray.is_initialized() and ray.get_runtime_context().get_placement_group_id() is None
     except ImportError:
         ray_up = False
     if ray_up:
