@@ -135,6 +135,22 @@ def test_readme_ablation_table_matches_committed_results():
             assert config["teachers"]["soft_labels"] == "cache" and config["student"]["arch"] == "resnet8"
 
 
+def test_readme_tinyimagenet_table_matches_committed_results():
+    """Tiny-ImageNet baselines (issue 17): 4 methods x 3 seeds at the stated budget (32 px, 100
+    images per class, groups 66/66/68), each the last epoch of its run."""
+    results = REPO / "benchmarks" / "results" / "tinyimagenet"
+    summaries = accuracy.load_summaries(results)
+    assert sorted(summaries) == [0, 1, 2]
+    agg = accuracy.aggregate(summaries)
+    assert list(agg["methods"]) == ["scratch", "kd", "multi_teacher", "ed"]
+    table = accuracy.table_markdown(agg)
+    assert table in (REPO / "README.md").read_text() and (results / "table.md").read_text().strip() == table
+    assert sorted(t["classes"] for k, t in agg["teachers"].items() if k != "all") == [66, 66, 68]
+    for _, _, config in _last_epoch_runs(results, list(agg["methods"]), [0, 1, 2]):
+        assert "tiny-imagenet-200" in config["data"]["train_path"] and config["data"]["image_size"] == 32
+        assert config["data"]["limit_per_class"] == 100
+
+
 def test_readme_ingest_tables_match_committed_results():
     """The stream-vs-memory benchmark (issue 14): the README shows exactly what the committed JSON
     files give, and the files hold both loaders at both sizes and 3 seeds of each for accuracy."""
