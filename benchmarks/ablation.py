@@ -73,8 +73,9 @@ def variant_rows(results: Path, base_results: Path) -> list:
                "seeds": seeds}
         for metric in ("test_acc", "val_acc"):
             values = [100 * r[f"final_{metric}"] for r in runs]
-            row[metric], row[f"{metric}_runs"] = round(statistics.fmean(values), 2), [round(v, 2) for v in values]
-            row[f"{metric}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else 0.0
+            mean, std = accuracy.mean_std(values)
+            row[metric], row[f"{metric}_std"] = round(mean, 2), round(std, 2)
+            row[f"{metric}_runs"] = [round(v, 2) for v in values]
         rows.append(row)
     base = next((r for r in rows if r["variant"] == "base"), None)
     for r in rows:

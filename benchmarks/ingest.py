@@ -12,15 +12,8 @@
               per seed, same teachers (--teachers-from) and cached soft labels: last-epoch accuracy.
   tables      (--table-only) the README's tables from the result files.
 
-The committed results (benchmarks/results/ingest) came from benchmarks/results/ingest/commands.sh:
-
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ingest.py --data ../shared/data/tiny-imagenet-200 --train \
-        --train-per-class 100 --replicas 4 --no-first-step --name train_tinyimagenet
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ingest.py --data ../shared/data/cifar10 --accuracy \
-        --teachers-from runs/accuracy/teachers --no-first-step --name accuracy_cifar10
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ingest.py --data ../shared/data/cifar10 --train --replicas 1 \
-        --name throughput_cifar10                                     # + first-step timing
-    .venv/bin/python benchmarks/ingest.py --table-only
+The committed results (benchmarks/results/ingest) came from benchmarks/results/ingest/commands.sh,
+which holds the exact invocations (one per measurement, then --table-only).
 """
 from __future__ import annotations
 

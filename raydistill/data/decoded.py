@@ -41,18 +41,21 @@ def decoded_root(exp) -> str:
 
 
 def _stat(path: Path) -> list:
-    """Absolute, so a relative path in the driver and its absolute form in a trial or worker
-    (workspace.with_absolute_paths) give the same key."""
-    path = path.expanduser().resolve()
     st = path.stat()
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
+def _absolute(path: str) -> Path:
+    """A relative path in the driver and its absolute form in a trial or worker
+    (workspace.with_absolute_paths) must give the same key."""
+    return Path(path).expanduser().resolve()
+
+
 def _files(d) -> list:
-    """(path, size, mtime) of every input file of the configuration, in a stable order."""
+    """(absolute path, size, mtime) of every input file of the configuration, in a stable order."""
     if d.source == "parquet":
-        return [_stat(Path(d.train_path)), _stat(Path(d.test_path))]
-    root = Path(d.root)
+        return [_stat(_absolute(d.train_path)), _stat(_absolute(d.test_path))]
+    root = _absolute(d.root)
     return [_stat(p) for p in sorted(root.rglob("*")) if p.is_file()]
 
 
