@@ -28,9 +28,10 @@ STUDENT_METHODS = ("ed", "scratch", "kd", "multi_teacher")
 
 # Columns the parquet always has (in this order, whatever the history holds), with their types.
 INT_COLUMNS = ("grade", "epoch", "num_classes", "blocks", "train_images")
-FLOAT_COLUMNS = ("lr", "loss", "ce", "kd", "train_acc", "val_acc", "test_acc", "images_per_s", "seconds")
+FLOAT_COLUMNS = ("lr", "loss", "ce", "kd", "train_acc", "val_acc", "val_acc_all_classes", "test_acc", "images_per_s",
+                 "seconds")
 COLUMNS = ("method", "grade", "epoch", "lr", "num_classes", "blocks", "loss", "ce", "kd", "train_acc",
-           "train_images", "seconds", "images_per_s", "val_acc", "test_acc")
+           "train_images", "seconds", "images_per_s", "val_acc", "val_acc_all_classes", "test_acc")
 
 # TensorBoard tag -> metrics key.
 SCALARS = {"accuracy/train": "train_acc", "accuracy/val": "val_acc", "accuracy/test": "test_acc",

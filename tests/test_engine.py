@@ -40,6 +40,14 @@ def test_ed_beats_chance_on_tiny_builtin_set(tiny_data):
     # last grade
     assert history[-1]["kd"] < history[6]["kd"], [round(h["kd"], 3) for h in history]
     assert sorted(model.class_ids.tolist()) == list(range(data.num_classes))
+    # val over every class of the task counts the untaught classes' samples as errors: the same
+    # correct predictions over all val samples (what a search scheduler compares across grades)
+    for h in history:
+        taught = [c for group in data.groups[:h["grade"]] for c in group]
+        share = torch.isin(data.val.labels, torch.tensor(taught)).sum().item() / len(data.val.labels)
+        assert h["val_acc_all_classes"] == pytest.approx(h["val_acc"] * share, rel=1e-12), h
+    assert history[-1]["val_acc_all_classes"] == history[-1]["val_acc"]
+    assert history[0]["val_acc_all_classes"] < history[0]["val_acc"]
 
 
 def test_resume_from_any_epoch_replays_exactly(tiny_data):

@@ -135,6 +135,28 @@ def test_asha_judges_a_restored_trial_at_its_reported_epoch():
     assert asha.on_trial_result(None, trials[1], restored) == TrialScheduler.STOP
 
 
+def test_asha_compares_trials_in_different_grades_on_every_class():
+    """grade_epochs searched: at the epoch-4 rung one trial is in grade 2 (4 of 6 classes taught,
+    90% on them = 60% of the task) and one in grade 3 (70% on all 6). The scheduler's metric ranks
+    them on the whole task, so the grade-3 trial is not stopped for scoring lower on more classes."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from raydistill.search.trainable import FORWARDED, SCHEDULE_METRIC, curriculum_asha
+    assert SCHEDULE_METRIC == "val_acc_all_classes" and SCHEDULE_METRIC in FORWARDED
+    decisions = {}
+    for metric in ("val_acc", SCHEDULE_METRIC):
+        asha = curriculum_asha(max_t=8, grace_period=4, reduction_factor=2)
+        asha.set_search_properties(metric, "max")
+        trials = [Trial("__fake", stub=True) for _ in range(2)]
+        for t in trials:
+            asha.on_trial_add(None, t)
+        common = {"epoch": 4, "training_iteration": 4, "epochs_planned": 8}
+        asha.on_trial_result(None, trials[0], {**common, "grade": 2, "val_acc": 0.9, "val_acc_all_classes": 0.6})
+        decisions[metric] = asha.on_trial_result(None, trials[1], {**common, "grade": 3, "val_acc": 0.7,
+                                                                   "val_acc_all_classes": 0.7})
+    assert decisions == {"val_acc": TrialScheduler.STOP, SCHEDULE_METRIC: TrialScheduler.CONTINUE}
+
+
 def test_trial_rows_tell_an_asha_stop_from_an_interrupted_trial():
     from raydistill.search.results import trial_rows
     from raydistill.search.space import load_space

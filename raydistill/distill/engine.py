@@ -346,17 +346,27 @@ def eval_batches(data, class_ids: torch.Tensor, batch_size: int, rank: int, worl
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx: TrainContext) -> float:
+def evaluate(model: nn.Module, data: ImageSet, class_ids, s: TrainSettings, ctx: TrainContext,
+             task_class_ids=None):
     """Top-1 accuracy (eval mode, no grads) on the samples of the given classes, predicting among
-    them; sharded over workers and summed. NaN when there are no such samples (e.g. no val split)."""
+    them; sharded over workers and summed. NaN when there are no such samples (e.g. no val split).
+
+    With `task_class_ids` (every class of the task), returns (accuracy on `class_ids`, accuracy on
+    all samples of the task), one pass: a sample of a class the grade has not been taught yet counts
+    as an error. The second number means the same at every epoch of every curriculum, so a search
+    scheduler can compare trials that stand in different grades or were taught different groups."""
     model.eval()
     ids = torch.as_tensor(list(class_ids))
-    counts = torch.zeros(2, dtype=torch.float64)
-    for images, labels in eval_batches(data, ids, s.eval_batch_size, ctx.rank, ctx.world_size):
+    over = ids if task_class_ids is None else torch.as_tensor(list(task_class_ids))
+    counts = torch.zeros(4, dtype=torch.float64)    # correct, samples: of `class_ids`, then of `over`
+    for images, labels in eval_batches(data, over, s.eval_batch_size, ctx.rank, ctx.world_size):
         predicted = ids[ctx.amp.forward(model, ctx.batch(center_crop(images, s.image_size), s)).argmax(1).cpu()]
-        counts += torch.tensor([(predicted == labels).sum().item(), len(labels)], dtype=torch.float64)
+        correct, taught = predicted == labels, torch.isin(labels, ids)
+        counts += torch.tensor([(correct & taught).sum().item(), taught.sum().item(),
+                                correct.sum().item(), len(labels)], dtype=torch.float64)
     counts = ctx.all_reduce_sum(counts.to(ctx.device)).cpu()
-    return counts[0].item() / counts[1].item() if counts[1] > 0 else float("nan")
+    seen, task = (counts[i].item() / counts[i + 1].item() if counts[i + 1] > 0 else float("nan") for i in (0, 2))
+    return seen if task_class_ids is None else (seen, task)
 
 
 # ---- the whole plan ----------------------------------------------------------------------
@@ -449,9 +459,10 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         if s.bn_recalibrate:
             recalibrate_batchnorm(model, grade, train, s, ctx, epoch)
         ctx.sync_statistics(model)
+        val_acc, val_acc_all = evaluate(model, val, grade.class_ids, s, ctx, plan.grades[-1].class_ids)
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
-                   "val_acc": evaluate(model, val, grade.class_ids, s, ctx),
+                   "val_acc": val_acc, "val_acc_all_classes": val_acc_all,
                    "test_acc": evaluate(model, test, grade.class_ids, s, ctx) if test is not None else float("nan")}
         history.append(metrics)
         if progress and ctx.rank == 0:

@@ -13,7 +13,13 @@ from raydistill.search.space import apply_values
 from raydistill.tracking import TRIAL_TRACKING_OFF
 
 # what each epoch report carries to Tune (the rest of the run's metrics stay in its run directory)
-FORWARDED = ("epoch", "grade", "num_classes", "blocks", "lr", "loss", "train_acc", "val_acc", "test_acc")
+FORWARDED = ("epoch", "grade", "num_classes", "blocks", "lr", "loss", "train_acc", "val_acc", "val_acc_all_classes",
+             "test_acc")
+# What the scheduler (ASHA, HyperBand) and a model-based searcher compare: validation accuracy over
+# every class, untaught classes counting as errors. `val_acc` before the last grade is over the
+# classes seen so far, so trials in different grades (searched grade_epochs) or taught different
+# groups (searched order) would be ranked on different questions. At the last epoch both are equal.
+SCHEDULE_METRIC = "val_acc_all_classes"
 TRIAL_CPU = 0.01   # the trial driver only waits on its TorchTrainer; the workers need the cores
 
 

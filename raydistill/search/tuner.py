@@ -22,8 +22,8 @@ from raydistill.search.space import (BASELINES, SEARCHERS, SearchSpace, SpaceErr
                                      load_space, space_fingerprint)
 from raydistill.search.teachers import prepare_search_teachers, teacher_paths
 from raydistill.workspace import with_absolute_paths
-from raydistill.search.trainable import (TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband, name_by_creation,
-                                         run_trial)
+from raydistill.search.trainable import (SCHEDULE_METRIC, TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband,
+                                         name_by_creation, run_trial)
 from raydistill.tracking import tune_callbacks
 
 TUNER_DIR = "tuner"
@@ -226,14 +226,14 @@ def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir
                  "fifo": FIFOScheduler}[space.scheduler]()
         if space.model_based:
             param_space = searchers.param_space(space.dimensions)
-            tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched, num_samples=space.samples,
+            tune_config = tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=space.samples,
                                           search_alg=searchers.search_algorithm(space, concurrent),
                                           trial_name_creator=name_by_creation,
                                           trial_dirname_creator=name_by_creation)
         else:
             param_space = {"candidate": tune.grid_search([{"index": i, "values": v}
                                                           for i, v in enumerate(candidates)])}
-            tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=sched, num_samples=1,
+            tune_config = tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=1,
                                           max_concurrent_trials=concurrent)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1,
