@@ -226,7 +226,8 @@ def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir
                  "fifo": FIFOScheduler}[space.scheduler]()
         if space.model_based:
             param_space = searchers.param_space(space.dimensions)
-            tune_config = tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=space.samples,
+            tune_config = tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched,
+                                          num_samples=space.samples,
                                           search_alg=searchers.search_algorithm(space, concurrent),
                                           trial_name_creator=name_by_creation,
                                           trial_dirname_creator=name_by_creation)
