@@ -44,14 +44,37 @@ def cmd_run(args) -> int:
     return 0
 
 
+def run_device(exp: Experiment, backend: str) -> tuple[str, str]:
+    """(device type `run --backend <backend>` trains the students on here, how it was chosen)."""
+    if backend == "local":
+        import torch
+        from raydistill.runner import pick_device
+        device = pick_device(exp).type
+        if exp.device != "auto":
+            return device, f"device {exp.device}"
+        found = "a CUDA device found" if torch.cuda.is_available() else "no CUDA device on this machine"
+        return device, f"device auto: {found}"
+    return ("cuda" if exp.ray.use_gpu else "cpu"), f"ray.use_gpu {str(exp.ray.use_gpu).lower()}"
+
+
 def cmd_validate(args) -> int:
+    """The checks `run` makes before training, for the same backend on this machine (device and
+    precision included: fp16 where the run would train on the CPU is the same error), then the data."""
     exp = _load(args)
+    device, why = run_device(exp, args.backend)
+    exp.check_devices(device, args.backend)   # what `run` checks first
+    if args.backend == "local" and exp.device == "cuda" and device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("raydistill: warning: device cuda, but torch sees no CUDA device on this machine: "
+                  "`run --backend local` will fail here", file=sys.stderr)
     from raydistill.workspace import prepare_data
     from raydistill.teachers import check_teacher_checkpoints
     data = prepare_data(exp)
     check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)   # what `run` checks too
     print(f"{args.config}: valid; {data.num_classes} classes in groups of "
           f"{[len(g) for g in data.groups]}; train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}")
+    print(f"run --backend {args.backend} here: students train on {device} ({why}), precision {exp.precision}")
     return 0
 
 
@@ -118,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a config and its data without training")
     _add_config_args(p)
+    p.add_argument("--backend", choices=["ray", "local"], default="ray",
+                   help="check for `run --backend` this (default ray, as run): the device it trains on here")
+    p.add_argument("--local", dest="backend", action="store_const", const="local", help="same as --backend local")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("report", help="reprint the results table of a finished run")
     p.add_argument("run_dir", help="a run directory, e.g. runs/default or s3://bucket/runs/default")

@@ -19,7 +19,7 @@ import yaml
 METHODS = ("ed", "scratch", "kd", "multi_teacher")
 LOSSES = ("kd", "dkd", "lskd")          # = raydistill.distill.losses.LOSSES (a test keeps them equal)
 PASS_MODES = ("sequential", "mixed")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "cosine", "constant", "onecycle")
 TEACHER_MODES = ("actors", "local")
 STAGE_MODES = ("sequential", "concurrent", "auto")
 SOFT_LABELS = ("online", "cache")
@@ -98,11 +98,17 @@ class DataConfig:
 class TeachersConfig:
     arch: str = "resnet20"              # a staged arch, or any classifier: tv:<torchvision name>, timm:<timm name>
     pretrained: Optional[str] = None    # weights name (IMAGENET1K_V2), timm tag, or local state_dict file
+    # input mean/std: auto = the pretrained weights' own (timm pretrained_cfg, torchvision transforms) when
+    # they record them, else the data's; data = the data's; or {mean: [r, g, b], std: [r, g, b]}
+    normalize: Union[str, dict] = "auto"
     epochs: int = 10
     lr: float = 0.05
     batch_size: int = 64
-    schedule: str = "cosine"
+    schedule: str = "cosine"            # step | cosine | constant | onecycle (linear rise then fall, set every step)
     milestones: list = field(default_factory=lambda: [])  # epochs, for "step"
+    warmup_fraction: float = 0.15       # onecycle: share of the epochs spent rising to lr
+    label_smoothing: float = 0.0        # of the teachers' CE (smoothed teachers are known to distil worse)
+    weight_decay: Optional[float] = None  # null: optimizer.weight_decay
     checkpoints: Optional[dict] = None  # {"group0": path, ..., "all": path}: load instead of training
     soft_labels: str = "online"         # online: teacher forward every step; cache: replay stored logits
     cache_draws: int = 8                # cache: augmentation draws per sample (epochs cycle through them)
@@ -115,6 +121,7 @@ class TeachersConfig:
 class StudentConfig:
     arch: str = "resnet8"               # a staged arch (CIFAR or torchvision ImageNet-style)
     pretrained: Optional[str] = None    # torchvision weights name or local state_dict file: stem + blocks
+    normalize: Union[str, dict] = "auto"  # input mean/std, as teachers.normalize
 
 
 @dataclass
@@ -130,6 +137,7 @@ class CurriculumConfig:
     carry_head_rows: bool = False       # copy old reference-head rows into the new head
     keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
     bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass of the grade before eval/save
+    equal_images: bool = False          # ed: extend the last grade so ED sees as many images as a baseline
 
 
 @dataclass
@@ -164,8 +172,9 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
-    schedule: str = "cosine"
+    schedule: str = "cosine"            # step | cosine | constant | onecycle (linear rise then fall, set every step)
     milestones: list = field(default_factory=lambda: [])  # global epochs, for "step"
+    warmup_fraction: float = 0.15       # onecycle: share of the epochs spent rising to lr
     gamma: float = 0.1
     restart_per_grade: bool = False     # restart the schedule at each grade (warm restarts)
 
@@ -222,6 +231,7 @@ class Experiment:
     channels_last: bool = True          # NHWC activations and weights: faster convs on CPU and tensor cores
     precision: str = "fp32"             # fp32 | bf16 | fp16: autocast of student and teacher forwards
     compile: bool = False               # torch.compile the student and the teachers
+    test_every_epoch: bool = True       # false: test accuracy only at each grade's last epoch (all a summary reports)
     device_data_fraction: float = 0.5   # uint8 training set moves to the GPU if it needs at most this of free memory
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
@@ -364,6 +374,12 @@ class Experiment:
         need(t.schedule in SCHEDULES, "teachers.schedule", f"one of {list(SCHEDULES)}", t.schedule)
         need(all(isinstance(m, int) and m > 0 for m in t.milestones), "teachers.milestones",
              "positive integer epochs", t.milestones)
+        need(isinstance(t.warmup_fraction, (int, float)) and 0 <= t.warmup_fraction < 1, "teachers.warmup_fraction",
+             "a number in [0, 1)", t.warmup_fraction)
+        need(isinstance(t.label_smoothing, (int, float)) and 0 <= t.label_smoothing < 1, "teachers.label_smoothing",
+             "a number in [0, 1)", t.label_smoothing)
+        need(t.weight_decay is None or (isinstance(t.weight_decay, (int, float)) and t.weight_decay >= 0),
+             "teachers.weight_decay", "null or a non-negative number", t.weight_decay)
         if t.checkpoints is not None:
             need(isinstance(t.checkpoints, dict), "teachers.checkpoints",
                  "a mapping like {group0: path, all: path}", t.checkpoints)
@@ -405,12 +421,15 @@ class Experiment:
         need(c.temperature > 0, "curriculum.temperature", "a positive number", c.temperature)
         need(0 <= c.alpha <= 1, "curriculum.alpha", "a number in [0, 1]", c.alpha)
 
+        need(isinstance(self.test_every_epoch, bool), "test_every_epoch", "true or false", self.test_every_epoch)
         o = self.optimizer
         need(o.lr > 0, "optimizer.lr", "a positive number", o.lr)
         need(0 <= o.momentum < 1, "optimizer.momentum", "a number in [0, 1)", o.momentum)
         need(o.weight_decay >= 0, "optimizer.weight_decay", "a non-negative number", o.weight_decay)
         need(o.batch_size >= 1, "optimizer.batch_size", "a positive integer", o.batch_size)
         need(o.schedule in SCHEDULES, "optimizer.schedule", f"one of {list(SCHEDULES)}", o.schedule)
+        need(isinstance(o.warmup_fraction, (int, float)) and 0 <= o.warmup_fraction < 1, "optimizer.warmup_fraction",
+             "a number in [0, 1)", o.warmup_fraction)
         need(all(isinstance(m, int) and m > 0 for m in o.milestones), "optimizer.milestones",
              "positive integer epochs", o.milestones)
         need(0 < o.gamma <= 1, "optimizer.gamma", "a number in (0, 1]", o.gamma)
@@ -458,6 +477,13 @@ class Experiment:
                 check_arch(cfg.arch, cfg.pretrained, staged=staged)
             except ValueError as err:
                 raise ConfigError(f"{section}.pretrained: {err}") from None
+        n = cfg.normalize
+        ok = n in ("auto", "data") or (isinstance(n, dict) and set(n) == {"mean", "std"} and all(
+            isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in n.values())
+            and all(x > 0 for x in n["std"]))
+        if not ok:
+            raise ConfigError(f"{section}.normalize: expected auto, data or {{mean: [r, g, b], std: [r, g, b]}} "
+                              f"(std positive), got {n!r}")
     def _validate_tracking(self, need) -> None:
         """Tracker settings, and their packages: a missing one fails here, naming the extra, not in a
         worker after the teachers trained."""
@@ -491,11 +517,38 @@ class Experiment:
                 else:
                     need(value >= 0, path, "a non-negative number", value)
         t = self.teachers
-        dkd_methods = [m for m in self.methods if self.method_loss(m)[1] == "dkd" and split_method(m)[0] != "scratch"]
-        need(not (dkd_methods and t.soft_labels == "cache" and t.cache_format == "topk"), "teachers.cache_format",
-             f"float16 when a method distils with dkd ({', '.join(dkd_methods)}): DKD's target-class term needs "
-             "the teacher's exact target-class logit, and top-k stores the mean of the dropped logits in its place "
-             "whenever the target is not among the k largest", t.cache_format)
+        if t.soft_labels == "cache" and t.cache_format == "topk":
+            # top-k keeps k logits and one value for the rest, exact in softmax mass at curriculum.temperature
+            # only: it serves kd at that temperature, and would silently distort any other loss
+            by_loss: dict = {}
+            for m in self.methods:
+                base, loss = self.method_loss(m)
+                if base != "scratch" and self._topk_distorts(loss):
+                    by_loss.setdefault(loss, []).append(m)
+            need(not by_loss, "teachers.cache_format", "; ".join(
+                f"float16 when a method distils with {loss} ({', '.join(methods)}): {self._topk_reason(loss)}"
+                for loss, methods in by_loss.items()), t.cache_format)
+
+    def _topk_distorts(self, loss: str) -> bool:
+        """Whether a top-k soft-label cache would feed `loss` other teacher probabilities than the
+        full logits give: every loss but kd run at curriculum.temperature on the raw logits."""
+        if loss != "kd":
+            return True
+        own = self.distill.kd.temperature
+        return own is not None and float(own) != float(self.curriculum.temperature)
+
+    def _topk_reason(self, loss: str) -> str:
+        if loss == "dkd":
+            return ("DKD's target-class term needs the teacher's exact target-class logit, and top-k stores the "
+                    "mean of the dropped logits in its place whenever the target is not among the k largest")
+        if loss == "lskd":
+            return ("LSKD z-scores the teacher's logits (mean and spread over all classes), and top-k replaces all "
+                    "but the k largest by one value exact in softmax mass at curriculum.temperature only")
+        if loss == "kd":
+            return (f"distill.kd.temperature {self.distill.kd.temperature} is not curriculum.temperature "
+                    f"{self.curriculum.temperature}, the only temperature top-k keeps the teacher's probabilities "
+                    "at (set distill.kd.temperature: null, or use float16)")
+        return "top-k keeps the teacher's probabilities at curriculum.temperature for kd only"
 
     # ---- derived values ------------------------------------------------------------------
     def image_size(self) -> int:
@@ -576,8 +629,13 @@ class Experiment:
                               f"(fp16 needs a CUDA device), got 'fp16'")
 
     def check_devices(self, student_device: str, backend: str) -> None:
-        """Checks that need the device a backend trains on (`run` resolves device auto first)."""
-        self.check_precision_on(student_device, "device" if backend == "local" else "ray.use_gpu")
+        """Checks that need the device a backend trains on (`run` resolves device auto first; `validate`
+        does the same, so both refuse the same configs on the same machine with the same message)."""
+        field = "ray.use_gpu"
+        if backend == "local":
+            auto_on_cpu = self.device == "auto" and student_device != "cuda"
+            field = "device auto (no CUDA device on this machine)" if auto_on_cpu else "device"
+        self.check_precision_on(student_device, field)
         if backend == "ray" and self.ray.teachers == "actors":
             self.check_precision_on("cuda" if self.ray.teacher_gpus > 0 else "cpu", "ray.teacher_gpus")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 
 
-def method_summary(plan, history: list, params: int, wall_s: float) -> dict:
-    """Last-epoch numbers only: nothing is selected on test data."""
+def method_summary(plan, history: list, params: int, wall_s: float, budget: dict | None = None) -> dict:
+    """Last-epoch numbers only: nothing is selected on test data. `budget`: images seen and
+    training FLOPs (`distill.budget.history_budget`)."""
     mine = [h for h in history if h["method"] == plan.method]
     last = mine[-1]
     grades = []
@@ -16,7 +17,8 @@ def method_summary(plan, history: list, params: int, wall_s: float) -> dict:
                            "val_acc": rows[-1]["val_acc"], "test_acc": rows[-1]["test_acc"]})
     distils = any(lesson.teacher for g in plan.grades for lesson in g.lessons)
     return {"final_test_acc": last["test_acc"], "final_val_acc": last["val_acc"], "params": params,
-            "epochs": plan.total_epochs, "wall_s": wall_s, "grades": grades, "loss": plan.loss if distils else None}
+            "epochs": plan.total_epochs, "wall_s": wall_s, "grades": grades, "loss": plan.loss if distils else None,
+            **(budget or {})}
 
 
 def method_label(name: str, summary: dict) -> str:
@@ -30,6 +32,15 @@ def _pct(x) -> str:
     return "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.2f}"
 
 
+def _count(x) -> str:
+    return "-" if x is None else f"{x:,}"   # a summary written before budgets were recorded
+
+
+def _tflop(x) -> str:
+    """Student training TFLOP (forward + backward), 3 significant digits."""
+    return "-" if x is None else f"{x / 1e12:.3g}"
+
+
 def format_table(methods: dict, teachers: dict | None = None) -> str:
     lines = []
     if teachers:
@@ -37,10 +48,12 @@ def format_table(methods: dict, teachers: dict | None = None) -> str:
         lines += [f"  {k:<8} {v['arch']:<11} {v['classes']:>4} classes  {_pct(v['test_acc'])}%"
                   for k, v in teachers.items()]
     w = max([14] + [len(method_label(name, m)) + 1 for name, m in methods.items()])   # multi_teacher+lskd
-    lines += ["", f"{'method':<{w}}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}{'wall s':>9}"]
+    lines += ["", f"{'method':<{w}}{'test top-1 %':>13}{'val top-1 %':>12}{'params':>10}{'epochs':>8}"
+                  f"{'images':>11}{'TFLOP':>8}{'wall s':>9}"]
     for name, m in methods.items():
         lines.append(f"{method_label(name, m):<{w}}{_pct(m['final_test_acc']):>13}{_pct(m['final_val_acc']):>12}"
-                     f"{m['params']:>10,}{m['epochs']:>8}{m['wall_s']:>9.1f}")
+                     f"{m['params']:>10,}{m['epochs']:>8}{_count(m.get('train_images')):>11}"
+                     f"{_tflop(m.get('train_flops')):>8}{m['wall_s']:>9.1f}")
     for name, m in methods.items():
         if len(m["grades"]) > 1:
             lines += ["", f"{name} per grade (last epoch of the grade, on the classes seen so far):",

@@ -18,17 +18,19 @@ import torch
 
 from raydistill.storage import RunDir
 from raydistill.config import Experiment
+from raydistill.data import center_crop
 from raydistill.data.stream import StreamSplit
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import count_parameters
 from raydistill.progress import interactive
+from raydistill.distill.budget import history_budget, plan_flops_per_image
 from raydistill.report import format_table, method_summary
 from raydistill.report_files import safe_dir_name, write_report_files
 from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
                                  teacher_checkpoint)
 from raydistill.teachers.training import teacher_plan
-from raydistill.workspace import (PreparedData, check_output_dir, prepare_data, refuse_changed_config,
+from raydistill.workspace import (PreparedData, check_output_dir, input_stats, prepare_data, refuse_changed_config,
                                   student_settings, teacher_settings)
 
 # train(plan, train_set, val_set, test_set, teacher_client, settings, log=None, stage=None) -> (model, history)
@@ -124,13 +126,14 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: RunDir, key: str, de
         subsets = [data.train.of_classes(classes), data.val.of_classes(classes), None]
         plan = teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs, exp.teachers.pretrained)
         model, _ = train(plan, *subsets, None, teacher_settings(exp, data), log=log, stage=f"teacher:{key}")
+        stats = input_stats(exp.teachers, data)   # what it was trained with: saved and served with it
         if write:
-            out.save_torch(name, teacher_checkpoint(model, data.mean, data.std))
-        teacher = FrozenTeacher(model, data.mean, data.std, device=device, **exp.serving_options())
+            out.save_torch(name, teacher_checkpoint(model, stats["mean"], stats["std"]))
+        teacher = FrozenTeacher(model, stats["mean"], stats["std"], device=device, **exp.serving_options())
         source = "trained"
     info = {"arch": teacher.model.arch, "classes": len(classes), "source": source,
             "params": count_parameters(teacher.model), "seconds": time.perf_counter() - started,
-            "test_acc": _accuracy(teacher, data.test.of_classes(classes))}
+            "test_acc": _accuracy(teacher, data.test.of_classes(classes), exp.image_size())}
     log(f"teacher {key}: test accuracy on its {len(classes)} classes {info['test_acc']:.3f}")
     return teacher, info
 
@@ -143,16 +146,21 @@ def prepare_teachers(exp: Experiment, data: PreparedData, out: RunDir, device, l
     return frozen, info
 
 
-def _accuracy(teacher, test) -> float:
+def _accuracy(teacher, test, image_size: Optional[int] = None) -> float:
+    """Top-1 accuracy of `teacher` on `test`, on the evaluation view every accuracy uses (the
+    engine's `evaluate`): the centre image_size crop. Streamed test images arrive as decoded (e.g.
+    256 px for image_size 224 with the imagenet preset), so they are cropped here; in-memory ones
+    were stored cropped (the crop is then a no-op)."""
     ids = torch.tensor(teacher.class_ids)
     if isinstance(test, StreamSplit):   # every worker counts its share, then all sum
         counts = torch.zeros(2, dtype=torch.float64)
         for images, labels in test.eval_batches(512):
-            counts += torch.tensor([float((ids[teacher(images).argmax(1)] == labels).sum()), len(labels)],
-                                   dtype=torch.float64)
+            predicted = ids[teacher(center_crop(images, image_size)).argmax(1)]
+            counts += torch.tensor([float((predicted == labels).sum()), len(labels)], dtype=torch.float64)
         counts = test.all_reduce_sum(counts)
         return counts[0].item() / max(counts[1].item(), 1.0)
-    correct = sum(int((ids[teacher(test.images[i:i + 512]).argmax(1)] == test.labels[i:i + 512]).sum())
+    correct = sum(int((ids[teacher(center_crop(test.images[i:i + 512], image_size)).argmax(1)]
+                       == test.labels[i:i + 512]).sum())
                   for i in range(0, len(test), 512))
     return correct / max(len(test), 1)
 
@@ -169,14 +177,17 @@ def method_stage(exp: Experiment, data: PreparedData, out: RunDir, method: str, 
                            stage=f"method:{method}")
     wall = wall_offset + time.perf_counter() - started
     if write:
-        save_student(out, f"checkpoints/{method}.pt", model, data)
-    return history, method_summary(plan, history, count_parameters(model), wall)
+        save_student(out, f"checkpoints/{method}.pt", model, data, input_stats(exp.student, data))
+    budget = history_budget(plan, history, plan_flops_per_image(plan, data.num_classes, exp.image_size()))
+    return history, method_summary(plan, history, count_parameters(model), wall, budget)
 
 
-def save_student(out: RunDir, name: str, model, data: PreparedData) -> None:
+def save_student(out: RunDir, name: str, model, data: PreparedData, stats: Optional[dict] = None) -> None:
+    """`stats`: the {mean, std} the student was trained with (`workspace.input_stats`); default the data's."""
+    stats = stats or {"mean": data.mean, "std": data.std}
     out.save_torch(name, {"arch": model.arch, "class_ids": model.class_ids.tolist(),
                           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                          "mean": list(data.mean), "std": list(data.std)})
+                          "mean": list(stats["mean"]), "std": list(stats["std"])})
 
 
 def write_metrics(out: RunDir, result: RunResult) -> None:

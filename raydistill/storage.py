@@ -20,6 +20,8 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -30,6 +32,11 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Environment variables that say how to reach (and sign into) a storage URI; forwarded, never logged.
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
+
+# pyarrow filesystems whose rename replaces a file at once (local disks and mounts, `file://`,
+# `hdfs://`): a crash mid-write must leave the old file, not half a new one, so files are written
+# under a temporary name and renamed. Object stores (s3, gs, abfs) publish a PUT whole already.
+RENAMING = ("local", "hdfs")
 
 
 def is_uri(location) -> bool:
@@ -76,8 +83,9 @@ def storage_env() -> dict:
 
 class RunDir:
     """A directory on a local disk or a pyarrow filesystem, addressed by relative names
-    (`teachers/group0.pt`). Writes are whole objects (a local file is written under a temporary
-    name and renamed), so a reader never sees half a file; there is no append on object stores."""
+    (`teachers/group0.pt`). Writes are whole objects (on a filesystem that can rename, a file is
+    written under a temporary name and renamed), so neither a reader nor a crash ever leaves half a
+    file; there is no append on object stores."""
 
     def __init__(self, location):
         from pyarrow import fs
@@ -130,17 +138,38 @@ class RunDir:
         except FileNotFoundError:
             raise FileNotFoundError(f"{join(self.location, name)}: not found") from None
 
+    def size(self, name: str) -> Optional[int]:
+        """Bytes of file `name`, None when it is not a file."""
+        from pyarrow import fs
+        info = self.fs.get_file_info(self.path(name))
+        return info.size if info.type == fs.FileType.File else None
+
     def write_bytes(self, name: str, data: bytes) -> None:
+        self._write(name, lambda f: f.write(data))
+
+    def _write(self, name: str, fill) -> None:
+        """Store `name` whole, `fill(stream)` writing its content: under a hidden temporary name renamed
+        into place where the filesystem can rename (RENAMING), else one PUT. If `fill` fails, the
+        temporary file (or the object store's partial object, which closing the stream published) is
+        removed: the old file, or none, stays."""
         path = self.path(name)
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        if self.local_path is None:   # an object store's PUT is atomic already
-            with self.fs.open_output_stream(path) as f:
-                f.write(data)
-            return
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, path)
+        parent, base = path.rsplit("/", 1)
+        self.fs.create_dir(parent, recursive=True)
+        target = f"{parent}/.{base}.{uuid.uuid4().hex[:8]}.tmp" if self.fs.type_name in RENAMING else path
+        opened = False
+        try:
+            with self.fs.open_output_stream(target) as f:
+                opened = True
+                fill(f)
+            if target != path:
+                self.fs.move(target, path)
+        except BaseException:
+            if opened:
+                try:
+                    self.fs.delete_file(target)
+                except OSError:
+                    pass
+            raise
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode()
@@ -178,12 +207,23 @@ class RunDir:
         elif info.type == fs.FileType.File:
             self.fs.delete_file(info.path)
 
-    def upload(self, local_dir, name: str = "") -> None:
-        """Copy the local directory `local_dir` to `name` (recursively)."""
-        from pyarrow import fs
+    def upload(self, local_dir, name: str = "", last: Optional[str] = None) -> None:
+        """Copy the local directory `local_dir` to `name` (recursively), each file whole (see `_write`).
+        `last`, a completion marker (relative name), is stored only after every other file is, so a
+        reader that sees it sees them all (files otherwise land in any order: several at a time)."""
+        local_dir = Path(local_dir)
+        prefix = f"{name.rstrip('/')}/" if name else ""
+        files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+
+        def put(rel: str) -> None:
+            with open(local_dir / rel, "rb") as source:
+                self._write(prefix + rel, lambda f: shutil.copyfileobj(source, f, 8 * 2 ** 20))
+
         self.fs.create_dir(self.path(name), recursive=True)
-        fs.copy_files(str(Path(local_dir).resolve()), self.path(name), source_filesystem=fs.LocalFileSystem(),
-                      destination_filesystem=self.fs)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(put, [rel for rel in files if rel != last]))
+        if last in files:
+            put(last)
 
     def download(self, name: str, local_dir) -> Path:
         """Copy `name` (a directory) into the local directory `local_dir`; returns it."""

@@ -81,24 +81,34 @@ def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -
     return PreparedData(train, val, test, groups, mean, std)
 
 
+def input_stats(section, data: PreparedData) -> dict:
+    """{mean, std} a network of config `section` (exp.teachers / exp.student) is trained, served and
+    saved with: pretrained weights' own statistics unless `normalize` says otherwise, else the data's."""
+    from raydistill.models.pretrained import input_normalization
+    mean, std = input_normalization(section, data.mean, data.std)
+    return {"mean": mean, "std": std}
+
+
 def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
     o, c = exp.optimizer, exp.curriculum
     return TrainSettings(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, batch_size=o.batch_size,
                          schedule=o.schedule, milestones=tuple(o.milestones), gamma=o.gamma,
-                         restart_per_grade=o.restart_per_grade, temperature=c.temperature, alpha=c.alpha,
+                         warmup_fraction=o.warmup_fraction, restart_per_grade=o.restart_per_grade, temperature=c.temperature, alpha=c.alpha,
                          losses=exp.loss_params(),
                          carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
-                         bn_recalibrate=c.bn_recalibrate,
-                         augment=exp.augment_preset(), image_size=exp.image_size(), mean=tuple(data.mean),
-                         std=tuple(data.std), seed=exp.seed)
+                         bn_recalibrate=c.bn_recalibrate, test_every_epoch=exp.test_every_epoch,
+                         augment=exp.augment_preset(), image_size=exp.image_size(), **input_stats(exp.student, data),
+                         seed=exp.seed)
 
 
 def teacher_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
     t, o = exp.teachers, exp.optimizer
-    return TrainSettings(lr=t.lr, momentum=o.momentum, weight_decay=o.weight_decay, batch_size=t.batch_size,
-                         schedule=t.schedule, milestones=tuple(t.milestones), gamma=o.gamma,
-                         augment=exp.augment_preset(), image_size=exp.image_size(), mean=tuple(data.mean),
-                         std=tuple(data.std), seed=exp.seed + 1)
+    return TrainSettings(lr=t.lr, momentum=o.momentum,
+                         weight_decay=o.weight_decay if t.weight_decay is None else t.weight_decay,
+                         batch_size=t.batch_size, schedule=t.schedule, milestones=tuple(t.milestones), gamma=o.gamma,
+                         warmup_fraction=t.warmup_fraction, label_smoothing=t.label_smoothing,
+                         augment=exp.augment_preset(), image_size=exp.image_size(), **input_stats(exp.teachers, data),
+                         seed=exp.seed + 1)
 
 
 def with_absolute_paths(exp: Experiment) -> Experiment:

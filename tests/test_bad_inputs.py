@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -146,7 +147,41 @@ def test_dkd_with_topk_soft_labels(tmp_path):
     """DKD's target-class term needs the teacher's exact target logit, which top-k may not hold."""
     _invalid(tmp_path, r"teachers\.cache_format: expected float16 when a method distils with dkd \(ed\+dkd\): .*"
              r"got 'topk'", methods="[ed+dkd]", **{"teachers.soft_labels": "cache", "teachers.cache_format": "topk"})
-    _exp(tmp_path, methods="[ed+lskd]", **{"teachers.soft_labels": "cache", "teachers.cache_format": "topk"}).validate()
+    _exp(tmp_path, methods="[ed+lskd]", **{"teachers.soft_labels": "cache"}).validate()   # float16: every logit
+
+
+_TOPK = {"teachers.soft_labels": "cache", "teachers.cache_format": "topk"}
+
+
+def test_topk_soft_labels_refused_for_every_loss_not_run_at_the_cache_temperature(tmp_path):
+    """A top-k cache is exact (in softmax mass) at curriculum.temperature on raw logits only, so
+    lskd (z-scored logits at its own temperature) and kd at another temperature are refused, in one
+    error naming teachers.cache_format and the loss; kd at the cache's temperature is served."""
+    _invalid(tmp_path, r"teachers\.cache_format: expected float16 when a method distils with lskd "
+             r"\(ed\+lskd\): LSKD z-scores .*got 'topk'", methods="[ed+lskd]", **_TOPK)
+    _invalid(tmp_path, r"teachers\.cache_format: expected float16 when a method distils with lskd \(kd\): .*got 'topk'",
+             methods="[kd, scratch]", **{"distill.loss": "lskd", **_TOPK})
+    _invalid(tmp_path, r"teachers\.cache_format: expected float16 when a method distils with kd \(ed, kd\): "
+             r"distill\.kd\.temperature 2\.0 is not curriculum\.temperature 4\.0.*got 'topk'",
+             methods="[ed, kd, scratch]", **{"distill.kd.temperature": 2, **_TOPK})
+    # every offending loss in the one message
+    _invalid(tmp_path, r"with dkd \(ed\+dkd\): .*; float16 when a method distils with lskd \(multi_teacher\+lskd\)",
+             methods="[ed+dkd, multi_teacher+lskd, kd]", **_TOPK)
+    for ok in ({}, {"distill.kd.temperature": 4}, {"distill.kd.temperature": 2, "curriculum.temperature": 2}):
+        _exp(tmp_path, methods="[ed, kd, scratch]", **{**ok, **_TOPK}).validate()
+    _exp(tmp_path, methods="[scratch]", **{"distill.loss": "lskd", **_TOPK}).validate()   # scratch reads no labels
+
+
+def test_topk_soft_labels_with_lskd_refused_by_the_cli_before_any_work(tmp_path, capsys):
+    """`raydistill run` stops in its config check (exit 2, one line), before data, Ray or a run directory."""
+    import ray
+    rc = main(["run", "--output", str(tmp_path / "runs"), "--methods", "ed+lskd", "--soft-labels", "cache",
+               "--set", "teachers.cache_format=topk"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("raydistill: error: teachers.cache_format: expected float16 when a method "
+                                      "distils with lskd (ed+lskd)")
+    assert len(err.strip().splitlines()) == 1
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()
 
 
 def test_val_fraction_one(tmp_path):
@@ -477,3 +512,38 @@ def test_invalid_search_space_names_the_file_and_dimension(tmp_path, capsys):
     err = _cli(capsys, "tune", str(path))
     assert "bad_space.yaml: search.curriculum.order: candidate [0, 1] is invalid" in err
     assert "expected a permutation of [0, 1, 2]" in err
+
+
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_cli_validate_refuses_fp16_where_run_does(tmp_path, capsys, monkeypatch, backend):
+    """On a machine without CUDA, `validate` refuses precision fp16 exactly as `run` does for the same
+    backend (same exit code, same one line), before loading data; neither starts any work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "exp.yaml"
+    path.write_text(_exp(tmp_path).with_overrides(["precision=fp16"]).to_yaml())
+    assert Experiment.load(str(path)).device == "auto"
+    argv = ["--config", str(path)] + (["--backend", "local"] if backend == "local" else [])   # ray: the default
+    validate_err = _cli(capsys, "validate", *argv)
+    run_err = _cli(capsys, "run", *argv)
+    assert validate_err == run_err
+    field = "ray.use_gpu" if backend == "ray" else r"device auto \(no CUDA device on this machine\)"
+    assert re.match(rf"raydistill: error: precision: expected fp32 or bf16 when {field} puts the work on cpu "
+                    r"\(fp16 needs a CUDA device\), got 'fp16'", validate_err), validate_err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_cli_validate_says_which_device_the_run_uses_here(tmp_path, capsys, monkeypatch, cuda):
+    """With device auto, `validate` names the device `run` will train on here and why; with a CUDA
+    device (simulated), fp16 is accepted for the local backend, which would use it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    path = tmp_path / "exp.yaml"
+    path.write_text(_exp(tmp_path).with_overrides([f"precision={'fp16' if cuda else 'fp32'}"]).to_yaml())
+    assert main(["validate", "--config", str(path), "--local"]) == 0
+    out = capsys.readouterr().out
+    found = "a CUDA device found" if cuda else "no CUDA device on this machine"
+    assert (f"run --backend local here: students train on {'cuda' if cuda else 'cpu'} (device auto: {found}), "
+            f"precision {'fp16' if cuda else 'fp32'}") in out
+    assert main(["validate", "--config", str(path), "--set", "precision=fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "run --backend ray here: students train on cpu (ray.use_gpu false), precision fp32" in out

@@ -7,12 +7,16 @@
 - Worker nodes: `ray start --address=<head>` inside a private mount namespace with a fresh tmpfs
   over /tmp (`unshare -m`), so they do not see the driver's files (pytest's tmp_path, any
   /tmp/raydistill-* directory): like a second machine, they share nothing with the driver but the
-  network. Each node is stopped by killing exactly its processes (never `ray stop`).
+  network. What the node runs from (this venv, its Python, the checkout) is bound back when it lies
+  under /tmp (a fresh clone in a temporary directory). A node's own output goes to a log that a
+  node failing to join is reported with. Each node is stopped by killing exactly its processes
+  (never `ray stop`).
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,6 +54,31 @@ def s3():
     server.stop()
 
 
+def node_environment() -> list:
+    """What a worker node runs from: this venv, the Python it was made from, the checkout."""
+    return [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent, REPO]
+
+
+def private_tmp_script(command: str, keep=()) -> str:
+    """sh script for `unshare -m --propagation private`: a fresh tmpfs over /tmp (the node sees none
+    of the driver's temporary files), with each `keep` path that lies under /tmp bound back into it
+    first (a checkout and venv cloned under /tmp: hidden, the node could not even start `ray`),
+    then `command`. Each kept directory is opened before the tmpfs covers it and bound from that
+    descriptor (/proc/self/fd/N; --no-canonicalize: mount must not re-resolve it by name)."""
+    tmp = Path("/tmp").resolve()
+    under = sorted({Path(p).resolve() for p in keep} - {tmp})
+    under = [p for p in under if p.is_relative_to(tmp) and p.is_dir()]
+    under = [p for p in under if not any(q != p and p.is_relative_to(q) for q in under)]   # outermost only
+    assert len(under) <= 7, under   # sh redirects single-digit descriptors
+    steps = [f"exec {3 + i}<{shlex.quote(str(p))}" for i, p in enumerate(under)]
+    steps.append("mount -t tmpfs tmpfs /tmp")
+    for i, p in enumerate(under):
+        steps += [f"mkdir -p {shlex.quote(str(p))}",
+                  f"mount --no-canonicalize --bind /proc/self/fd/{3 + i} {shlex.quote(str(p))}",
+                  f"exec {3 + i}<&-"]
+    return " && ".join(steps + [command])
+
+
 class Nodes:
     """A head without CPUs and worker nodes that each have a filesystem of their own."""
 
@@ -74,14 +103,39 @@ class Nodes:
 
     def add_worker(self, cpus: int = 2) -> str:
         """Start a worker node in its own mount namespace (tmpfs over /tmp); returns its temp dir tag."""
-        tag = f"/tmp/rdw{uuid.uuid4().hex[:6]}"
-        script = (f"mount -t tmpfs tmpfs /tmp && mkdir -p {tag} && exec {RAY_BIN} start --address={self.address} "
-                  f"--num-cpus={cpus} --temp-dir={tag} --disable-usage-stats --block")
-        self.workers[tag] = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL)
-        self.wait_for(lambda: self.node_id(tag) in self.alive(), "the worker node to join")
+        tag = self.spawn(f"mkdir -p {{tag}} && exec {RAY_BIN} start --address={self.address} "
+                         f"--num-cpus={cpus} --temp-dir={{tag}} --disable-usage-stats --block")
+        self.wait_to_join(tag)
         return tag
+
+    def spawn(self, command: str) -> str:
+        """Run `command` ({tag}: the node's temp dir) as a node in a mount namespace of its own, its
+        stdout and stderr in a log outside it; returns the tag."""
+        tag = f"/tmp/rdw{uuid.uuid4().hex[:6]}"
+        script = private_tmp_script(command.format(tag=tag), keep=node_environment())
+        with open(self.log_of(tag), "wb") as log:
+            self.workers[tag] = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                                 env=self.env, start_new_session=True, stdout=log,
+                                                 stderr=subprocess.STDOUT)
+        return tag
+
+    def log_of(self, tag: str) -> Path:
+        return Path(self.temp_dir) / f"{Path(tag).name}.log"
+
+    def why_not_joined(self, tag: str) -> str:
+        rc = self.workers[tag].poll()
+        state = "still running" if rc is None else f"exited with {rc}"
+        text = self.log_of(tag).read_text(errors="replace") if self.log_of(tag).exists() else ""
+        return f"worker node {tag} {state}; its output:\n{text[-4000:] or '(none)'}"
+
+    def wait_to_join(self, tag: str, timeout: float = 180) -> None:
+        """Until the node's raylet is alive in the cluster; fails with the node's own output when it
+        exits first or does not join in time."""
+        proc = self.workers[tag]
+        self.wait_for(lambda: proc.poll() is not None or self.node_id(tag) in self.alive(),
+                      "the worker node to join", timeout, detail=lambda: self.why_not_joined(tag))
+        if proc.poll() is not None:
+            pytest.fail(f"the worker node did not join: {self.why_not_joined(tag)}")
 
     def node_id(self, tag: str):
         """The Ray node id of worker node `tag` (its raylet's --node_id), None before it starts."""
@@ -114,13 +168,13 @@ class Nodes:
         lines = [line for line in out.stdout.splitlines() if line.startswith("[")]   # ray.init may print warnings
         return json.loads(lines[-1]) if out.returncode == 0 and lines else []
 
-    def wait_for(self, condition, what: str, timeout: float = 180) -> None:
+    def wait_for(self, condition, what: str, timeout: float = 180, detail=None) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if condition():
                 return
             time.sleep(2)
-        pytest.fail(f"timed out waiting for {what}")
+        pytest.fail(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
 
     def shutdown(self) -> None:
         for tag in list(self.workers):
@@ -136,10 +190,14 @@ print(json.dumps(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])))
 """
 
 
-@pytest.fixture
-def nodes(s3):
+def need_namespaces():
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
         pytest.skip("worker nodes with a filesystem of their own need root and unshare/nsenter (util-linux)")
+
+
+@pytest.fixture
+def nodes(s3):
+    need_namespaces()
     if not RAY_BIN.exists():
         pytest.skip(f"no ray binary at {RAY_BIN}")
     env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -271,3 +329,83 @@ def test_submit_with_s3_storage_as_a_ray_job(nodes, bucket, tmp_path):
     run = bucket.child("jobs/jobtiny")
     assert run.read_json("summary.json")["methods"]["ed"]["final_test_acc"] >= 0
     assert run.is_file("checkpoints/ed.pt")
+
+
+def test_a_node_keeps_an_environment_under_tmp_and_sees_none_of_the_drivers_files():
+    """A checkout and venv cloned under /tmp (issue 26, item 13): the node's fresh /tmp must not
+    hide them (the node could not start `ray`), and must still hide the driver's other files. The
+    kept directory is the same one, not a copy: what the node writes there, the driver sees."""
+    need_namespaces()
+    env_dir = Path(tempfile.mkdtemp(prefix="rdenv", dir="/tmp"))     # like /tmp/<clone>/.venv
+    driver_dir = Path(tempfile.mkdtemp(prefix="rddrv", dir="/tmp"))  # like pytest's tmp_path
+    try:
+        (env_dir / "bin").mkdir()
+        (env_dir / "bin" / "python").write_text("#!/bin/sh\n")
+        (driver_dir / "driver-only").write_text("x")
+        script = private_tmp_script(f"test -e {env_dir}/bin/python && test ! -e {driver_dir}/driver-only "
+                                    f"&& touch {env_dir}/from-node", keep=[env_dir / "bin", env_dir, Path("/usr")])
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert (env_dir / "from-node").exists()
+        assert private_tmp_script("true").startswith("mount -t tmpfs tmpfs /tmp")   # nothing kept outside /tmp
+    finally:
+        shutil.rmtree(env_dir, ignore_errors=True)
+        shutil.rmtree(driver_dir, ignore_errors=True)
+
+
+def test_a_node_that_does_not_join_is_reported_with_its_own_output():
+    """A node that dies before joining fails at once with its exit status and its stderr (not a
+    bare timeout: its output used to go to /dev/null)."""
+    need_namespaces()
+    cluster = Nodes(dict(os.environ))
+    try:
+        tag = cluster.spawn("echo 'ray: command not found (venv hidden?)' >&2; exit 127")
+        cluster.workers[tag].wait(timeout=60)   # no head here to ask: the node has ended before the check
+        with pytest.raises(pytest.fail.Exception, match=r"(?s)exited with 127.*ray: command not found"):
+            cluster.wait_to_join(tag, timeout=60)
+    finally:
+        cluster.shutdown()
+
+
+def test_a_local_output_dir_that_a_node_cannot_see_fails_before_training(nodes, tmp_path):
+    """`output.dir` on the driver's disk while every worker runs on a node with its own filesystem
+    (issue 26, item 12): one error naming output.dir, that node and the two ways out, before any
+    epoch is trained (it used to train, fail at the first checkpoint and advise a useless resume)."""
+    worker = nodes.add_worker()
+    exp = tiny_experiment(tmp_path / "runs", **{"name": "localout", "teachers.epochs": 1,
+                                                 "curriculum.grade_epochs": "[1,1,1]", "data.train_per_class": 40,
+                                                 "data.test_per_class": 20, "ray.cpus_per_worker": 1})
+    config = tmp_path / "localout.yaml"
+    config.write_text(exp.to_yaml())
+    proc = raydistill(nodes, tmp_path, "run", "--config", str(config), "--address", nodes.address)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("raydistill: error:")]
+    assert f"output.dir: {tmp_path / 'runs'}" in error and nodes.node_id(worker) in error, error
+    assert "s3://" in error and "mount every node shares" in error, error
+    run = tmp_path / "runs" / "localout"
+    assert "worker(s), rank 0 on node" not in proc.stdout
+    assert not (run / "epochs.jsonl").exists() and not (run / "ray").exists()
+    assert not list(run.glob(".raydistill-shared-*"))   # the marker is removed
+
+    shared = Path(tempfile.mkdtemp(prefix=".rd-shared-", dir=REPO))   # the checkout: every node sees it
+    try:
+        assert nodes.sees(worker, shared)
+        check = subprocess.run([sys.executable, "-c", SHARED_SCRIPT, nodes.address, str(shared), str(tmp_path)],
+                               env=nodes.env, capture_output=True, text=True, timeout=600)
+        lines = [line for line in check.stdout.splitlines() if line.startswith("{")]
+        assert check.returncode == 0 and lines, check.stdout[-2000:] + check.stderr[-3000:]
+        assert json.loads(lines[-1]) == {"shared": [], "driver_only": [nodes.node_id(worker)]}   # no false alarm
+        assert list(shared.iterdir()) == []
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+SHARED_SCRIPT = """
+import json, sys, ray
+from raydistill.distributed.reachability import nodes_not_seeing, worker_nodes
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+nodes = worker_nodes()
+print(json.dumps({key: [n["NodeID"] for n in nodes_not_seeing(path, nodes)]
+                  for key, path in (("shared", sys.argv[2]), ("driver_only", sys.argv[3]))}))
+"""

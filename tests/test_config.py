@@ -76,3 +76,21 @@ def test_bad_yaml_names_the_file(tmp_path):
 def test_default_splits_are_even():
     exp = Experiment.from_dict({"student": {"arch": "resnet20"}})
     assert exp.splits() == [3, 6, 9]
+
+
+def test_normalize_override_validated_and_round_trips(tmp_path):
+    """teachers/student.normalize: auto (weights' own mean/std, else the data's), data, or explicit
+    {mean, std}; anything else fails naming the field; an explicit pair survives the YAML round trip."""
+    for section in ("teachers", "student"):
+        assert getattr(Experiment().validate(), section).normalize == "auto"
+        for bad in ("weights", "{mean: [0.5, 0.5], std: [1, 1, 1]}", "{mean: [0, 0, 0], std: [1, 0, 1]}",
+                    "{mean: [0, 0, 0]}"):
+            with pytest.raises(ConfigError, match=rf"^{section}\.normalize: expected auto, data or "
+                                                  r"\{mean: \[r, g, b\], std: \[r, g, b\]\}"):
+                Experiment.load("default").with_overrides([f"{section}.normalize={bad}"]).validate()
+    exp = Experiment.load("default").with_overrides(
+        ["teachers.normalize={mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}", "student.normalize=data"]).validate()
+    path = tmp_path / "e.yaml"
+    path.write_text(exp.to_yaml())
+    again = Experiment.from_yaml(path).validate()
+    assert again == exp and again.teachers.normalize == {"mean": [0.5] * 3, "std": [0.5] * 3}

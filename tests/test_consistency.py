@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -91,3 +92,62 @@ def test_every_rank_serves_rank_zeros_teacher(tmp_path):
     ranks = [json.loads((tmp_path / f"teacher{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
     assert ranks[0]["logits"] == ranks[1]["logits"]   # the serving copy (BN folded) was rebuilt too
+
+
+class _ScaledBatchNorm(torch.nn.BatchNorm2d):
+    """A BatchNorm subclass with its own forward (as a user's or timm's SplitBatchNorm2d has)."""
+
+    def forward(self, x):
+        return 3 * super().forward(x) + 1
+
+
+def _sync_wrapped(model, monkeypatch):
+    """The model as a CUDA rank's `ddp_context(sync_batchnorm=True)` wraps it (DDP itself replaced by
+    the identity: only the BatchNorm conversion, which needs no GPU, is looked at)."""
+    import torch.nn.parallel
+    from raydistill.distributed.consistency import ddp_context
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda m, **_: m)
+    ctx = ddp_context(torch.device("cuda"), 0, 2, sync_batchnorm=True, channels_last=False)
+    return ctx.wrap_model(model)
+
+
+def test_sync_batchnorm_keeps_timm_activations(monkeypatch):
+    """timm's BatchNormAct2d (BN + activation in one layer) stays a layer that applies its
+    activation (timm's SyncBatchNormAct), so the synchronised teacher computes what the unconverted
+    one does; torch's converter made it a plain SyncBatchNorm that silently skipped the activation."""
+    import copy
+    timm = pytest.importorskip("timm")
+    from raydistill.models import build_model
+    torch.manual_seed(0)
+    model = build_model("timm:mobilenetv3_small_050", 3)
+    acts = sum(type(m) is timm.layers.BatchNormAct2d for m in model.modules())
+    assert acts > 0
+    reference = copy.deepcopy(model).eval()
+    converted = _sync_wrapped(model, monkeypatch).eval()
+    assert converted is model                                   # in place: the saved model is the trained one
+    assert sum(type(m) is timm.layers.SyncBatchNormAct for m in converted.modules()) == acts
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in converted.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("timm_installed", [True, False])
+def test_sync_batchnorm_keeps_any_batchnorm_subclass_forward(monkeypatch, timm_installed):
+    """A BatchNorm subclass no converter knows keeps its own forward (left unconverted; its running
+    statistics are averaged over ranks every epoch like a CPU rank's); plain BatchNorm is synchronised,
+    by timm's converter or, without timm, torch's."""
+    import copy
+    import sys
+    if not timm_installed:
+        monkeypatch.setitem(sys.modules, "timm", None)
+        monkeypatch.setitem(sys.modules, "timm.layers", None)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), _ScaledBatchNorm(4)))
+    reference = copy.deepcopy(model).eval()
+    converted = _sync_wrapped(model, monkeypatch).eval()
+    assert type(converted[1]) is torch.nn.SyncBatchNorm and type(converted[3][1]) is _ScaledBatchNorm
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), reference(x), atol=1e-6)

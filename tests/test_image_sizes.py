@@ -1,6 +1,7 @@
 """Image size and augmentation presets: decoding keeps the pixels the crops need, the presets give
 the right shapes, value ranges and per-sample crops, evaluation is the same centre crop for all."""
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,20 +104,79 @@ def test_resized_crop_is_torchvisions_crop_resize_and_flip():
     assert random_resized_crop_flip(smooth[:0], 64).shape == (0, 3, 64, 64)
 
 
+class _CentreReader(torch.nn.Module):
+    """Predicts from the mean brightness of whatever it is given: class 1 above mid-grey. On
+    `_ring_images` it is right on the centre 32 x 32 crop and wrong on anything else, and it
+    records the input sides it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.arch, self.seen = "centre-reader", []
+        self.register_buffer("class_ids", torch.arange(2))
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        m = x.float().mean((1, 2, 3))
+        return torch.stack([-m, m], 1) * self.weight
+
+
+def _ring_images(side: int, n: int = 8):
+    """uint8 images of `side` px whose centre 32 x 32 says their class (class 0: 100, below
+    mid-grey; class 1: 160, above) and whose ring around it says the
+    other (255 around class 0, 0 around class 1): any view but the centre crop flips the mean."""
+    labels = torch.arange(n) % 2
+    images = torch.where(labels.view(-1, 1, 1, 1) == 1, 0, 255).to(torch.uint8).expand(n, 3, side, side).clone()
+    top = int(round((side - 32) / 2.0))         # where torchvision's center_crop starts
+    images[:, :, top:top + 32, top:top + 32] = torch.where(labels == 1, 160, 100).to(torch.uint8).view(-1, 1, 1, 1)
+    return images, labels
+
+
 def test_eval_centre_crop_is_deterministic_and_shared_by_every_method():
+    """`evaluate` sees the centre image_size crop of larger stored images, every time: with a model
+    that reads the centre, the accuracy is 1 on that view and 0 on the uncropped (or a shifted) one."""
     from raydistill.distill.engine import TrainContext, TrainSettings, evaluate
     from raydistill.data import ImageSet
-    from raydistill.models import build_model
     g = torch.Generator().manual_seed(3)
-    data = ImageSet(torch.randint(0, 256, (12, 3, 40, 40), dtype=torch.uint8, generator=g),
-                    torch.arange(12) % 3, ["a", "b", "c"])
-    assert torch.equal(center_crop(data.images, 32), data.images[:, :, 4:36, 4:36])
-    model = build_model("resnet8", 3)
-    s = TrainSettings(augment="imagenet", image_size=32)
-    accuracies = {evaluate(model, data, [0, 1, 2], s, TrainContext()) for _ in range(2)}
+    noise = torch.randint(0, 256, (12, 3, 40, 40), dtype=torch.uint8, generator=g)
+    assert torch.equal(center_crop(noise, 32), noise[:, :, 4:36, 4:36])
+    images, labels = _ring_images(40)
+    data = ImageSet(images, labels, ["a", "b"])
+    model = _CentreReader()
+    s = TrainSettings(augment="imagenet", image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert [evaluate(model, data, [0, 1], s, TrainContext(channels_last=False)) for _ in range(2)] == [1.0, 1.0]
+    assert set(model.seen) == {(32, 32)}
     cropped = ImageSet(center_crop(data.images, 32), data.labels, data.class_names)
-    accuracies.add(evaluate(model, cropped, [0, 1, 2], TrainSettings(augment="none"), TrainContext()))
-    assert len(accuracies) == 1
+    assert evaluate(model, cropped, [0, 1], replace(s, image_size=None), TrainContext(channels_last=False)) == 1.0
+    # the same model on the uncropped view, or on a crop 4 px off centre, gets every image wrong
+    assert evaluate(model, data, [0, 1], replace(s, image_size=None), TrainContext(channels_last=False)) == 0.0
+    shifted = ImageSet(data.images[:, :, :32, :32].contiguous(), data.labels, data.class_names)
+    assert evaluate(model, shifted, [0, 1], replace(s, image_size=None), TrainContext(channels_last=False)) < 1.0
+
+
+def test_streamed_teacher_accuracy_is_on_the_centre_crop(monkeypatch, tmp_path):
+    """The teacher accuracy `runner.teacher_stage` reports on a streamed test split (images arrive
+    as decoded: 37 px for image_size 32 with the imagenet preset) is on the same centre crop as the
+    engine's `evaluate`, not on the uncropped images."""
+    import numpy as np
+    from raydistill import runner
+    from raydistill.data.stream import StreamSplit
+    from raydistill.teachers import FrozenTeacher
+    from raydistill.workspace import PreparedData
+    side = decoded_size(32, "imagenet")
+    assert side == 37
+    images, labels = _ring_images(side)
+    test = StreamSplit("test", "unused.parquet", np.zeros(len(labels), dtype=np.uint64), labels, ["a", "b"], side)
+    monkeypatch.setattr(StreamSplit, "eval_batches", lambda self, batch_size: iter([(images, labels)]))
+    model = _CentreReader()
+    monkeypatch.setattr(runner, "load_teacher", lambda *a, **k: FrozenTeacher(
+        model, (0.5,) * 3, (0.5,) * 3, fold_bn=False, channels_last=False))
+    exp = Experiment.from_dict({"data": {"image_size": 32, "augment": "imagenet", "ratio": "1:1"},
+                                "teachers": {"checkpoints": {"all": str(tmp_path / "unused.pt")}}})
+    data = PreparedData(test, test, test, [[0], [1]], [0.5] * 3, [0.5] * 3)
+    _, info = runner.teacher_stage(exp, data, None, "all", "cpu", lambda _m: None, write=False)
+    assert set(model.seen) == {(32, 32)}
+    assert info["test_acc"] == 1.0
 
 
 def test_image_size_and_augment_defaults_and_errors():

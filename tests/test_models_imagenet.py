@@ -212,3 +212,103 @@ def test_local_run_with_pretrained_torchvision_teacher_and_imagenet_student(tmp_
     assert result.methods["kd"]["params"] == count_parameters(torchvision.models.mobilenet_v3_small(num_classes=6))
     served = load_teacher(result.run_dir / "teachers" / "all.pt", list(range(6)), expected_arch="tv:resnet18")
     assert served.model.net.fc.out_features == 6
+
+
+def _fake_timm_cache(monkeypatch, tmp_path, tag: str, state_dict: dict) -> None:
+    """Put `state_dict` where timm's pretrained tag `tag` is looked up in the Hugging Face hub cache
+    (refs/main -> snapshot), as if downloaded earlier: nothing is fetched."""
+    import huggingface_hub.constants
+    import timm
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    repo = timm.models.get_pretrained_cfg(tag).hf_hub_id
+    folder = tmp_path / "hf" / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    torch.save(state_dict, folder / "snapshots" / ("0" * 40) / "pytorch_model.bin")
+
+
+def test_weights_name_their_own_normalization():
+    """The mean/std pretrained weights were trained on, read offline from their metadata: timm's
+    pretrained_cfg (this tag: mean = std = 0.5), torchvision's weights transforms (ImageNet's), a
+    staged ImageNet-style student's torchvision weights; none for a file, no weights, or CIFAR nets."""
+    from raydistill.models.pretrained import weights_normalization
+    pytest.importorskip("timm")
+    half = ((0.5,) * 3, (0.5,) * 3)
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert weights_normalization("timm:resnet18d", "ra4_e3600_r224_in1k") == half
+    assert weights_normalization("timm:resnet18", "a1_in1k") == imagenet
+    assert weights_normalization("tv:resnet18", "IMAGENET1K_V1") == imagenet
+    assert weights_normalization("resnet18", "ResNet18_Weights.IMAGENET1K_V1") == imagenet
+    assert weights_normalization("tv:resnet18", "/some/file.pth") is None
+    assert weights_normalization("timm:resnet18", None) is None
+
+
+def test_pretrained_timm_teacher_trains_serves_and_saves_its_weights_normalization(tmp_path, monkeypatch):
+    """A timm teacher fine-tuned from a tag trained with mean = std = 0.5 is trained, served and saved
+    with those statistics, not the data's (a 2x input-scale shift); `teachers.normalize` overrides."""
+    timm = pytest.importorskip("timm")
+    from conftest import tiny_experiment
+    from raydistill import runner
+    from raydistill.workspace import prepare_data, student_settings, teacher_settings
+    torch.manual_seed(0)
+    _fake_timm_cache(monkeypatch, tmp_path, "resnet18d.ra4_e3600_r224_in1k",
+                     timm.create_model("resnet18d").state_dict())
+    exp = tiny_experiment(tmp_path / "runs", **{
+        "methods": "[kd]", "data.train_per_class": 12, "data.test_per_class": 4, "data.ratio": "1:1",
+        "curriculum.splits": "[1,3]", "curriculum.grade_epochs": "[1,1]", "teachers.epochs": 1,
+        "teachers.arch": "timm:resnet18d", "teachers.pretrained": "ra4_e3600_r224_in1k",
+        "teachers.batch_size": 16, "optimizer.batch_size": 16}).validate()
+    data = prepare_data(exp)
+    half = (0.5,) * 3
+    assert tuple(data.mean) != half
+    seen = []
+    real_train = runner.local_train("cpu", **exp.context_options())
+
+    def train(plan, *args, **kwargs):
+        seen.append(args[4])    # the TrainSettings the teacher is trained with
+        return real_train(plan, *args, **kwargs)
+    out = runner.check_output_dir(exp)
+    teacher, info = runner.teacher_stage(exp, data, out, "all", "cpu", lambda _m: None, train=train)
+    assert (seen[0].mean, seen[0].std) == (half, half)
+    assert (teacher.mean, teacher.std) == (half, half)
+    saved = torch.load(out.local_path / "teachers" / "all.pt", weights_only=True)
+    assert (tuple(saved["mean"]), tuple(saved["std"])) == (half, half)
+    served = runner.load_teacher(out.local_path / "teachers" / "all.pt", list(range(6)))
+    assert (served.mean, served.std) == (half, half)
+    # the student (no pretrained weights) keeps the data's statistics; overrides win over the weights'
+    assert student_settings(exp, data).mean == tuple(float(v) for v in data.mean)
+    assert teacher_settings(exp.with_overrides(["teachers.normalize=data"]), data).mean == tuple(data.mean)
+    from raydistill.workspace import input_stats
+    given = exp.with_overrides(["teachers.normalize={mean: [0.1, 0.2, 0.3], std: [1, 2, 3]}"]).validate()
+    assert input_stats(given.teachers, data) == {"mean": (0.1, 0.2, 0.3), "std": (1.0, 2.0, 3.0)}
+
+
+def test_pretrained_student_trains_and_saves_its_weights_normalization(tmp_path, monkeypatch):
+    """A staged student started from torchvision weights (a random state_dict in the hub cache here)
+    trains with the weights' ImageNet statistics and its checkpoint records them."""
+    from conftest import tiny_experiment
+    from raydistill import runner
+    from raydistill.workspace import prepare_data
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    path = torchvision_weights_file(torchvision_weights("resnet18", "IMAGENET1K_V1"))
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    exp = tiny_experiment(tmp_path / "runs", **{
+        "methods": "[scratch]", "data.train_per_class": 12, "data.test_per_class": 4, "student.arch": "resnet18",
+        "student.pretrained": "IMAGENET1K_V1", "curriculum.splits": "[2,4,8]", "curriculum.grade_epochs": "[1,1,1]",
+        "optimizer.batch_size": 8, "teachers.batch_size": 8}).validate()
+    data = prepare_data(exp)
+    assert tuple(data.mean) != (0.485, 0.456, 0.406)
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    seen = []
+    real_train = runner.local_train("cpu", **exp.context_options())
+
+    def train(plan, *args, **kwargs):
+        seen.append(args[4])    # the student's TrainSettings
+        return real_train(plan, *args, **kwargs)
+    out = runner.check_output_dir(exp)
+    runner.method_stage(exp, data, out, "scratch", None, lambda _m: None, train)
+    assert (seen[0].mean, seen[0].std) == imagenet
+    saved = torch.load(out.local_path / "checkpoints" / "scratch.pt", weights_only=True)
+    assert (tuple(saved["mean"]), tuple(saved["std"])) == imagenet

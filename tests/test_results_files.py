@@ -1,5 +1,9 @@
-"""The README's CIFAR-10 table is exactly what the committed benchmark files produce, and each
-committed summary agrees with its own per-epoch metrics (last epoch, never a best epoch)."""
+"""The README's result tables are exactly what the committed benchmark files produce, and each
+committed summary agrees with its own per-epoch metrics (last epoch, never a best epoch).
+
+benchmarks/results/cifar10 (the four-method table, measured at commit 361afca before the issue-16
+fixes) is no longer in the README; its files stay, and are still checked against their own table.md
+and per-epoch metrics: they are the one committed set in accuracy.py's earlier one-run-per-seed layout."""
 import json
 import sys
 from pathlib import Path
@@ -11,11 +15,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import accuracy  # noqa: E402  (benchmarks/accuracy.py)
 
 
-def test_readme_table_matches_committed_results():
+def test_cifar10_table_md_matches_committed_results():
     summaries = accuracy.load_summaries(RESULTS)
     assert sorted(summaries) == [0, 1, 2]
     table = accuracy.table_markdown(accuracy.aggregate(summaries))
-    assert table in (REPO / "README.md").read_text()
     assert (RESULTS / "table.md").read_text().strip() == table
 
 

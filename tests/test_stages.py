@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_experiment
 
@@ -34,7 +35,7 @@ def test_auto_mode_needs_room_for_two_stages(tmp_path):
 
 def _graph_run(graph, done, fail=()):
     """run_graph with launches that finish in launch order; returns the launch order."""
-    from raydistill.distributed.stages import run_graph
+    from raydistill.distributed.stages import StageOutcome, run_graph
     launched = []
 
     def launch(stage):
@@ -43,14 +44,14 @@ def _graph_run(graph, done, fail=()):
 
     def wait(handles):
         first = handles[0]
-        return {first: ({}, "boom") if first in fail else ({first: {"ok": True}}, None)}
+        return {first: StageOutcome.failed("boom") if first in fail else StageOutcome.ok({first: {"ok": True}})}
 
     run_graph(graph, done, launch, wait, lambda _msg: None)
     return launched
 
 
 def test_a_stage_starts_when_its_inputs_exist_and_a_failure_stops_only_its_dependants():
-    from raydistill.distributed.stages import run_graph
+    from raydistill.distributed.stages import StageOutcome, run_graph
     graph = {"teacher:a": [], "teacher:b": [], "method:x": ["teacher:a"], "method:y": ["teacher:b"],
              "method:z": []}
     launched = _graph_run(graph, {})
@@ -60,9 +61,88 @@ def test_a_stage_starts_when_its_inputs_exist_and_a_failure_stops_only_its_depen
     launched = []
     with pytest.raises(RuntimeError, match=r"teacher:b: boom; method:y: not run \(needs a failed stage\)"):
         run_graph(graph, {}, lambda s: launched.append(s) or s,
-                  lambda hs: {hs[0]: ({}, "boom") if hs[0] == "teacher:b" else ({hs[0]: {}}, None)},
+                  lambda hs: {hs[0]: StageOutcome.failed("boom") if hs[0] == "teacher:b"
+                              else StageOutcome.ok({hs[0]: {}})},
                   lambda _msg: None)
     assert "method:x" in launched and "method:z" in launched and "method:y" not in launched
+
+
+def test_each_stage_keeps_its_own_outcome_and_advice(tmp_path):
+    """A diverged stage and an interrupted one at the same time (issue 26, item 9): each stage's
+    outcome is its own type, so the run is not declared diverged as a whole (re-running helps the
+    interrupted stage, whose resume advice stays), and an error text that merely mentions a
+    non-finite loss does not make a stage diverged. Only all-diverged is a NonFiniteLossError."""
+    from raydistill.distill.engine import NonFiniteLossError
+    from raydistill.distributed.stages import StageOutcome, StagesFailed, run_graph
+    from raydistill.distributed.trainer import RunInterrupted, stages_error
+    from raydistill.storage import RunDir
+    graph = {"teacher:a": [], "method:y": [], "method:z": [], "method:x": ["teacher:a"]}
+    ends = {"teacher:a": StageOutcome.non_finite("teacher:a: non-finite loss (nan on rank 0) in grade 1, epoch 1"),
+            "method:y": StageOutcome.failed("TrainingFailedError: worker died after a non-finite loss warning"),
+            "method:z": StageOutcome.ok({"method:z": {"summary": {}}})}
+    with pytest.raises(StagesFailed) as caught:
+        run_graph(graph, {}, lambda s: s, lambda hs: {hs[0]: ends[hs[0]]}, lambda _msg: None)
+    outcomes = caught.value.outcomes
+    assert {s: o.status for s, o in outcomes.items()} == {
+        "teacher:a": "non_finite", "method:y": "failed", "method:z": "ok", "method:x": "not_run"}
+    assert outcomes["method:x"].message == "teacher:a"
+
+    err = stages_error(outcomes, RunDir(tmp_path))
+    assert isinstance(err, RunInterrupted) and not isinstance(err, NonFiniteLossError)
+    assert err.outcomes is outcomes
+    lines = {line.split(":", 2)[1]: line for line in str(err).splitlines()[1:-1]}
+    assert "lower the learning rate" in lines["a"] and "re-run the same command" not in lines["a"]
+    assert "re-run the same command to resume it" in lines["y"] and "stage-method-y" in lines["y"]
+    assert "lower the learning rate" not in lines["y"] and "not run (needs teacher:a)" in lines["x"]
+    assert "z" not in lines
+
+    diverged = {"teacher:a": ends["teacher:a"], "method:x": outcomes["method:x"]}
+    err = stages_error(diverged, RunDir(tmp_path))
+    assert isinstance(err, NonFiniteLossError) and err.outcomes is diverged
+
+
+def _nan_teacher(tmp_path, exp, key: str) -> str:
+    """A teacher checkpoint `key` whose weights are NaN: every loss that distils from it is non-finite."""
+    from raydistill.models import build_model
+    from raydistill.teachers import classes_of, save_teacher
+    from raydistill.workspace import prepare_data
+    data = prepare_data(exp)
+    classes = classes_of(key, data.groups)
+    model = build_model(exp.teachers.arch, len(classes))
+    model.class_ids.copy_(torch.tensor(classes))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
+    path = str(tmp_path / f"{key}.pt")
+    save_teacher(path, model, data.mean, data.std)
+    return path
+
+
+def test_concurrent_run_with_one_diverged_and_one_interrupted_stage(ray_session, tmp_path):
+    """Real concurrent stages: `kd` distils from a NaN teacher (its loss is non-finite) while
+    `scratch`'s rank 0 dies after epoch 1 with max_failures 0. The error carries each stage's
+    outcome; the same command again resumes scratch to completion and reports only kd as diverged."""
+    from raydistill.distill.engine import NonFiniteLossError
+    from raydistill.distributed.trainer import RunInterrupted, run_distributed
+    exp = tiny_experiment(tmp_path, **{"methods": "[scratch,kd]", "curriculum.grade_epochs": "[1,1,1]",
+                                       "data.train_per_class": 40, "data.test_per_class": 20,
+                                       "ray.stages": "concurrent", "ray.max_failures": 0,
+                                       "ray.cpus_per_worker": 1, "ray.teachers": "local"})
+    exp = exp.with_overrides([f"teachers.checkpoints={json.dumps({'all': _nan_teacher(tmp_path, exp, 'all')})}"])
+    with pytest.raises(RunInterrupted) as caught:
+        run_distributed(exp, progress=None, fail_once_at=("method:scratch", 1))
+    outcomes = caught.value.outcomes
+    assert {s: o.status for s, o in outcomes.items()} == {
+        "teacher:all": "ok", "method:kd": "non_finite", "method:scratch": "failed"}, str(caught.value)
+    assert "in grade 1, epoch 1" in outcomes["method:kd"].message
+
+    with pytest.raises(NonFiniteLossError) as caught:   # scratch resumes and completes; kd diverges again
+        run_distributed(exp, progress=None)
+    assert {s: o.status for s, o in caught.value.outcomes.items()} == {
+        "method:kd": "non_finite", "method:scratch": "ok"}, str(caught.value)
+    epochs = [json.loads(line) for line in (tmp_path / "tiny" / "epochs" / "method-scratch.jsonl")
+              .read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]   # resumed after epoch 1, none trained twice
 
 
 STAGES_SCRIPT = textwrap.dedent("""

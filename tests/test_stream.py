@@ -1,80 +1,174 @@
-"""data.loader stream: Ray Data pipelines handed to Ray Train workers (2 workers here).
+"""data.loader stream: Ray Data pipelines feeding Ray Train workers (2 workers here).
 
-Every training sample is seen exactly once per epoch across the workers, in both pass modes; a
-lesson's pass holds exactly its classes; streamed samples carry the sample ids (and so the pixels
-and cached soft labels) of memory mode; and a whole run trains in stream mode."""
+Every training sample is seen exactly once per epoch across the workers, in both pass modes, with
+counts that do not divide by the workers (padding); the batches of an epoch are memory mode's and
+depend on (seed, epoch, pass) alone, not on what ran before (resume); streamed samples carry the
+sample ids (and so the pixels and cached soft labels) of memory mode; no private Ray module is
+used; and a whole run trains in stream mode."""
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import tiny_experiment
 from test_decoded import parquet_experiment
 
-EPOCHS = 2
+REPO = Path(__file__).resolve().parents[1]
+# images per class: 15/16/15/16/20/23 train after the 10 % val split, so the lessons (31, 31, 43),
+# the mixed pass (105) and val (13) are odd over 2 workers; test 29
+TRAIN_COUNTS = (17, 18, 17, 18, 22, 26)
+TEST_COUNTS = (5, 4, 5, 6, 5, 4)
+
+
+def write_uneven_parquet(path, counts, seed: int, row_group_size: int = 16) -> str:
+    """A Parquet file of PNG images (img.bytes, label), `counts[c]` of class c, in row groups of
+    `row_group_size` rows (a sample's row group is where the stream reads it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    blobs, labels = [], []
+    for c, n in enumerate(counts):
+        for _ in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(rng.normal(40 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)).save(buf, format="PNG")
+            blobs.append(buf.getvalue())
+            labels.append(c)
+    img = pa.StructArray.from_arrays([pa.array(blobs, pa.binary()), pa.array([None] * len(blobs), pa.string())],
+                                     names=["bytes", "path"])
+    table = pa.table({"img": img, "label": pa.array(labels, pa.int64())})
+    table = table.replace_schema_metadata({"label_names": json.dumps([f"c{i}" for i in range(len(counts))])})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return str(path)
+
+
+def uneven_experiment(tmp_path, **overrides):
+    return tiny_experiment(tmp_path / "runs", **{
+        "data.source": "parquet", "data.train_path": write_uneven_parquet(tmp_path / "train.parquet", TRAIN_COUNTS, 0),
+        "data.test_path": write_uneven_parquet(tmp_path / "test.parquet", TEST_COUNTS, 1), "methods": "[scratch]",
+        "data.image_size": 32, "data.augment": "cifar", "data.loader": "stream",
+        "curriculum.grade_epochs": "[1, 1, 1]", "optimizer.batch_size": 16, "teachers.batch_size": 16, **overrides})
 
 
 def _record_passes(config: dict) -> None:
-    """Ray Train loop: the real sample ids of each pass of each epoch, as the engine iterates them."""
+    """Ray Train loop: this rank's batches (sample ids, real count) of each pass of each
+    "epoch/mode" of `config["plan"]`, as the engine iterates them, and the val labels it evaluates."""
     import ray.train
     from raydistill.config import Experiment
     from raydistill.distill.curriculum import plan_for
     from raydistill.distill.engine import TrainContext, epoch_passes
     from raydistill.distributed.trainer import unpack_data
+    from raydistill.workspace import student_settings
 
     exp = Experiment.from_dict(config["exp"])
     tc = ray.train.get_context()
     ctx = TrainContext(rank=tc.get_world_rank(), world_size=tc.get_world_size())
     data = unpack_data(config["packed"], ctx)
-    from raydistill.workspace import student_settings
     s = student_settings(exp, data)
     grade = plan_for("ed", exp, data.groups).grades[-1]
+    pixel_sums = torch.tensor(config["pixel_sums"])
     seen = {}
-    for epoch in range(EPOCHS):   # each pass is one execution of its pipeline: the second epoch only mixed
-        for mode in ("sequential", "mixed") if epoch == 0 else ("mixed",):
-            for p, batches in enumerate(epoch_passes(grade, mode, data.train, s, epoch, ctx)):
-                ids = []
-                for index, images, labels, n in batches:
-                    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
-                    ids += index[:n].tolist()
-                seen[f"{epoch}/{mode}/{p}"] = ids
-    Path(config["out"], f"rank{ctx.rank}.json").write_text(json.dumps(seen))
+    for key in config["plan"]:
+        epoch, mode = key.split("/")
+        for p, batches in enumerate(epoch_passes(grade, mode, data.train, s, int(epoch), ctx)):
+            got = []
+            for index, images, labels, n in batches:
+                assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+                assert torch.equal(labels, data.train.labels[index])
+                assert torch.equal(images.sum((1, 2, 3)), pixel_sums[index])   # memory mode's pixels of these ids
+                got.append([index.tolist(), n])
+            assert len(got) == len(batches)
+            seen.setdefault(f"{key}/{p}", []).append(got)   # a key run twice keeps both
+    counts = torch.zeros(data.train.num_classes, dtype=torch.long)
+    for _images, labels in data.val.eval_batches(8):
+        counts += torch.bincount(labels, minlength=len(counts))
+    seen["val"] = counts.tolist()
+    Path(config["out"], f"{config['name']}-rank{ctx.rank}.json").write_text(json.dumps(seen))
 
 
-def test_two_workers_see_every_sample_once_per_epoch_in_both_pass_modes(ray_session, tmp_path):
+def _fit_recording(exp, data, packed, tmp_path, name: str, plan: list, pixel_sums: list) -> list:
+    """Per rank: {pass key: [batches per time it ran]} of one 2-worker fit running `plan`."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from raydistill.distributed.trainer import fit_datasets, pack_data
-    from raydistill.workspace import prepare_data
-
-    import sys
-    from ray import cloudpickle
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the loop below runs in Train workers
-    exp = parquet_experiment(tmp_path, **{"data.loader": "stream", "curriculum.pass_mode": "sequential"})
-    data = prepare_data(exp)
-    assert data.streaming and len(data.train) == 108
-    packed = pack_data(data)
-    TorchTrainer(_record_passes, train_loop_config={"exp": exp.to_dict(), "packed": packed, "out": str(tmp_path)},
+    from raydistill.distributed.trainer import fit_datasets
+    TorchTrainer(_record_passes,
+                 train_loop_config={"exp": exp.to_dict(), "packed": packed, "out": str(tmp_path), "name": name,
+                                    "plan": plan, "pixel_sums": pixel_sums},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
                  datasets=fit_datasets(exp, packed, 2),
-                 run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="passes")).fit()
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    labels = data.train.labels
-    for key in ranks[0]:
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"), name=name)).fit()
+    return [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_workers_see_every_sample_once_per_epoch_and_a_resumed_run_sees_the_same_batches(ray_session, tmp_path):
+    """Odd pass counts over 2 workers (so shares are padded with real=False repeats): every sample
+    of a pass exactly once per epoch across the ranks, padding trained on but not counted; each
+    rank's batches are memory mode's for (seed, epoch, pass), the same when the pass runs again
+    later in the process (a later stage) and in a fresh fit that starts at that epoch (a resume).
+    Before: the pipeline's shuffle was reseeded per execution and blocks went to whichever worker
+    asked first, so none of this held."""
+    import sys
+    from ray import cloudpickle
+    from raydistill.distill.curriculum import plan_for
+    from raydistill.distill.engine import grade_passes, shard_batches
+    from raydistill.distributed.trainer import pack_data
+    from raydistill.workspace import prepare_data, student_settings
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the loop below runs in Train workers
+
+    exp = uneven_experiment(tmp_path, **{"curriculum.pass_mode": "sequential"})
+    data = prepare_data(exp)
+    memory = prepare_data(exp.with_overrides(["data.loader=memory"]))
+    assert data.streaming and len(data.train) == 105 and len(data.val) == 13
+    assert torch.equal(memory.train.labels, data.train.labels)
+    packed = pack_data(data)
+    pixel_sums = memory.train.images.sum((1, 2, 3)).tolist()
+    full = _fit_recording(exp, data, packed, tmp_path, "full", ["0/sequential", "0/mixed", "1/mixed", "0/mixed"],
+                          pixel_sums)
+    resumed = _fit_recording(exp, data, packed, tmp_path, "resumed", ["1/mixed"], pixel_sums)
+
+    s = student_settings(exp, data)
+    grade = plan_for("ed", exp, data.groups).grades[-1]
+    padded = 0
+    for key in full[0]:
+        if key == "val":
+            continue
         epoch, mode, p = key.split("/")
-        ids = ranks[0][key] + ranks[1][key]
-        assert len(ranks[0][key]) and len(ranks[1][key]), key
-        classes = data.groups[int(p)] if mode == "sequential" else [c for g in data.groups for c in g]
-        expected = torch.nonzero(torch.isin(labels, torch.tensor(classes))).flatten().tolist()
-        assert sorted(ids) == expected, key   # each sample of the pass's classes exactly once, nothing else
-    assert ranks[0]["0/mixed/0"] != ranks[0]["1/mixed/0"], "epochs are shuffled anew"
+        index = grade_passes(grade, data.train.labels, mode)[int(p)]
+        assert len(index) % 2 == 1, key   # odd: the shares are padded
+        for rank in range(2):
+            expected = [[b.tolist(), n] for b, n in shard_batches(index, s.batch_size, s.seed, int(epoch), int(p), rank, 2)]
+            for run in full[rank][key]:
+                assert run == expected, (key, rank)   # memory mode's batches, each time the pass runs
+            padded += sum(len(b) - n for b, n in full[rank][key][0])
+        real = [i for rank in range(2) for b, n in full[rank][key][0] for i in b[:n]]
+        assert sorted(real) == sorted(index.tolist()), key   # each sample of the pass exactly once, nothing else
+    assert padded > 0, "padding (real=False repeats) was exercised"
+    for rank in range(2):
+        assert full[rank]["0/mixed/0"][0] == full[rank]["0/mixed/0"][1]   # a later stage sees the same epoch 0
+        assert resumed[rank]["1/mixed/0"] == full[rank]["1/mixed/0"]      # a resumed run sees the same epoch 1
+        assert full[rank]["0/mixed/0"][0] != full[rank]["1/mixed/0"][0], "epochs are shuffled anew"
+    val = [a + b for a, b in zip(full[0]["val"], full[1]["val"])]
+    assert val == torch.bincount(data.val.labels, minlength=len(val)).tolist()   # val padding not counted
+
+
+def test_no_private_ray_module_is_used():
+    """Stream's stable sample ids come from public APIs (the file row, from pyarrow's row-group
+    metadata); it imported `ray.data._internal...._compute_row_hashes`, which moves or vanishes
+    between Ray releases."""
+    private = re.compile(r"\bray(\.\w+)*\._(internal|private|raylet)\b|_compute_row_hashes|include_row_hash")
+    offenders = [f"{path.relative_to(REPO)}:{i}" for path in sorted((REPO / "raydistill").rglob("*.py"))
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    assert offenders == []
 
 
 def test_streamed_samples_match_memory_mode_pixels_and_cached_soft_labels(ray_session, tmp_path):
-    from raydistill.data.stream import split_dataset
+    from raydistill.data.stream import pass_dataset
     from raydistill.models import build_model
     from raydistill.softlabels import ensure_soft_label_cache
     from raydistill.teachers import FrozenTeacher
@@ -90,8 +184,11 @@ def test_streamed_samples_match_memory_mode_pixels_and_cached_soft_labels(ray_se
     teacher = FrozenTeacher(model, memory.mean, memory.std)
     cache = ensure_soft_label_cache(exp, memory, {"group0": teacher}, root=tmp_path / "softlabels")
     client = cache.client()
-    batch = next(iter(split_dataset(stream.train, memory.groups[0], 1, seed=3).iter_torch_batches(batch_size=64)))
+    group = torch.nonzero(torch.isin(memory.train.labels, torch.tensor(memory.groups[0]))).flatten()
+    order = group[torch.randperm(len(group), generator=torch.Generator().manual_seed(3))]
+    batch = next(iter(pass_dataset(stream.train, order.numpy()).iter_torch_batches(batch_size=64)))
     ids = batch["sample_id"]
+    assert torch.equal(ids, order[:64])                            # in the order asked for
     assert torch.equal(batch["image"], memory.train.images[ids])   # same sample id, same pixels
     for draw in range(2):
         draws = torch.full((len(ids),), draw, dtype=torch.long)

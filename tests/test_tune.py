@@ -117,44 +117,72 @@ def test_valid_splits_impossible_and_unsearchable_fields(tmp_path):
         space_from_dict({"base": {}, "search": {"optimizer.lr": {"loguniform": [0, 1]}}}, source="x.yaml")
 
 
-def test_asha_judges_a_restored_trial_at_its_reported_epoch():
-    """A trial restored mid-run reports epoch 2 as its first Tune iteration: ASHA must compare it
-    at the epoch-2 rung (and stop it, it is the weakest), not treat it as iteration 1."""
+def wired_search(raw: dict, concurrent: int = 2):
+    """The project's own TuneConfig for space `raw` (search_setup), with its metric and mode handed
+    to the scheduler and the searcher by the same helpers `tune.run` uses. They return False when
+    a scheduler or searcher was built with a metric of its own, which Tune refuses."""
+    from ray.tune.schedulers.util import _set_search_properties_backwards_compatible as scheduler_props
+    from ray.tune.search.util import _set_search_properties_backwards_compatible as searcher_props
+    from raydistill.search.space import space_from_dict
+    from raydistill.search.tuner import search_setup
+    space = space_from_dict(raw)
+    param_space, config = search_setup(space, [] if space.model_based else space.candidates(), concurrent)
+    assert scheduler_props(config.scheduler.set_search_properties, config.metric, config.mode)
+    if config.search_alg is not None:
+        assert searcher_props(config.search_alg.set_search_properties, config.metric, config.mode, param_space)
+    return config
+
+
+def grades_space(**extra) -> dict:
+    """The tiny 2-group space with searched grade_epochs (both plans 8 epochs) and ASHA's first rung
+    at epoch 4, where one trial may be in grade 1 and another in grade 2."""
+    raw = tiny_space(**extra)
+    raw["search"] = {"curriculum.grade_epochs": {"choice": [[4, 4], [2, 6]]}, "optimizer.lr": {"choice": [0.02, 0.05]}}
+    raw.setdefault("asha", {"grace_period": 4, "reduction_factor": 2})
+    return raw
+
+
+@pytest.mark.parametrize("searcher,scheduler", [("random", "asha"), ("grid", "fifo"), ("optuna", "asha"),
+                                                ("hyperopt", "asha"), ("bohb", "hyperband")])
+def test_the_search_setup_ranks_trials_on_every_class(searcher, scheduler):
+    """Every searcher x scheduler the project builds hands Tune SCHEDULE_METRIC (max) and leaves the
+    scheduler and the searcher to take it from there: what they compare is validation accuracy over
+    every class, as reported by each epoch (FORWARDED), never over the classes taught so far."""
+    from raydistill.search.searchers import PACKAGES
+    from raydistill.search.trainable import FORWARDED, SCHEDULE_METRIC
+    import importlib.util
+    if any(importlib.util.find_spec(p) is None for p in PACKAGES.get(searcher, ())):
+        pytest.skip(f"{searcher} is not installed")
+    assert SCHEDULE_METRIC == "val_acc_all_classes" and SCHEDULE_METRIC in FORWARDED
+    config = wired_search(grades_space(searcher=searcher, scheduler=scheduler))
+    assert (config.metric, config.mode) == (SCHEDULE_METRIC, "max")
+    if scheduler != "fifo":
+        assert (config.scheduler._metric, config.scheduler._mode) == (SCHEDULE_METRIC, "max")
+        assert config.scheduler._time_attr == "epoch"
+    if searcher in ("random", "grid"):
+        assert config.search_alg is None
+    else:
+        assert (config.search_alg.searcher.metric, config.search_alg.searcher.mode) == (SCHEDULE_METRIC, "max")
+
+
+def test_the_search_asha_compares_trials_in_different_grades_on_every_class():
+    """The ASHA of the project's search setup, given its metric by Tune's path: at the epoch-4 rung
+    one trial is in grade 1 (90% on its 2 of 4 classes = 45% of the task) and one in grade 2 (70%
+    on all 4). The grade-2 trial is not stopped for scoring lower on more classes; a trial restored
+    mid-run (first Tune iteration, reported epoch 4) is judged at the epoch-4 rung."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
-    from raydistill.search.trainable import curriculum_asha
-    asha = curriculum_asha(max_t=8, grace_period=2, reduction_factor=2)
-    asha.set_search_properties("val_acc", "max")
-    trials = [Trial("__fake", stub=True) for _ in range(2)]
+    asha = wired_search(grades_space()).scheduler
+    trials = [Trial("__fake", stub=True) for _ in range(3)]
     for t in trials:
         asha.on_trial_add(None, t)
-    common = {"epochs_planned": 8}
-    assert asha.on_trial_result(None, trials[0], {"epoch": 2, "training_iteration": 2, "val_acc": 0.9, **common}) \
-        == TrialScheduler.CONTINUE
-    restored = {"epoch": 2, "training_iteration": 1, "val_acc": 0.05, **common}
-    assert asha.on_trial_result(None, trials[1], restored) == TrialScheduler.STOP
-
-
-def test_asha_compares_trials_in_different_grades_on_every_class():
-    """grade_epochs searched: at the epoch-4 rung one trial is in grade 2 (4 of 6 classes taught,
-    90% on them = 60% of the task) and one in grade 3 (70% on all 6). The scheduler's metric ranks
-    them on the whole task, so the grade-3 trial is not stopped for scoring lower on more classes."""
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import TrialScheduler
-    from raydistill.search.trainable import FORWARDED, SCHEDULE_METRIC, curriculum_asha
-    assert SCHEDULE_METRIC == "val_acc_all_classes" and SCHEDULE_METRIC in FORWARDED
-    decisions = {}
-    for metric in ("val_acc", SCHEDULE_METRIC):
-        asha = curriculum_asha(max_t=8, grace_period=4, reduction_factor=2)
-        asha.set_search_properties(metric, "max")
-        trials = [Trial("__fake", stub=True) for _ in range(2)]
-        for t in trials:
-            asha.on_trial_add(None, t)
-        common = {"epoch": 4, "training_iteration": 4, "epochs_planned": 8}
-        asha.on_trial_result(None, trials[0], {**common, "grade": 2, "val_acc": 0.9, "val_acc_all_classes": 0.6})
-        decisions[metric] = asha.on_trial_result(None, trials[1], {**common, "grade": 3, "val_acc": 0.7,
-                                                                   "val_acc_all_classes": 0.7})
-    assert decisions == {"val_acc": TrialScheduler.STOP, SCHEDULE_METRIC: TrialScheduler.CONTINUE}
+    common = {"epoch": 4, "training_iteration": 4, "epochs_planned": 8}
+    assert asha.on_trial_result(None, trials[0], {**common, "grade": 1, "val_acc": 0.9,
+                                                  "val_acc_all_classes": 0.45}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, trials[1], {**common, "grade": 2, "val_acc": 0.7,
+                                                  "val_acc_all_classes": 0.7}) == TrialScheduler.CONTINUE
+    restored = {**common, "training_iteration": 1, "grade": 2, "val_acc": 0.95, "val_acc_all_classes": 0.3}
+    assert asha.on_trial_result(None, trials[2], restored) == TrialScheduler.STOP
 
 
 def test_trial_rows_tell_an_asha_stop_from_an_interrupted_trial():

@@ -5,9 +5,11 @@ The key is what the decoded pixels depend on: the source, its files (path, size,
 image size, the train limit per class, and the decoder (torchvision version, this module's
 format version). Only sources that decode images are stored (parquet, imagefolder); `builtin`
 is generated and CIFAR's torchvision batches are already pixel arrays. A directory is complete
-once its `meta.json` exists (written last, after the shards), so a crash never leaves a
-half-written entry that a later run would trust. Every decode appends one line to
-`<cache root>/decodes.jsonl`: how many times a configuration was decoded is a file, not a guess.
+once its `meta.json` exists (written last, after the shards) and lists every shard present
+(`cachedirs.incomplete`), so a crash never leaves a half-written entry that a later run would
+trust. One process decodes a key at a time (`cachedirs.build_lock`); concurrent stages wait and
+load its shards. Every decode appends one line to `<cache root>/decodes.jsonl`: how many times a
+configuration was decoded is a file, not a guess.
 """
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from raydistill.cachedirs import META_FILE, build_lock, incomplete, local_cache_dir, manifest, mirror, publish
+
 from .augment import decoded_size
 from .imageset import ImageSet
 
 FORMAT_VERSION = 1
-META_FILE = "meta.json"        # the soft-label cache's marker too, so `local_cache_dir` mirrors both
 DECODE_LOG = "decodes.jsonl"
 SHARD_BYTES = 256 * 2 ** 20    # ~256 MB of uint8 pixels per shard file
 DECODING_SOURCES = ("parquet", "imagefolder")
@@ -94,6 +97,8 @@ def _read_split(directory: Path, entry: dict, class_names: list) -> ImageSet:
 
 def read_decoded(directory: Path, key: str) -> Optional[tuple[ImageSet, ImageSet]]:
     """(train, test) from a complete directory with this key, else None."""
+    if incomplete(directory) is not None:
+        return None
     try:
         meta = json.loads((directory / META_FILE).read_text())
     except (OSError, ValueError):
@@ -106,17 +111,24 @@ def read_decoded(directory: Path, key: str) -> Optional[tuple[ImageSet, ImageSet
 
 def write_decoded(directory: Path, key: str, components: dict, train: ImageSet, test: ImageSet,
                   seconds: float) -> None:
-    """Write shards into a temporary sibling and rename it into place (atomic on one filesystem)."""
+    """Write shards into a temporary sibling, meta.json (with the manifest of the shards) last, and
+    rename it into place (atomic on one filesystem). A complete `directory` (a builder without the
+    key's lock finished first) is kept, never replaced: its copy is as good as ours."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    meta = {"key": key, "components": components, "class_names": train.class_names,
-            "train": _write_split(tmp, "train", train), "test": _write_split(tmp, "test", test),
-            "decode_seconds": round(seconds, 3), "created": time.time()}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)   # an incomplete or stale entry
     try:
-        tmp.rename(directory)
-    except OSError:   # another process stored it first: its copy is as good as ours
+        meta = {"key": key, "components": components, "class_names": train.class_names,
+                "train": _write_split(tmp, "train", train), "test": _write_split(tmp, "test", test),
+                "decode_seconds": round(seconds, 3), "created": time.time()}
+        (tmp / META_FILE).write_text(json.dumps({**meta, "manifest": manifest(tmp)}, indent=1))
+        if incomplete(directory) is not None:
+            shutil.rmtree(directory, ignore_errors=True)   # an incomplete entry
+            try:
+                tmp.rename(directory)
+            except OSError:   # a builder without the lock (flock not shared by this mount) won the race
+                if incomplete(directory) is not None:
+                    raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -127,24 +139,33 @@ def load_decoded(exp, decode: Callable[[], tuple[ImageSet, ImageSet]],
     log = log or (lambda _msg: None)
     if exp.data.source not in DECODING_SOURCES:
         return decode()
-    from raydistill.softlabels.cache import local_cache_dir
-    from raydistill.storage import RunDir, is_uri
     root = decoded_root(exp)
     try:
         key, components = decoded_key(exp.data, decoded_size(exp.image_size(), exp.augment_preset()))
     except OSError:   # an input file is missing or unreadable: the source's own loader names it
         return decode()
-    directory = local_cache_dir(root, key[:16])
+    directory = local_cache_dir(root, key[:16], log)
     cached = read_decoded(directory, key)
-    if cached is not None:
-        log(f"data: decoded shards loaded from {directory} ({len(cached[0])} train, {len(cached[1])} test images)")
-        return cached
+    if cached is None:
+        with build_lock(directory, log):   # one decode per key; the others wait, then load its shards
+            directory = mirror(root, key[:16], log)
+            cached = read_decoded(directory, key)
+            if cached is None:
+                return _decode_and_store(exp, decode, root, directory, key, components, log)
+    log(f"data: decoded shards loaded from {directory} ({len(cached[0])} train, {len(cached[1])} test images)")
+    return cached
+
+
+def _decode_and_store(exp, decode, root, directory: Path, key: str, components: dict, log):
+    """Decode, write the shards (and publish them to a URI root, meta.json last), log the decode;
+    the caller holds the key's lock."""
+    from raydistill.storage import RunDir, is_uri
     started = time.perf_counter()
     train, test = decode()
     seconds = time.perf_counter() - started
     write_decoded(directory, key, components, train, test, seconds)
     if is_uri(root):
-        RunDir(root).upload(directory, directory.name)
+        publish(root, directory)
     line = json.dumps({"key": key[:16], "images": len(train) + len(test), "seconds": round(seconds, 3),
                        "pid": os.getpid(), "time": time.time()})
     if is_uri(root):

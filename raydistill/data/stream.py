@@ -2,22 +2,28 @@
 
 Driver side (no pixels): `stream_splits` reads only the label column, applies the train limit and
 the seeded train/val split exactly as memory mode does, and gives every training sample the
-`sample_id` it has in memory mode (its position in the training set), so the soft-label cache's
-bank and logits address the same samples in both modes. `stream_datasets` builds one pipeline
-per class set a stage asks for (a lesson for `sequential`, a grade's union for `mixed`):
+`sample_id` it has in memory mode (its position in the training set) and its row in the Parquet
+file (a stable id from pyarrow's row-group metadata, no private Ray module), so the soft-label
+cache's bank and logits address the same samples in both modes.
 
-    read_parquet(img, row_hash) -> keep this split's rows of these classes, attach sample_id
-    -> random_shuffle (encoded rows; reseeded every epoch) -> decode in map_batches (cluster CPUs)
+Training passes (worker side): the engine cuts a pass into this worker's batches exactly as in
+memory mode (`engine.shard_batches`: the permutation of (settings seed, epoch, pass stream), padded
+to equal shares with repeats that are trained on but not counted). `StreamSplit.pass_batches` then
+builds that pass's pipeline in the worker:
 
-handed to the Ray Train workers as `TorchTrainer(datasets=...)`. Ray Train splits each dataset
-with `streaming_split(equal=True)`, which drops rows to make the shares equal; so each pipeline is
-padded to a multiple of the workers with repeats flagged `real=False` (trained on for DDP's equal
-steps, never counted), as memory mode pads its shards. Crop/flip stays in the worker (a batched
-gather on uint8): the soft-label cache replays per-(sample, epoch) draws that only the engine knows.
+    row groups holding the share's rows -> read their `img` bytes (pyarrow), one row per position
+    -> sort by position (encoded rows; spills like a shuffle) -> decode in map_batches (cluster CPUs)
 
-Worker side: `StreamSplit.pass_batches` / `eval_batches` read `ray.train.get_dataset_shard(name)`
-with `iter_torch_batches` and prefetching. A Ray Data row hash (path, row) identifies rows in
-the pipeline; the driver computes the same hashes to map them to sample ids.
+so the batches of epoch e depend on nothing but (seed, epoch, stream, rank): a resumed run, or one
+whose earlier stage passed over the same classes, sees what an uninterrupted run sees. (Ray
+Data's `random_shuffle` reseeded per execution and `streaming_split`'s first-come block dispatch
+could not promise that.) Each worker reads the row groups its share touches, i.e. usually the
+whole file: reads grow with the workers, the price of reproducible batches. Crop/flip stays in
+the worker (a batched gather on uint8): the soft-label cache replays per-(sample, epoch) draws.
+
+Evaluation (order-free): val and test are one pipeline each, padded to a multiple of the workers
+with repeats flagged `real=False`, handed to the Ray Train workers as `TorchTrainer(datasets=...)`
+(`streaming_split(equal=True)`); `StreamSplit.eval_batches` reads them with prefetching.
 """
 from __future__ import annotations
 
@@ -33,23 +39,26 @@ from .augment import decoded_size
 from .imageset import DataError, first_n_per_class, split_indices
 
 STREAM_SOURCES = ("parquet",)
-SHUFFLE_SEED_OFFSET = 7717   # pipeline shuffles draw from their own seed, apart from the engine's streams
 
 
-def row_hashes(path: str, rows: int) -> np.ndarray:
-    """Ray Data's `row_hash` of rows 0..rows-1 of a Parquet file read whole (one fragment per file)."""
-    from ray.data._internal.datasource_v2.common.synthesized_columns import _compute_row_hashes
-    return _compute_row_hashes(path, 0, rows)
+def row_group_starts(path: str) -> np.ndarray:
+    """First file row of each row group of a Parquet file, then its row count (public pyarrow
+    metadata; `np.searchsorted` finds the row group of a row). Rows are the samples' stable ids:
+    a Parquet file's row order is fixed, and the decoded-shard key changes with the file."""
+    import pyarrow.parquet as pq
+    meta = pq.ParquetFile(path).metadata
+    return np.concatenate([[0], np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])]
+                          ).astype(np.int64)
 
 
 @dataclass
 class StreamSplit:
-    """One split (train, val or test) as an index: file, row hash and label per sample; pixels stay
+    """One split (train, val or test) as an index: file, file row and label per sample; pixels stay
     in storage. `classes` (None: all) narrows it like `ImageSet.of_classes`. In a worker,
     `all_reduce_sum` and `world_size` come from the Train context (`attach`)."""
     name: str
     path: str
-    hashes: np.ndarray                  # uint64 row hash per sample (sample_id = position)
+    rows: np.ndarray                    # int64 row in the Parquet file per sample (sample_id = position)
     labels: torch.Tensor
     class_names: list
     image_size: int
@@ -78,22 +87,12 @@ class StreamSplit:
         return replace(self, rank=rank, world_size=world_size, all_reduce_sum=all_reduce_sum)
 
     # ---- worker side ----
-    def pass_batches(self, classes: Sequence[int], per_worker: int) -> Iterator[tuple]:
-        """(sample_ids, uint8 images, labels, real count) batches of this worker's share of one pass
-        over `classes`; real samples first in each batch. A trailing batch of one is dropped (BN),
-        on every worker alike (the shares are equal)."""
-        pending, yielded = None, 0
-        for batch in self._shard(dataset_name(self.name, classes)).iter_torch_batches(
-                batch_size=per_worker, prefetch_batches=self.prefetch, device="cpu"):
-            real = batch["real"].bool()
-            order = torch.argsort((~real).to(torch.uint8), stable=True)
-            item = (batch["sample_id"][order], batch["image"][order], batch["label"][order], int(real.sum()))
-            if pending is not None:
-                yield pending
-                yielded += 1
-            pending = item
-        if pending is not None and (len(pending[0]) >= 2 or yielded == 0):
-            yield pending
+    def pass_batches(self, batches: Sequence[tuple]) -> "StreamPass":
+        """This worker's batches of one pass as the engine cut them (`engine.shard_batches`: the
+        (seed, epoch, stream) permutation, this rank's share, padding), with their pixels streamed:
+        (sample_ids, uint8 images, labels, real count) in exactly that order, so the pass depends on
+        those arguments alone and not on what this process streamed before."""
+        return StreamPass(self, [(torch.as_tensor(ids, dtype=torch.long), int(n)) for ids, n in batches])
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple]:
         """(uint8 images, labels) of this worker's share of the split (padding removed), only the
@@ -116,6 +115,36 @@ class StreamSplit:
         return shard
 
 
+class StreamPass:
+    """One pass's batches for this worker (`StreamSplit.pass_batches`): sized, so the engine knows
+    the pass's step count ahead; iterating builds and runs the pass's pipeline (`pass_dataset`)."""
+
+    def __init__(self, split: StreamSplit, batches: list):
+        self.split, self.batches = split, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple]:
+        if not self.batches:
+            return
+        order = torch.cat([ids for ids, _ in self.batches])
+        # every batch but the last has the first one's size, so cutting the ordered stream at that
+        # size gives back the batches
+        streamed = pass_dataset(self.split, order.numpy()).iter_torch_batches(
+            batch_size=len(self.batches[0][0]), prefetch_batches=self.split.prefetch, device="cpu")
+        yielded = 0
+        for (ids, real), batch in zip(self.batches, streamed):
+            if not torch.equal(batch["sample_id"], ids):
+                raise RuntimeError(f"stream loader: batch {yielded} of a {self.split.name} pass arrived with other "
+                                   f"samples than the pass ordered")
+            yield ids, batch["image"], batch["label"], real
+            yielded += 1
+        if yielded < len(self.batches):
+            raise RuntimeError(f"stream loader: a {self.split.name} pass yielded {yielded} of its "
+                               f"{len(self.batches)} batches")
+
+
 def dataset_name(split: str, classes: Optional[Sequence[int]]) -> str:
     """The TorchTrainer dataset of a split's pass over `classes` (None: the whole split)."""
     if classes is None:
@@ -136,32 +165,54 @@ def stream_splits(exp) -> tuple[StreamSplit, StreamSplit, StreamSplit]:
     names = tr_names or te_names or [str(i) for i in range(int(max(tr_labels.max(), te_labels.max())) + 1)]
     rows = first_n_per_class(tr_labels, d.limit_per_class)
     train_at, val_at = split_indices(tr_labels[rows], len(names), d.val_fraction, d.seed)
-    hashes = row_hashes(d.train_path, len(tr_labels))
     prefetch = d.stream_prefetch
 
-    def split(name, path, h, labels):
-        return StreamSplit(name, path, np.ascontiguousarray(h), labels.clone(), list(names), size, prefetch=prefetch)
-    return (split("train", d.train_path, hashes[rows[train_at].numpy()], tr_labels[rows[train_at]]),
-            split("val", d.train_path, hashes[rows[val_at].numpy()], tr_labels[rows[val_at]]),
-            split("test", d.test_path, row_hashes(d.test_path, len(te_labels)), te_labels))
+    def split(name, path, file_rows, labels):
+        return StreamSplit(name, path, np.ascontiguousarray(file_rows, dtype=np.int64), labels.clone(), list(names),
+                           size, prefetch=prefetch)
+    return (split("train", d.train_path, rows[train_at].numpy(), tr_labels[rows[train_at]]),
+            split("val", d.train_path, rows[val_at].numpy(), tr_labels[rows[val_at]]),
+            split("test", d.test_path, np.arange(len(te_labels)), te_labels))
 
 
-# ---- the pipelines (driver, Ray up) ----------------------------------------------------------
+# ---- the pipelines (Ray up) --------------------------------------------------------------------
 
-def _select(table, keys: np.ndarray, ids: np.ndarray, labels: np.ndarray, pad: np.ndarray) -> dict:
-    """Rows of this pipeline (their row hash among `keys`, sorted), with sample_id/label/real, and a
-    second copy (real=False) of the rows whose sample_id is in `pad`."""
-    h = table.column("row_hash").to_numpy()
-    at = np.searchsorted(keys, h).clip(0, max(len(keys) - 1, 0))
-    hit = keys[at] == h if len(keys) else np.zeros(len(h), dtype=bool)
-    rows = np.flatnonzero(hit)
-    sample = ids[at[rows]]
-    img = table.column("img").combine_chunks().field("bytes").take(rows)
-    extra = np.flatnonzero(np.isin(sample, pad))
-    out_rows = np.concatenate([np.arange(len(rows)), extra])
+def _read_rows(batch: dict, path: str, starts: np.ndarray, rows: np.ndarray, pos: np.ndarray,
+               sample_ids: np.ndarray, labels: np.ndarray, real: np.ndarray) -> dict:
+    """Read task: of each row group in `batch["group"]`, the `img` bytes of the wanted file rows
+    (`rows`, sorted, each with its position `pos` in the pipeline), with sample_id/label/real."""
     import pyarrow as pa
-    return {"sample_id": sample[out_rows], "label": labels[at[rows]][out_rows],
-            "real": np.arange(len(out_rows)) < len(rows), "img": img.take(pa.array(out_rows))}
+    import pyarrow.parquet as pq
+    f, at, blobs = pq.ParquetFile(path), [], []
+    for g in batch["group"].tolist():
+        lo, hi = np.searchsorted(rows, [starts[g], starts[g + 1]]) if g >= 0 else (0, 0)
+        if hi == lo:
+            continue
+        column = f.read_row_group(g, columns=["img"]).column("img").combine_chunks().field("bytes")
+        blobs.append(column.take(pa.array(rows[lo:hi] - starts[g])))
+        at.append(pos[lo:hi])
+    at = np.concatenate(at) if at else np.zeros(0, dtype=np.int64)
+    return {"pos": at, "sample_id": sample_ids[at], "label": labels[at], "real": real[at],
+            "img": pa.concat_arrays(blobs) if blobs else pa.array([], pa.binary())}
+
+
+READ_TASK_ROWS = 2048   # wanted rows per read task (whole row groups; fewer, larger tasks for small passes)
+
+
+def _rows_dataset(split: StreamSplit, sample_ids: np.ndarray, real: np.ndarray):
+    """The encoded rows of `sample_ids` (repeats allowed; position i is `sample_ids[i]`), read by
+    tasks of consecutive row groups that hold any of them, in no particular order."""
+    import ray.data
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    file_rows = split.rows[sample_ids]
+    order = np.argsort(file_rows, kind="stable")
+    starts = row_group_starts(split.path)
+    groups = np.unique(np.searchsorted(starts, file_rows, side="right") - 1).tolist() or [-1]
+    tasks = max(1, min(len(groups), -(-len(sample_ids) // READ_TASK_ROWS)))
+    ds = ray.data.from_items([{"group": int(g)} for g in groups], override_num_blocks=tasks)
+    return ds.map_batches(_read_rows, batch_size=None, batch_format="numpy", fn_kwargs={
+        "path": split.path, "starts": starts, "rows": file_rows[order], "pos": order.astype(np.int64),
+        "sample_ids": sample_ids, "labels": split.labels.numpy()[sample_ids], "real": np.asarray(real, dtype=bool)})
 
 
 def _decode(table, size: int) -> dict:
@@ -174,36 +225,36 @@ def _decode(table, size: int) -> dict:
             "real": table.column("real").to_numpy(zero_copy_only=False), "image": images}
 
 
-def split_dataset(split: StreamSplit, classes: Optional[Sequence[int]], world_size: int, seed: Optional[int]):
-    """The Ray Dataset of one pass: `split`'s samples of `classes` (None: all), padded to a multiple
-    of `world_size`, shuffled (reseeded every execution, i.e. every epoch) when `seed` is given."""
-    import ray.data
-    from ray.data import RandomSeedConfig
+def pass_dataset(split: StreamSplit, sample_ids: np.ndarray):
+    """The Ray Dataset of `split`'s samples `sample_ids` (repeats allowed), decoded, in exactly this
+    order: rows read per row group, sorted by position (all-to-all on encoded rows), decoded with
+    the order kept (decode tasks finish in any order)."""
+    ds = _rows_dataset(split, sample_ids, np.ones(len(sample_ids), dtype=bool)).sort("pos")
+    ds = ds.map_batches(_decode, batch_format="pyarrow", batch_size=256, fn_kwargs={"size": split.image_size})
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def split_dataset(split: StreamSplit, classes: Optional[Sequence[int]], world_size: int):
+    """The Ray Dataset of an evaluation pass: `split`'s samples of `classes` (None: all), padded to
+    a multiple of `world_size` with repeats flagged real=False (so `streaming_split(equal=True)`
+    drops nothing); its order is free."""
     ids = np.arange(len(split.labels), dtype=np.int64)
     if classes is not None:
         ids = ids[np.isin(split.labels.numpy(), np.asarray(list(classes)))]
-    pad = ids[: (-len(ids)) % world_size]
-    order = np.argsort(split.hashes[ids], kind="stable")
-    keys, ids = split.hashes[ids][order], ids[order]
-    ds = ray.data.read_parquet(split.path, include_row_hash=True).select_columns(["img", "row_hash"])
-    ds = ds.map_batches(_select, batch_format="pyarrow", zero_copy_batch=True,
-                        fn_kwargs={"keys": keys, "ids": ids, "labels": split.labels.numpy()[ids], "pad": pad})
-    if seed is not None:
-        ds = ds.random_shuffle(seed=RandomSeedConfig(seed=int(seed), reseed_after_execution=True))
+    padded = np.concatenate([ids, ids[: (-len(ids)) % world_size]])
+    ds = _rows_dataset(split, padded, np.arange(len(padded)) < len(ids))
     return ds.map_batches(_decode, batch_format="pyarrow", batch_size=256, fn_kwargs={"size": split.image_size})
 
 
 def stream_datasets(train: StreamSplit, val: StreamSplit, test: StreamSplit, class_sets: Sequence[Sequence[int]],
                     world_size: int, seed: int) -> dict:
-    """{name: Dataset}: one shuffled pipeline per training class set, plus val and test."""
-    out = {}
-    for i, classes in enumerate(class_sets):
-        name = dataset_name(train.name, classes)
-        if name not in out:
-            out[name] = split_dataset(train, classes, world_size, seed * 1000 + SHUFFLE_SEED_OFFSET + i)
-    out[dataset_name(val.name, None)] = split_dataset(val, None, world_size, None)
-    out[dataset_name(test.name, None)] = split_dataset(test, None, world_size, None)
-    return out
+    """{name: Dataset} of a fit: val and test. Training passes are not among them: each worker
+    builds its pass's pipeline per epoch (`StreamSplit.pass_batches`), so `train`, `class_sets` and
+    `seed` go unused (kept for the callers' signature)."""
+    del train, class_sets, seed
+    return {dataset_name(val.name, None): split_dataset(val, None, world_size),
+            dataset_name(test.name, None): split_dataset(test, None, world_size)}
 
 
 def stream_stats(train: StreamSplit, samples: int = 2048, seed: int = 0) -> tuple[list, list]:
@@ -213,9 +264,8 @@ def stream_stats(train: StreamSplit, samples: int = 2048, seed: int = 0) -> tupl
     from .imageset import channel_stats
     from .parallel import decode_many
     from .sources import decode_image_bytes
-    rows_of = {int(h): i for i, h in enumerate(row_hashes(train.path, pads.dataset(train.path).count_rows()))}
     pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[:samples]
-    rows = sorted(rows_of[int(h)] for h in train.hashes[pick.numpy()])
+    rows = sorted(int(r) for r in train.rows[pick.numpy()])
     blobs = pads.dataset(train.path).take(pa.array(rows), columns=["img"]).column("img").combine_chunks()
     images = decode_many(blobs.field("bytes").to_pylist(), [f"parquet file {train.path!r} row {r}" for r in rows],
                          partial(decode_image_bytes, size=train.image_size), (3, train.image_size, train.image_size))

@@ -132,12 +132,29 @@ def plan_for(method: str, experiment, groups: Sequence[Sequence[int]]) -> Plan:
     blocks = num_blocks(arch)
     c = experiment.curriculum
     if base == "ed":
-        plan = plan_ed(arch, blocks, groups, experiment.splits(), experiment.order(), experiment.grade_epochs(),
+        grade_epochs = experiment.grade_epochs()
+        if c.equal_images:
+            grade_epochs = equal_image_epochs(grade_epochs, [len(groups[p]) for p in experiment.order()])
+        plan = plan_ed(arch, blocks, groups, experiment.splits(), experiment.order(), grade_epochs,
                        experiment.head_widths(), c.pass_mode)
     else:
         pass_mode = c.pass_mode if base == "multi_teacher" else "mixed"
         plan = plan_single_grade(base, arch, blocks, groups, experiment.total_epochs(), pass_mode)
     return replace(plan, method=method, loss=loss, pretrained=experiment.student.pretrained)
+
+
+def equal_image_epochs(grade_epochs: Sequence[int], group_classes: Sequence[int]) -> list:
+    """Grade epochs with the last grade extended by the whole epochs that bring ED's images closest
+    to a baseline's (all classes for sum(grade_epochs) epochs). Grade g sees the classes of the
+    first g groups (`group_classes`, in teaching order), so this counts class-epochs: exact for
+    classes of equal size, as CIFAR and the `limit_per_class` subsets are."""
+    total = sum(group_classes)
+    seen, taught = 0, 0
+    for epochs, classes in zip(grade_epochs, group_classes):
+        taught += classes
+        seen += epochs * taught
+    extra = round((sum(grade_epochs) * total - seen) / total)
+    return [*grade_epochs[:-1], grade_epochs[-1] + max(0, extra)]
 
 
 def teachers_needed(methods: Sequence[str], num_groups: int) -> list:

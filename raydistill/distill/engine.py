@@ -67,8 +67,10 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64                # global batch, split across workers
-    schedule: str = "cosine"            # step | cosine | constant
+    schedule: str = "cosine"            # step | cosine | constant | onecycle (lr set every step)
     milestones: tuple = ()
+    warmup_fraction: float = 0.15       # onecycle: share of the run spent rising linearly from 0 to lr
+    label_smoothing: float = 0.0        # of the CE term
     gamma: float = 0.1
     restart_per_grade: bool = False
     temperature: float = 4.0            # of every distillation loss whose parameters name none
@@ -84,6 +86,7 @@ class TrainSettings:
     seed: int = 0
     eval_batch_size: int = 512
     bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass before evaluating/saving
+    test_every_epoch: bool = True       # false: test only at each grade's last epoch (NaN in the others)
 
     def __post_init__(self):
         self.augment = preset_name(self.augment)
@@ -129,11 +132,13 @@ class TrainContext:
 
 # ---- learning rate ---------------------------------------------------------------------------
 
-def learning_rate(s: TrainSettings, plan: Plan, epoch: int) -> float:
-    """lr for a global epoch; with restart_per_grade the schedule restarts at each grade, and step
-    milestones count from the grade's first epoch."""
+def learning_rate(s: TrainSettings, plan: Plan, epoch: float) -> float:
+    """lr at a global epoch; with restart_per_grade the schedule restarts at each grade, and step
+    milestones count from the grade's first epoch. `epoch` may be fractional (a step inside an
+    epoch): `onecycle` is set every step (a linear rise over `warmup_fraction` of the run, then a
+    linear fall to 0: the fast-training schedule), the others once per epoch."""
     if s.restart_per_grade:
-        grade = plan.grade_at(epoch)
+        grade = plan.grade_at(int(epoch))
         e, total = epoch - grade.first_epoch, grade.epochs
     else:
         e, total = epoch, plan.total_epochs
@@ -141,7 +146,17 @@ def learning_rate(s: TrainSettings, plan: Plan, epoch: int) -> float:
         return s.lr
     if s.schedule == "step":
         return s.lr * s.gamma ** sum(1 for m in s.milestones if e >= m)
+    if s.schedule == "onecycle":
+        peak = s.warmup_fraction * total
+        if e < peak:
+            return s.lr * e / peak
+        return s.lr * max(0.0, (total - e) / max(total - peak, 1e-12))
     return 0.5 * s.lr * (1 + math.cos(math.pi * e / total))
+
+
+def per_step_schedule(s: TrainSettings) -> bool:
+    """Whether the lr changes inside an epoch (onecycle) rather than at its start."""
+    return s.schedule == "onecycle"
 
 
 # ---- batches ----------------------------------------------------------------------------------
@@ -188,16 +203,23 @@ def per_worker_batch(batch_size: int, world_size: int) -> int:
 def epoch_passes(grade: Grade, pass_mode: str, data, s: "TrainSettings", epoch: int, ctx: "TrainContext",
                  stream_offset: int = 0) -> list[Iterator[tuple]]:
     """This worker's batches of each pass of an epoch, as (sample index, uint8 images, labels, real
-    count): slices of an in-memory ImageSet (`shard_batches`), or a streamed split's batches
-    (`data.stream.StreamSplit`: the pipeline shuffles, pads and shards)."""
+    count): slices of an in-memory ImageSet (`shard_batches`), or, for a streamed split
+    (`data.stream.StreamSplit`), the same batches with their pixels streamed: both depend on
+    (seed, epoch, stream, rank) alone, so a resumed run replays them."""
     if not isinstance(data, ImageSet):
-        classes = ([lesson.classes for lesson in grade.lessons] if pass_mode == "sequential"
-                   else [[c for lesson in grade.lessons for c in lesson.classes]])
-        per_worker = per_worker_batch(s.batch_size, ctx.world_size)
-        return [data.pass_batches(c, per_worker) for c in classes]
+        return [data.pass_batches(shard_batches(index, s.batch_size, s.seed, epoch, stream_offset + stream,
+                                                ctx.rank, ctx.world_size))
+                for stream, index in enumerate(grade_passes(grade, data.labels, pass_mode))]
 
-    def sliced(batches):
-        return ((b, data.images[b], data.labels[b], n) for b, n in batches)
+    class sliced:   # sized, so a per-step schedule knows the epoch's step count
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __iter__(self):
+            return ((b, data.images[b], data.labels[b], n) for b, n in self.batches)
     return [sliced(shard_batches(index, s.batch_size, s.seed, epoch, stream_offset + stream, ctx.rank, ctx.world_size))
             for stream, index in enumerate(grade_passes(grade, data.labels, pass_mode))]
 
@@ -237,19 +259,29 @@ class GradeTables:
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade, pass_mode: str,
                 data: ImageSet, teachers: Optional[TeacherClient], s: TrainSettings, ctx: TrainContext,
-                epoch: int, distill: Optional[Distillation] = None) -> dict:
+                epoch: int, distill: Optional[Distillation] = None,
+                step_lr: Optional[Callable[[float], float]] = None) -> dict:
     """Train one epoch of one grade; returns summed loss terms and counts (reduced over workers).
     `distill` is the method's loss (default: KD), applied per lesson to the lesson's slice of the
-    student's logits with each sample's target position inside that slice."""
+    student's logits with each sample's target position inside that slice. `step_lr(fraction of
+    the epoch done)`: the lr of each step, for schedules set every step."""
     model.train()
     distill = distill or distillation("kd", s)
     tables = GradeTables(grade, data.num_classes, ctx.device)
     sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, ce, kd (sample-weighted), correct, samples
     started = time.perf_counter()
-    for stream, batches in enumerate(epoch_passes(grade, pass_mode, data, s, epoch, ctx)):
+    passes = epoch_passes(grade, pass_mode, data, s, epoch, ctx)
+    if step_lr is not None and not all(hasattr(p, "__len__") for p in passes):
+        step_lr = None   # a streamed epoch's step count is not known ahead: the epoch's lr (set by the caller)
+    steps_total, step = (sum(len(p) for p in passes) if step_lr is not None else 0), 0
+    for stream, batches in enumerate(passes):
         aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
         for batch, teacher_out in _prefetched(batches, len(data), grade, tables, teachers, s, aug_gen, epoch):
             images, labels, lessons, n = batch
+            if step_lr is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = step_lr(step / max(steps_total, 1))
+                step += 1
             x = ctx.batch(images, s)
             targets = tables.position[labels].to(ctx.device)
             logits = ctx.amp.forward(model, x)
@@ -259,7 +291,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
                 term = distill(student, t_logits.to(ctx.device), tables.in_slice[labels[rows]].to(ctx.device),
                                epoch).sum()
                 kd_sum = term if kd_sum is None else kd_sum + term
-            terms = ed_loss(logits, targets, kd_sum, s.alpha)
+            terms = ed_loss(logits, targets, kd_sum, s.alpha, s.label_smoothing)
             # collective, so every worker stops at the same step instead of one of them hanging in DDP's all-reduce
             bad = ctx.all_reduce_sum((~torch.isfinite(terms["loss"].detach())).float().reshape(1))
             if bad.item() > 0:   # the one host sync per step
@@ -440,7 +472,8 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         wrapped = ctx.train_model(model)
     for epoch in range(start_epoch, plan.total_epochs):
         grade = plan.grade_at(epoch)
-        lr = learning_rate(s, plan, epoch)
+        # a per-step schedule's epoch lr (used where the step count is unknown: a streamed epoch) is its middle's
+        lr = learning_rate(s, plan, epoch + 0.5 if per_step_schedule(s) else epoch)
         if current_grade is None or grade.index != current_grade.index:
             new_model = ctx.place(grade_model(plan, grade, train.num_classes, s))
             new_opt = build_optimizer(new_model, s, lr)
@@ -452,8 +485,10 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
             wrapped = ctx.train_model(model)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        step_lr = (lambda fraction, e=epoch: learning_rate(s, plan, e + fraction)) if per_step_schedule(s) else None
         try:
-            metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch, distill)
+            metrics = train_epoch(wrapped, optimizer, grade, plan.pass_mode, train, teachers, s, ctx, epoch, distill,
+                                  step_lr)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{plan.method}: {err}") from None
         if s.bn_recalibrate:
@@ -463,7 +498,8 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
                    "val_acc": val_acc, "val_acc_all_classes": val_acc_all,
-                   "test_acc": evaluate(model, test, grade.class_ids, s, ctx) if test is not None else float("nan")}
+                   "test_acc": evaluate(model, test, grade.class_ids, s, ctx) if test is not None and (
+                       s.test_every_epoch or epoch + 1 == grade.first_epoch + grade.epochs) else float("nan")}
         history.append(metrics)
         if progress and ctx.rank == 0:
             progress(f"{plan.method:>13} grade {grade.index + 1}/{len(plan.grades)} epoch {epoch + 1:>3}/"

@@ -106,12 +106,12 @@ class Distillation:
 
 
 def ed_loss(student_logits: torch.Tensor, targets: torch.Tensor, kd_sum: torch.Tensor | None,
-            alpha: float) -> dict[str, torch.Tensor]:
+            alpha: float, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """α·CE + (1−α)·KD, with KD already summed over the samples that have a teacher.
 
     Returns the named terms and their weighted total, so logging and weighting are uniform.
     """
-    ce = F.cross_entropy(student_logits, targets)
+    ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
     if kd_sum is None:
         return {"loss": ce, "ce": ce.detach(), "kd": torch.zeros((), device=ce.device)}
     kd_term = kd_sum / student_logits.shape[0]

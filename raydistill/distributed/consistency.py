@@ -5,7 +5,8 @@ updates them from its own share of the global batch. Evaluation is sharded over 
 saves the checkpoint, so without this module a reported accuracy would mix slightly different
 models and describe none of them exactly.
 
-- GPU (nccl): `ray.sync_batchnorm` converts BatchNorm to torch's `SyncBatchNorm`, so training
+- GPU (nccl): `ray.sync_batchnorm` converts BatchNorm to `SyncBatchNorm` (`convert_sync_batchnorm`:
+  every layer keeps its forward, timm's BatchNorm+activation layers included), so training
   normalises with the statistics of the whole global batch and running statistics agree.
 - CPU (gloo): torch's SyncBatchNorm refuses CPU tensors. Each rank then normalises its own
   batch in training (as without sync), keeps its own running statistics (DDP's buffer broadcast
@@ -62,6 +63,41 @@ def state_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _converter() -> tuple[Callable, tuple]:
+    """(converter of one layer, the exact layer types it converts without changing what they compute).
+    timm's converter when timm is installed: its BatchNormAct2d (BatchNorm + activation + drop in one
+    layer, timm's EfficientNet/MobileNetV3/RegNet...) becomes SyncBatchNormAct, which still applies
+    them; torch's converter would make it a plain SyncBatchNorm that never calls its activation."""
+    try:
+        from timm.layers import BatchNormAct2d, convert_sync_batchnorm as timm_convert
+    except ImportError:
+        return nn.SyncBatchNorm.convert_sync_batchnorm, _PLAIN_BATCHNORM
+    return timm_convert, _PLAIN_BATCHNORM + (BatchNormAct2d,)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """`model` with its BatchNorm layers synchronised over ranks, children replaced in place (the
+    root is returned, converted only if it is itself a BatchNorm layer). Every layer keeps its
+    forward: plain BatchNorm and timm's BatchNormAct2d are converted (timm's converter when timm
+    is installed, torch's otherwise); any other BatchNorm subclass (e.g. timm's SplitBatchNorm2d,
+    a user's own) is left as it is, since both converters would replace its forward by plain
+    BatchNorm's; its running statistics are still averaged over ranks after every epoch."""
+    convert, exact = _converter()
+
+    def visit(module: nn.Module) -> nn.Module:
+        if type(module) in exact:
+            return convert(module)
+        for name, child in module.named_children():
+            replaced = visit(child)
+            if replaced is not child:
+                module.add_module(name, replaced)
+        return module
+    return visit(model)
+
+
 def ddp_context(device: torch.device, rank: int, world_size: int, sync_batchnorm: bool,
                 **context) -> TrainContext:
     """The engine's TrainContext for one DDP rank (process group already initialised); `context`:
@@ -74,9 +110,9 @@ def ddp_context(device: torch.device, rank: int, world_size: int, sync_batchnorm
         if sync_batchnorm and device.type == "cuda":
             # in place for a StagedModel (its children are replaced), so the unwrapped model that
             # is evaluated and saved holds the same layers
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+                                       **no_forward_buffer_sync())
 
     def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         if world_size > 1:
@@ -115,3 +151,17 @@ def plain_model(model: nn.Module) -> nn.Module:
     plain = build_model(model.arch, model.num_classes).to(next(model.parameters()).device)
     plain.load_state_dict(model.state_dict())
     return plain
+
+
+def no_forward_buffer_sync() -> dict:
+    """DDP's keyword that turns off broadcasting buffers from rank 0 at every forward, for the
+    installed torch: `forward_sync_buffers=False` where DDP has it (torch >= 2.13), else
+    `broadcast_buffers=False` (torch 2.4-2.12 know only that one; from 2.13 it is deprecated).
+    Either way each rank keeps its own running statistics until `average_batchnorm_statistics`.
+    The old keyword also skips the buffers' broadcast when DDP is built; every rank builds or
+    loads the same buffers there, so the two agree. Asks torch's own class (not a name a test
+    may have replaced)."""
+    import inspect
+    from torch.nn.parallel import distributed
+    accepted = inspect.signature(distributed.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in accepted else {"broadcast_buffers": False}

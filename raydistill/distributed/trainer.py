@@ -57,7 +57,19 @@ LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER":
 
 
 class RunInterrupted(RuntimeError):
-    """The Ray Train run failed more often than `ray.max_failures`; re-running resumes it."""
+    """The Ray Train run failed more often than `ray.max_failures`; re-running resumes it.
+    `reason`: what failed, without the advice; `outcomes`: with concurrent stages, each stage's
+    `StageOutcome` (stages.py)."""
+
+    def __init__(self, message: str, reason: str = "", outcomes: Optional[dict] = None):
+        super().__init__(message)
+        self.reason = reason or message
+        self.outcomes = outcomes or {}
+
+
+# what a stage whose loss went non-finite should change (re-running only repeats the divergence)
+NON_FINITE_ADVICE = ("lower the learning rate (optimizer.lr for a method, teachers.lr for a teacher) or check its "
+                     "inputs and teachers; re-running as it is diverges again")
 
 
 # ---- stages and progress (no Ray) ----------------------------------------------------------
@@ -158,6 +170,25 @@ def check_cluster_address(exp: Experiment) -> None:
             raise ConfigError(str(err)) from None
 
 
+def check_shared_output(exp: Experiment, out: RunDir) -> None:
+    """On a cluster (`ray.address`), a local output.dir must be one every node that can hold
+    workers sees (a shared mount): checked with a marker before any training, since a node that
+    cannot see it fails only at its first checkpoint, with advice (resume) that cannot help."""
+    from pyarrow import fs
+    from raydistill.config import ConfigError
+    from raydistill.distributed.reachability import nodes_not_seeing, worker_nodes
+    if not exp.ray.address or not isinstance(out.fs, fs.LocalFileSystem):
+        return   # a local instance is this machine alone; a URI is reached over the network
+    missing = nodes_not_seeing(out.root, worker_nodes(exp.ray.use_gpu))
+    if missing:
+        names = ("node " if len(missing) == 1 else "nodes ") + ", ".join(
+            f"{n['NodeManagerAddress']} (node id {n['NodeID']})" for n in missing)
+        raise ConfigError(f"output.dir: {exp.output.dir} is a local directory that {names} of the cluster "
+                          f"at {exp.ray.address} cannot see, and its workers write the run there; use a storage "
+                          f"URI every node reaches (e.g. --output s3://bucket/runs) or a directory on a mount "
+                          f"every node shares, at the same path on each")
+
+
 def init_ray(exp: Experiment, num_teachers: int, streaming: bool = False) -> bool:
     """Connect to `ray.address`, or start a local instance. Returns True if this call started Ray."""
     import ray
@@ -200,12 +231,13 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     num_teachers = len(teachers_needed(exp.methods, len(data.groups)))
     started_ray = init_ray(exp, num_teachers, data.streaming)
     try:
+        check_shared_output(exp, out)   # before any training
         data_ref = ray.put(pack_data(data))
         mode = choose_mode(exp, ray.cluster_resources().get("CPU", 0))
         log(f"ray: stages {mode}, {exp.ray.workers} worker(s), teachers {exp.ray.teachers}, "
             f"storage {out.child('ray')}")
         if mode == "concurrent":   # stages' fits run in Ray tasks: their workers print plain lines
-            completed = _run_concurrent(exp, data, out, data_ref, log)
+            completed = _run_concurrent(exp, data, out, data_ref, log, fail_once_at=fail_once_at)
         else:
             bar = DriverBar() if progress is not None and interactive() else None
             try:
@@ -216,8 +248,8 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
                 if bar is not None:
                     bar.close()
             if state["aborted"]:
-                raise NonFiniteLossError(f"{state['aborted']}; the run stopped there. Completed stages and the "
-                                         f"last good epoch checkpoint are kept in {out}")
+                raise NonFiniteLossError(f"{state['aborted']}; the run stopped there: {NON_FINITE_ADVICE}. "
+                                         f"Completed stages and the last good epoch checkpoint are kept in {out}")
             completed = state["completed"]
         return finish_run(exp, out, result_from_progress(exp, out, completed), log)
     finally:
@@ -263,31 +295,35 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
     try:
         fit = trainer.fit()
     except ray.train.TrainingFailedError as err:
-        raise RunInterrupted(f"training failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                             f"re-run the same command to resume from the last epoch checkpoint "
-                             f"in {ray_storage}") from err
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        raise RunInterrupted(f"training failed ({reason}); re-run the same command to resume from the last "
+                             f"epoch checkpoint in {ray_storage}", reason=reason) from err
     return latest_progress(fit.checkpoint, ray_storage.child(name))
 
 
-def _fit_one_stage(exp_dict: dict, data_box: list, location: str, stage: str, ready: list) -> tuple:
-    """A stage driver (a Ray task with no CPU): one fit of `stage`. Returns (records, error)."""
-    from raydistill.distributed.stages import stage_workers, storage_name
+def _fit_one_stage(exp_dict: dict, data_box: list, location: str, stage: str, ready: list,
+                   fail_once_at: Optional[tuple] = None):
+    """A stage driver (a Ray task with no CPU): one fit of `stage`. Returns its StageOutcome: the
+    type says how it ended (a non-finite loss is the checkpoint's `aborted`, never a text match)."""
+    from raydistill.distributed.stages import StageOutcome, stage_workers, storage_name
     exp = Experiment.from_dict(exp_dict)
     try:
         state = fit_stages(exp, RunDir(location), data_box[0], storage_name(stage), stage_workers(exp, stage),
-                           stages=[stage], ready=ready)
+                           stages=[stage], ready=ready,
+                           fail_once_at=fail_once_at if fail_once_at and fail_once_at[0] == stage else None)
     except RunInterrupted as err:
-        return {}, str(err)
+        return StageOutcome.failed(err.reason)
     if state["aborted"]:
-        return {}, state["aborted"]
-    return {stage: state["completed"][stage]}, None
+        return StageOutcome.non_finite(state["aborted"])
+    return StageOutcome.ok({stage: state["completed"][stage]})
 
 
-def _run_concurrent(exp: Experiment, data: PreparedData, out: RunDir, data_ref, log) -> dict:
+def _run_concurrent(exp: Experiment, data: PreparedData, out: RunDir, data_ref, log,
+                    fail_once_at: Optional[tuple] = None) -> dict:
     """Every stage as its own fit, each launched as soon as its teachers exist; the metrics file is
     rewritten by the driver whenever a stage completes. Returns {stage: record}."""
     import ray
-    from raydistill.distributed.stages import run_graph, stage_graph, storage_name
+    from raydistill.distributed.stages import OK, StagesFailed, run_graph, stage_graph, storage_name
 
     graph = stage_graph(exp, len(data.groups))
     done = {}
@@ -298,22 +334,44 @@ def _run_concurrent(exp: Experiment, data: PreparedData, out: RunDir, data_ref, 
     driver = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": storage_env()})(_fit_one_stage)
 
     def launch(stage):
-        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage])
+        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage], fail_once_at)
 
     def wait(refs):
         ready, _ = ray.wait(refs, num_returns=1)
         results = {ref: ray.get(ref) for ref in ready}
-        write_metrics(out, result_from_progress(exp, out, {**done, **{k: v for records, _ in results.values()
-                                                                       for k, v in records.items()}}))
+        write_metrics(out, result_from_progress(exp, out, {**done, **{k: v for o in results.values()
+                                                                       if o.status == OK
+                                                                       for k, v in o.records.items()}}))
         return results
 
     try:
         return run_graph(graph, done, launch, wait, log)
-    except RuntimeError as err:
-        if "non-finite loss" in str(err):
-            raise NonFiniteLossError(f"{err}; completed stages are kept in {out}") from None
-        raise RunInterrupted(f"stages failed: {err}; re-run the same command to resume each from its last "
-                             f"epoch checkpoint in {out.child('ray')}") from None
+    except StagesFailed as err:
+        raise stages_error(err.outcomes, out) from None
+
+
+def stages_error(outcomes: dict, out: RunDir) -> Exception:
+    """The error of concurrent stages that did not all complete: one line per stage with its own
+    advice (a diverged stage: change the learning rate; an interrupted one: re-run to resume it).
+    NonFiniteLossError only when every failed stage diverged, else RunInterrupted (re-running
+    helps the others); both carry `outcomes`."""
+    from raydistill.distributed.stages import FAILED, NON_FINITE, NOT_RUN, storage_name
+    lines = []
+    for stage, o in outcomes.items():
+        if o.status == NON_FINITE:
+            lines.append(f"{stage}: {o.message}; {NON_FINITE_ADVICE}")
+        elif o.status == FAILED:
+            lines.append(f"{stage}: failed ({o.message}); re-run the same command to resume it from its last "
+                         f"epoch checkpoint in {out.child('ray').child(storage_name(stage))}")
+        elif o.status == NOT_RUN:
+            lines.append(f"{stage}: not run (needs {o.message})")
+    message = ("stages did not complete:\n  " + "\n  ".join(lines)
+               + f"\ncompleted stages are kept in {out}")
+    if any(o.status == FAILED for o in outcomes.values()):
+        return RunInterrupted(message, reason="; ".join(lines), outcomes=outcomes)
+    err = NonFiniteLossError(message)
+    err.outcomes = outcomes
+    return err
 
 
 # ---- the worker loop -------------------------------------------------------------------------

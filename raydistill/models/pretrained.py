@@ -195,3 +195,46 @@ def timm_classifier(name: str, num_classes: int, pretrained: Optional[str] = Non
     return timm.create_model(f"{name}.{pretrained}", pretrained=True, num_classes=num_classes,
                              pretrained_cfg_overlay={"file": _timm_file(timm.models.get_pretrained_cfg(
                                  f"{name}.{pretrained}"))})
+
+
+# ---- input normalisation of pretrained weights ------------------------------------------------
+
+def weights_normalization(arch: str, pretrained: Optional[str]) -> Optional[tuple[tuple, tuple]]:
+    """(mean, std) of the input the pretrained weights were trained on, read from the weights' own
+    metadata without any download: timm's `pretrained_cfg` for a timm tag, torchvision's
+    `weights.transforms()` for a torchvision weights name (a staged ImageNet-style student's too).
+    None without weights, for a local file (it carries no preprocessing) or a CIFAR network."""
+    if pretrained is None or _is_file_like(pretrained):
+        return None
+    if arch.startswith("timm:"):
+        name = arch.removeprefix("timm:")
+        cfg = import_timm().models.get_pretrained_cfg(f"{name}.{pretrained}")
+        if cfg is None or cfg.mean is None or cfg.std is None:
+            return None
+        return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+    weights = torchvision_weights(arch.removeprefix("tv:"), pretrained)
+    if weights is None:
+        return None
+    transforms = weights.transforms()
+    mean, std = getattr(transforms, "mean", None), getattr(transforms, "std", None)
+    if mean is None or std is None:
+        return None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def input_normalization(section, data_mean, data_std) -> tuple[tuple, tuple]:
+    """The (mean, std) a network of config `section` (`teachers` or `student`: arch, pretrained,
+    normalize) is trained, served and saved with. `normalize`: `auto` (default) = the pretrained
+    weights' own statistics when the weights record them (a network fine-tuned from weights expects
+    their input scale; timm tags trained with mean = std = 0.5 see a 2x different input under
+    ImageNet or data statistics), else the training data's; `data` = the data's always; or an
+    explicit {mean: [r, g, b], std: [r, g, b]} (e.g. for a local weights file trained with other
+    statistics)."""
+    choice = getattr(section, "normalize", "auto")
+    if isinstance(choice, dict):
+        return tuple(float(v) for v in choice["mean"]), tuple(float(v) for v in choice["std"])
+    if choice == "auto":
+        found = weights_normalization(section.arch, section.pretrained)
+        if found is not None:
+            return found
+    return tuple(float(v) for v in data_mean), tuple(float(v) for v in data_std)

@@ -208,11 +208,31 @@ def _resources(base, max_concurrent: Optional[int]) -> tuple:
     return per_worker, concurrent
 
 
+def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
+    """(param_space, TuneConfig) of a new search. Its metric, SCHEDULE_METRIC, is what Tune hands
+    the scheduler and a model-based searcher (neither is built with a metric of its own), so both
+    rank trials on every class, not on the classes each trial's grade has taught so far."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    max_t = space.max_epochs()
+    sched = {"asha": lambda: curriculum_asha(max_t, space.grace_period, space.reduction_factor),
+             "hyperband": lambda: curriculum_bohb_hyperband(max_t, space.reduction_factor),
+             "fifo": FIFOScheduler}[space.scheduler]()
+    if space.model_based:
+        return searchers.param_space(space.dimensions), tune.TuneConfig(
+            metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=space.samples,
+            search_alg=searchers.search_algorithm(space, concurrent), trial_name_creator=name_by_creation,
+            trial_dirname_creator=name_by_creation)
+    param_space = {"candidate": tune.grid_search([{"index": i, "values": v} for i, v in enumerate(candidates)])}
+    return param_space, tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=1,
+                                        max_concurrent_trials=concurrent)
+
+
 def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir: Path, setup: dict) -> list:
     """Fit (or restore and finish) the Tuner; returns one plain dict per trial: index, values,
     metrics of its last report, error, done."""
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": TRIAL_CPU})
     storage = str(search_dir.resolve())
@@ -220,22 +240,7 @@ def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
-        max_t = space.max_epochs()
-        sched = {"asha": lambda: curriculum_asha(max_t, space.grace_period, space.reduction_factor),
-                 "hyperband": lambda: curriculum_bohb_hyperband(max_t, space.reduction_factor),
-                 "fifo": FIFOScheduler}[space.scheduler]()
-        if space.model_based:
-            param_space = searchers.param_space(space.dimensions)
-            tune_config = tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched,
-                                          num_samples=space.samples,
-                                          search_alg=searchers.search_algorithm(space, concurrent),
-                                          trial_name_creator=name_by_creation,
-                                          trial_dirname_creator=name_by_creation)
-        else:
-            param_space = {"candidate": tune.grid_search([{"index": i, "values": v}
-                                                          for i, v in enumerate(candidates)])}
-            tune_config = tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=1,
-                                          max_concurrent_trials=concurrent)
+        param_space, tune_config = search_setup(space, candidates, concurrent)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1,
                                                      failure_config=tune.FailureConfig(max_failures=space.max_failures),

@@ -1,24 +1,22 @@
 """`ensure_soft_label_cache`: load the cache whose key matches these teachers, data and bank, or
 build and store it. Called once per run (and by a search once before its trials); every later
-run with the same teachers, data and bank only reads it."""
+run with the same teachers, data and bank only reads it. One process builds a key at a time
+(`cachedirs.build_lock`): stages that need the same key at once wait and reuse it."""
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from raydistill.cachedirs import build_lock, incomplete, local_cache_dir, mirror, mirror_dir, publish
 from raydistill.softlabels.bank import AugmentationBank
 from raydistill.softlabels.build import build_labels, ray_task_options
 from raydistill.softlabels.client import CachedTeachers
 from raydistill.softlabels.key import bank_fingerprint, cache_key, dataset_fingerprint, teacher_fingerprint
-from raydistill.softlabels.store import (META_FILE, SoftLabelCacheError, cache_bytes, read_labels, read_meta,
-                                         write_cache)
-from raydistill.storage import RunDir, is_uri, join
+from raydistill.softlabels.store import SoftLabelCacheError, cache_bytes, read_labels, read_meta, write_cache
+from raydistill.storage import is_uri, join
 
 
 @dataclass
@@ -43,21 +41,6 @@ def cache_root(exp) -> str:
     """`teachers.cache_dir`, else `<output.dir>/softlabels` (next to the run directories, so every
     run and trial under one output.dir shares it). A local path or a storage URI."""
     return exp.teachers.cache_dir or join(exp.output.dir, "softlabels")
-
-
-def local_cache_dir(root, name: str) -> Path:
-    """The local directory of cache `name` under `root`: `root/name` itself for a local root; for a
-    URI, a copy on this node's disk, downloaded when the storage holds a complete cache (the copy
-    is only a cache of the storage: deleting it costs one download)."""
-    if not is_uri(root):
-        return Path(root).expanduser() / name
-    base = os.environ.get("RAYDISTILL_CACHE_MIRROR") or os.path.join(tempfile.gettempdir(), "raydistill-softlabels")
-    local = Path(base) / hashlib.sha1(str(root).rstrip("/").encode()).hexdigest()[:12] / name
-    remote = RunDir(root)
-    if not (local / META_FILE).is_file() and remote.is_file(f"{name}/{META_FILE}"):
-        shutil.rmtree(local, ignore_errors=True)
-        remote.download(name, local)
-    return local
 
 
 def bank_for(exp, num_samples: int) -> AugmentationBank:
@@ -91,16 +74,42 @@ def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] =
     key, components = cache_key(prints, dataset_fingerprint(train.images, train.labels),
                                 {**bank.params(), "sha256": bank_fingerprint(bank, train.images)}, storage)
     root = root or cache_root(exp)
-    directory = local_cache_dir(root, key[:16])
+    name = key[:16]
+    cache = _load(local_cache_dir(root, name, log), key, bank, None)
+    if cache is None:
+        with build_lock(mirror_dir(root, name), log):   # one builder per key; the others wait, then load
+            directory = mirror(root, name, log)
+            cache = _load(directory, key, bank, log)
+            if cache is None:
+                return _build(exp, train, teachers, bank, key, components, storage, root, directory, log)
+    if is_uri(root):   # a copy built here whose upload did not finish: the other nodes need it stored
+        publish(root, cache.directory)
+    log(f"soft labels: cache {cache.directory} ({len(teachers)} teachers, {bank.num_draws} draws) loaded")
+    return cache
+
+
+def _load(directory: Path, key: str, bank: AugmentationBank, log) -> Optional[SoftLabelCache]:
+    """The complete cache with this key in `directory`, else None (with `log`: an unreadable one is
+    reported, and it will be rebuilt)."""
+    if incomplete(directory) is not None:
+        return None
     try:
         meta = read_meta(directory)
-        if meta is not None and meta.get("key") == key:
-            cache = SoftLabelCache(directory, key, bank, read_labels(directory, meta), cache_bytes(directory), None)
-            log(f"soft labels: cache {directory} ({len(teachers)} teachers, {bank.num_draws} draws) loaded")
-            return cache
+        if meta.get("key") != key:
+            return None
+        return SoftLabelCache(directory, key, bank, read_labels(directory, meta), cache_bytes(directory), None)
     except SoftLabelCacheError as err:
-        log(f"soft labels: {err}; rebuilding")
-        shutil.rmtree(directory, ignore_errors=True)
+        if log:
+            log(f"soft labels: {err}; rebuilding")
+        return None
+
+
+def _build(exp, train, teachers: dict, bank: AugmentationBank, key: str, components: dict, storage: dict,
+           root, directory: Path, log) -> SoftLabelCache:
+    """Compute, write and (for a URI root) publish the cache; the caller holds the key's lock."""
+    t = exp.teachers
+    temperature = storage["temperature"]
+    shutil.rmtree(directory, ignore_errors=True)   # incomplete, unreadable or another key's: not a cache
     options = ray_task_options(exp.ray.teacher_cpus, exp.ray.teacher_gpus, exp.ray.teacher_resources)
     log(f"soft labels: building cache {directory} ({len(teachers)} teachers x {bank.num_draws} draws, "
         f"{t.cache_format}, {'Ray tasks' if options else 'in this process'})")
@@ -110,7 +119,7 @@ def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] =
     seconds = time.perf_counter() - started
     size = write_cache(directory, key, components, labels, seconds)
     if is_uri(root):   # into the run's storage, where the other nodes and later runs find it
-        RunDir(root).upload(directory, directory.name)
+        publish(root, directory)
     log(f"soft labels: built in {seconds:.1f} s, {size / 1e6:.2f} MB")
     return SoftLabelCache(directory, key, bank, labels, size, seconds)
 
@@ -119,8 +128,9 @@ def load_soft_label_cache(directory: Path) -> SoftLabelCache:
     """A complete cache directory by path (Ray workers other than rank 0 load what rank 0 ensured,
     so teachers that differ in the last bit across ranks cannot split the key)."""
     directory = Path(directory)
+    problem = incomplete(directory)
+    if problem is not None:
+        raise SoftLabelCacheError(f"soft-label cache {directory}: expected a complete cache ({problem})")
     meta = read_meta(directory)
-    if meta is None:
-        raise SoftLabelCacheError(f"soft-label cache {directory}: no meta.json, expected a complete cache")
     bank = AugmentationBank.from_params(meta["bank"])
     return SoftLabelCache(directory, meta["key"], bank, read_labels(directory, meta), cache_bytes(directory), None)

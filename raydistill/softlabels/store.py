@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-META_FILE = "meta.json"
+from raydistill.cachedirs import META_FILE, incomplete, manifest
+
 FLOAT16_MAX = 65504.0
 
 
@@ -156,8 +157,9 @@ def from_table(table: pa.Table, num_draws: int, path: Path) -> TeacherLabels:
 # ---- cache directories ------------------------------------------------------------------------
 
 def write_cache(directory: Path, key: str, components: dict, labels: dict, build_seconds: float) -> int:
-    """Write `<directory>/<teacher>.parquet` + meta.json atomically; returns the bytes written.
-    If another builder finished the same key first, its directory is kept and ours discarded."""
+    """Write `<directory>/<teacher>.parquet` + meta.json (its manifest lists every file and its size)
+    atomically; returns the bytes written. If `directory` is a complete cache already (a builder that
+    did not take the key's lock finished first), it is kept and ours discarded."""
     directory = Path(directory)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -167,13 +169,18 @@ def write_cache(directory: Path, key: str, components: dict, labels: dict, build
             pq.write_table(to_table(name, lab), tmp / f"{name}.parquet")
             files[name] = {"file": f"{name}.parquet", "samples": len(lab.samples),
                            "bytes": (tmp / f"{name}.parquet").stat().st_size}
-        meta = {"key": key, **components, "files": files, "build_seconds": build_seconds}
+        meta = {"key": key, **components, "files": files, "build_seconds": build_seconds, "manifest": manifest(tmp)}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if (directory / META_FILE).is_file():
+        if incomplete(directory) is None:
             shutil.rmtree(tmp)                   # a concurrent build of the same key won
         else:
-            shutil.rmtree(directory, ignore_errors=True)   # a leftover without meta.json is not a cache
-            os.rename(tmp, directory)
+            shutil.rmtree(directory, ignore_errors=True)   # a partial leftover is not a cache
+            try:
+                os.rename(tmp, directory)
+            except OSError:   # a builder without the lock (flock not shared by this mount) won the race
+                if incomplete(directory) is not None:
+                    raise
+                shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
