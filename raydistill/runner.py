@@ -178,7 +178,7 @@ def method_stage(exp: Experiment, data: PreparedData, out: RunDir, method: str, 
     wall = wall_offset + time.perf_counter() - started
     if write:
         save_student(out, f"checkpoints/{method}.pt", model, data, input_stats(exp.student, data))
-    budget = history_budget(plan, history, plan_flops_per_image(plan, data.num_classes, exp.image_size()))
+    budget = history_budget(plan, history, plan_flops_per_image(plan, exp.image_size()))
     return history, method_summary(plan, history, count_parameters(model), wall, budget)
 
 

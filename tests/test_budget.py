@@ -17,15 +17,15 @@ def plans(tmp_path, **overrides):
 
 def test_fragments_cost_less_than_the_complete_student(tmp_path):
     p = plans(tmp_path)
-    ed = plan_flops_per_image(p["ed"], 6, 32)
-    full = plan_flops_per_image(p["scratch"], 6, 32)[0]
+    ed = plan_flops_per_image(p["ed"], 32)
+    full = plan_flops_per_image(p["scratch"], 32)[0]
     assert ed[0] < ed[1] < ed[2] and ed[0] < full
     # the last grade is the complete student: the same network as every baseline's
     assert ed[2] == pytest.approx(full, rel=1e-6)
-    assert all(plan_flops_per_image(p[m], 6, 32)[0] == full for m in ("kd", "multi_teacher"))
+    assert all(plan_flops_per_image(p[m], 32)[0] == full for m in ("kd", "multi_teacher"))
     # forward + backward of resnet8 at 32 px is tens of MFLOPs (forward alone ~25 MFLOP)
     assert 40e6 < full < 120e6
-    assert grade_train_flops(p["scratch"], p["scratch"].grades[0], 6, 64) == pytest.approx(4 * full, rel=0.02)
+    assert grade_train_flops(p["scratch"], p["scratch"].grades[0], 64) == pytest.approx(4 * full, rel=0.02)
 
 
 def test_planned_images_per_method(tmp_path):

@@ -101,7 +101,7 @@ def _fit_recording(exp, data, packed, tmp_path, name: str, plan: list, pixel_sum
                  train_loop_config={"exp": exp.to_dict(), "packed": packed, "out": str(tmp_path), "name": name,
                                     "plan": plan, "pixel_sums": pixel_sums},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
-                 datasets=fit_datasets(exp, packed, 2),
+                 datasets=fit_datasets(packed, 2),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"), name=name)).fit()
     return [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in range(2)]
 

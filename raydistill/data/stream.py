@@ -27,7 +27,6 @@ with repeats flagged `real=False`, handed to the Ray Train workers as `TorchTrai
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterator, Optional, Sequence
@@ -98,7 +97,7 @@ class StreamSplit:
         """(uint8 images, labels) of this worker's share of the split (padding removed), only the
         samples of `classes` when set."""
         wanted = None if self.classes is None else torch.tensor(self.classes)
-        for batch in self._shard(dataset_name(self.name, None)).iter_torch_batches(
+        for batch in self._shard(self.name).iter_torch_batches(
                 batch_size=batch_size, prefetch_batches=self.prefetch, device="cpu"):
             keep = batch["real"].bool()
             if wanted is not None:
@@ -143,14 +142,6 @@ class StreamPass:
         if yielded < len(self.batches):
             raise RuntimeError(f"stream loader: a {self.split.name} pass yielded {yielded} of its "
                                f"{len(self.batches)} batches")
-
-
-def dataset_name(split: str, classes: Optional[Sequence[int]]) -> str:
-    """The TorchTrainer dataset of a split's pass over `classes` (None: the whole split)."""
-    if classes is None:
-        return split
-    digest = hashlib.sha1(",".join(str(c) for c in sorted(int(c) for c in classes)).encode()).hexdigest()[:12]
-    return f"{split}-{digest}"
 
 
 def stream_splits(exp) -> tuple[StreamSplit, StreamSplit, StreamSplit]:
@@ -235,26 +226,20 @@ def pass_dataset(split: StreamSplit, sample_ids: np.ndarray):
     return ds
 
 
-def split_dataset(split: StreamSplit, classes: Optional[Sequence[int]], world_size: int):
-    """The Ray Dataset of an evaluation pass: `split`'s samples of `classes` (None: all), padded to
-    a multiple of `world_size` with repeats flagged real=False (so `streaming_split(equal=True)`
-    drops nothing); its order is free."""
+def split_dataset(split: StreamSplit, world_size: int):
+    """The Ray Dataset of an evaluation pass over all of `split`, padded to a multiple of
+    `world_size` with repeats flagged real=False (so `streaming_split(equal=True)` drops nothing);
+    its order is free."""
     ids = np.arange(len(split.labels), dtype=np.int64)
-    if classes is not None:
-        ids = ids[np.isin(split.labels.numpy(), np.asarray(list(classes)))]
     padded = np.concatenate([ids, ids[: (-len(ids)) % world_size]])
     ds = _rows_dataset(split, padded, np.arange(len(padded)) < len(ids))
     return ds.map_batches(_decode, batch_format="pyarrow", batch_size=256, fn_kwargs={"size": split.image_size})
 
 
-def stream_datasets(train: StreamSplit, val: StreamSplit, test: StreamSplit, class_sets: Sequence[Sequence[int]],
-                    world_size: int, seed: int) -> dict:
+def stream_datasets(val: StreamSplit, test: StreamSplit, world_size: int) -> dict:
     """{name: Dataset} of a fit: val and test. Training passes are not among them: each worker
-    builds its pass's pipeline per epoch (`StreamSplit.pass_batches`), so `train`, `class_sets` and
-    `seed` go unused (kept for the callers' signature)."""
-    del train, class_sets, seed
-    return {dataset_name(val.name, None): split_dataset(val, None, world_size),
-            dataset_name(test.name, None): split_dataset(test, None, world_size)}
+    builds its pass's pipeline per epoch (`StreamSplit.pass_batches`)."""
+    return {val.name: split_dataset(val, world_size), test.name: split_dataset(test, world_size)}
 
 
 def stream_stats(train: StreamSplit, samples: int = 2048, seed: int = 0) -> tuple[list, list]:

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from raydistill.distill.curriculum import Grade, Plan
 
 
-def grade_train_flops(plan: Plan, grade: Grade, num_classes: int, image_size: int) -> float:
+def grade_train_flops(plan: Plan, grade: Grade, image_size: int) -> float:
     """Forward + backward FLOPs of one training image through the grade's model (torch's own
     counter: convolutions and matmuls, a multiply-add counted as 2), measured on the meta device
     (shapes only, no memory, no compute)."""
@@ -27,9 +27,9 @@ def grade_train_flops(plan: Plan, grade: Grade, num_classes: int, image_size: in
     return counter.get_total_flops() / 2
 
 
-def plan_flops_per_image(plan: Plan, num_classes: int, image_size: int) -> dict:
+def plan_flops_per_image(plan: Plan, image_size: int) -> dict:
     """{grade index: training FLOPs per image} of every grade of a plan."""
-    return {g.index: grade_train_flops(plan, g, num_classes, image_size) for g in plan.grades}
+    return {g.index: grade_train_flops(plan, g, image_size) for g in plan.grades}
 
 
 def planned_images(plan: Plan, class_counts: Sequence[int]) -> list:

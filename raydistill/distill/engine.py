@@ -211,17 +211,23 @@ def epoch_passes(grade: Grade, pass_mode: str, data, s: "TrainSettings", epoch: 
                                                 ctx.rank, ctx.world_size))
                 for stream, index in enumerate(grade_passes(grade, data.labels, pass_mode))]
 
-    class sliced:   # sized, so a per-step schedule knows the epoch's step count
-        def __init__(self, batches):
-            self.batches = batches
-
-        def __len__(self):
-            return len(self.batches)
-
-        def __iter__(self):
-            return ((b, data.images[b], data.labels[b], n) for b, n in self.batches)
-    return [sliced(shard_batches(index, s.batch_size, s.seed, epoch, stream_offset + stream, ctx.rank, ctx.world_size))
+    return [MemoryPass(data, shard_batches(index, s.batch_size, s.seed, epoch, stream_offset + stream, ctx.rank,
+                                           ctx.world_size))
             for stream, index in enumerate(grade_passes(grade, data.labels, pass_mode))]
+
+
+class MemoryPass:
+    """One pass's batches for this worker, sliced from an in-memory ImageSet: sized, like a streamed
+    pass (`data.stream.StreamPass`), so a per-step schedule knows the epoch's step count ahead."""
+
+    def __init__(self, data: ImageSet, batches: list):
+        self.data, self.batches = data, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return ((b, self.data.images[b], self.data.labels[b], n) for b, n in self.batches)
 
 
 def grade_passes(grade: Grade, labels: torch.Tensor, pass_mode: str) -> list[torch.Tensor]:
@@ -271,9 +277,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
     sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, ce, kd (sample-weighted), correct, samples
     started = time.perf_counter()
     passes = epoch_passes(grade, pass_mode, data, s, epoch, ctx)
-    if step_lr is not None and not all(hasattr(p, "__len__") for p in passes):
-        step_lr = None   # a streamed epoch's step count is not known ahead: the epoch's lr (set by the caller)
-    steps_total, step = (sum(len(p) for p in passes) if step_lr is not None else 0), 0
+    steps_total, step = sum(len(p) for p in passes), 0
     for stream, batches in enumerate(passes):
         aug_gen = epoch_generator(s.seed, epoch, ctx.rank, 1000 + stream)
         for batch, teacher_out in _prefetched(batches, len(data), grade, tables, teachers, s, aug_gen, epoch):
@@ -472,7 +476,7 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         wrapped = ctx.train_model(model)
     for epoch in range(start_epoch, plan.total_epochs):
         grade = plan.grade_at(epoch)
-        # a per-step schedule's epoch lr (used where the step count is unknown: a streamed epoch) is its middle's
+        # a per-step schedule sets every step's lr in train_epoch; the epoch's recorded lr is its middle's
         lr = learning_rate(s, plan, epoch + 0.5 if per_step_schedule(s) else epoch)
         if current_grade is None or grade.index != current_grade.index:
             new_model = ctx.place(grade_model(plan, grade, train.num_classes, s))

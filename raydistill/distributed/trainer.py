@@ -142,20 +142,14 @@ def unpack_data(packed: dict, ctx: Optional[TrainContext] = None) -> PreparedDat
     return PreparedData(sets["train"], sets["val"], sets["test"], packed["groups"], packed["mean"], packed["std"])
 
 
-def fit_datasets(exp: Experiment, packed: dict, workers: int) -> Optional[dict]:
+def fit_datasets(packed: dict, workers: int) -> Optional[dict]:
     """With streamed data, the Ray Datasets of a fit of `workers` workers (padding depends on it):
-    one per class set any stage passes over, plus val and test. None for in-memory data."""
+    val and test (training passes are built by each worker). None for in-memory data."""
     sets = packed["sets"]
     if not isinstance(sets["train"], StreamSplit):
         return None
     from raydistill.data.stream import stream_datasets
-    from raydistill.distill.curriculum import plan_for
-    class_sets = [list(g) for g in packed["groups"]]
-    for method in exp.methods:
-        for grade in plan_for(method, exp, packed["groups"]).grades:
-            class_sets += [list(lesson.classes) for lesson in grade.lessons]
-            class_sets.append([c for lesson in grade.lessons for c in lesson.classes])
-    return stream_datasets(sets["train"], sets["val"], sets["test"], class_sets, workers, exp.seed)
+    return stream_datasets(sets["val"], sets["test"], workers)
 
 
 def check_cluster_address(exp: Experiment) -> None:
@@ -272,7 +266,7 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
     ray_storage = out.child("ray")
-    datasets = fit_datasets(exp, ray.get(data_ref), workers)
+    datasets = fit_datasets(ray.get(data_ref), workers)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"exp": exp.to_dict(), "data": data_ref, "run_dir": out.location,
