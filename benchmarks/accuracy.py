@@ -20,7 +20,7 @@ sized for 2 CPU cores:
             (the paper's `sequential` passes collapse at short budgets, see README); T = 4,
             α = 0.3; the losses' parameters are the experiment's `distill` section.
 
-Each (seed, method) is one in-process run (`raydistill.runner.run`) in --work/seed<S>/<method>;
+Each (seed, method) is one in-process run (`raydistill.pipeline.stages.run`) in --work/seed<S>/<method>;
 its metrics.json, metrics.parquet, summary.json and config.yaml are copied to
 --results/seed<S>/<method>/, and `table.md` and `aggregate.json` are written from every result
 there. A (seed, method) whose summary already exists in --results is not re-run, so an
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
     if args.threads:
         torch.set_num_threads(args.threads)
     if not (args.data / "train.parquet").is_file():

@@ -1,6 +1,6 @@
 """Does ED help? The budget curve on CIFAR-10 with the committed strong teachers (issue 25).
 
-Every (budget, seed, variant) is one in-process run (`raydistill.runner.run`) of the shipped
+Every (budget, seed, variant) is one in-process run (`raydistill.pipeline.stages.run`) of the shipped
 `cifar10` experiment (resnet8 student on the first 1,000 training images per class: 900 train +
 100 validation), loading the committed teachers of `benchmarks/teachers/cifar10/` (resnet20, full
 training set) and replaying cached soft labels with as many augmentation draws as the largest
@@ -119,7 +119,8 @@ def prepare_caches(args) -> None:
     """Build the soft-label caches of the given variants' teachers (kd: the 10-class teacher;
     multi_teacher: the three group teachers, which every ed variant shares) before the lanes
     start, so no two lanes build the same key; two keys can be built by two processes at once."""
-    from raydistill.runner import pick_device, prepare_teachers, start_run
+    from raydistill.pipeline.prepare import pick_device, start_run
+    from raydistill.pipeline.stages import prepare_teachers
     from raydistill.softlabels import cache_root, ensure_soft_label_cache
     for variant in args.prepare:
         exp = experiment(max(args.budgets), 0, variant, args.work, args.data, args.draws, args.teachers,
@@ -130,7 +131,7 @@ def prepare_caches(args) -> None:
 
 
 def run_jobs(todo: list, args) -> None:
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
     for budget, seed, variant in todo:
         dest = args.results / f"e{budget}" / f"seed{seed}" / variant
         if (dest / "summary.json").is_file() or not claim(args.work / "claims" / f"e{budget}-seed{seed}-{variant}"):

@@ -52,7 +52,7 @@ def experiment(train_path: str, test_path: str, out: Path, cache: Path, limit, e
 
 def first_step(train_path, test_path, limit, work: Path) -> dict:
     """prepare_data wall time: decode + store, then load the shards."""
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     exp = experiment(train_path, test_path, work / "runs", work / "decoded", limit)
     rows = {}
     for name in ("decode (first run)", "decoded shards (second run)"):

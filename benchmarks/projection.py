@@ -29,10 +29,10 @@ from raydistill.data import ImageSet
 from raydistill.distill.curriculum import plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import build_model
-from raydistill.runner import teacher_classes
+from raydistill.pipeline.stages import teacher_classes
 from raydistill.teachers import FrozenTeacher, LocalTeachers
 from raydistill.teachers.training import teacher_plan
-from raydistill.workspace import PreparedData, student_settings, teacher_settings
+from raydistill.pipeline.prepare import PreparedData, student_settings, teacher_settings
 
 from throughput import calibrate_batchnorm
 

@@ -1,5 +1,8 @@
-"""Wall time of the shipped `default` experiment with `ray.stages: sequential` vs `concurrent`,
-in two settings, all in one invocation:
+"""Wall time of the shipped `default` experiment on each executor of the stage graph (issue 28):
+one Ray Train fit for the whole graph (`ray.executor: fit`, sequential: the engine before issue
+28), a Ray Train fit per stage (`fit`, concurrent), a Ray task per one-worker stage one after
+another (`auto`, sequential: the default) and as the graph allows (`auto`, concurrent), in two
+settings, all in one invocation:
 
   cluster — a simulated 2-node cluster (`ray.cluster_utils.Cluster`: a head offering no CPU,
             like cluster.yaml's, and two worker nodes x 1 CPU); every run joins it with
@@ -29,15 +32,21 @@ import time
 from pathlib import Path
 
 from raydistill.config import Experiment
-from raydistill.distributed.stages import choose_mode
+from raydistill.pipeline.graph import choose_mode
 
 REPO = Path(__file__).resolve().parents[1]
 # a few seconds per run instead of minutes: tiny data, one epoch per stage
 QUICK = ["data.num_classes=6", "data.train_per_class=20", "data.test_per_class=10", "teachers.epochs=1",
          "teachers.arch=resnet8", "curriculum.grade_epochs=[1,1,1]"]
-# (setting, mode, extra overrides)
-RUNS = [("cluster", "sequential", []), ("cluster", "concurrent", []),
-        ("local", "sequential", []), ("local", "concurrent", ["ray.cpus_per_worker=1"])]
+# (setting, mode, extra overrides); the first row of a setting is what the others are compared with
+RUNS = [("cluster", "sequential", ["ray.executor=fit"]), ("cluster", "concurrent", ["ray.executor=fit"]),
+        ("cluster", "sequential", []), ("cluster", "concurrent", []),
+        ("local", "sequential", ["ray.executor=fit"]), ("local", "sequential", []),
+        ("local", "concurrent", ["ray.cpus_per_worker=1"])]
+
+
+def executor(extra: list) -> str:
+    return "fit" if "ray.executor=fit" in extra else "auto (task per one-worker stage)"
 
 
 def start_cluster():
@@ -68,14 +77,32 @@ def run_once(overrides: list, work: Path, log) -> dict:
     if proc.returncode != 0:
         sys.exit(f"stages: run failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "default" / "summary.json").read_text())
-    return {"wall_s": round(wall, 1),
+    return {"wall_s": round(wall, 1), "startup_s": stage_startups(out / "default"),
             "final_test_acc": {m: s["final_test_acc"] for m, s in summary["methods"].items()}}
 
 
+def stage_startups(run_dir: Path) -> list:
+    """Seconds from launching each executor (a task, a fit) to the first epoch of its first stage
+    beginning (process start, imports, data from the object store, teachers loaded): each epoch log's
+    first line, `started - launched`."""
+    logs = [run_dir / "epochs.jsonl", *sorted((run_dir / "epochs").glob("*.jsonl"))]
+    out = []
+    for log in logs:
+        if log.is_file():
+            first = json.loads(log.read_text().splitlines()[0])
+            if first.get("launched") and first.get("started"):
+                out.append(round(first["started"] - first["launched"], 1))
+    return out
+
+
 def table(rows: list) -> str:
-    lines = ["| setting | mode | wall s | ratio to sequential | `auto` picks |", "|---|---|---:|---:|---|"]
+    lines = ["| setting | ray.stages | ray.executor | wall s | ratio to one fit | start-up per executor s "
+             "(median, max) | `ray.stages: auto` picks |", "|---|---|---|---:|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['mode']} | {r['wall_s']:.1f} | {r['ratio']:.2f} | {r['auto']} |")
+        ups = sorted(r["startup_s"])
+        shown = f"{ups[len(ups) // 2]:.1f}, {ups[-1]:.1f} ({len(ups)})" if ups else "-"
+        lines.append(f"| {r['setting']} | {r['mode']} | {r['executor']} | {r['wall_s']:.1f} | {r['ratio']:.2f} "
+                     f"| {shown} | {r['auto']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +126,7 @@ def main() -> None:
                     continue
                 overrides = sizes + extra + [f"ray.address={cluster.address}"]
                 rows.append({"setting": "cluster: head 0 CPU + 2 nodes x 1 CPU", "mode": mode,
-                             "overrides": extra, "auto": auto_pick(overrides, cluster_cpus),
+                             "executor": executor(extra), "overrides": extra, "auto": auto_pick(overrides, cluster_cpus),
                              **run_once(overrides + [f"ray.stages={mode}"], work, log)})
                 print(rows[-1], flush=True)
         finally:
@@ -109,12 +136,13 @@ def main() -> None:
             if setting != "local":
                 continue
             overrides = sizes + extra
-            rows.append({"setting": f"local: {int(local_cpus)} cores", "mode": mode, "overrides": extra,
+            rows.append({"setting": f"local: {int(local_cpus)} cores", "mode": mode, "executor": executor(extra),
+                         "overrides": extra,
                          "auto": auto_pick(overrides, local_cpus),
                          **run_once(overrides + [f"ray.stages={mode}"], work, log)})
             print(rows[-1], flush=True)
     for r in rows:
-        base = next(b for b in rows if b["setting"] == r["setting"] and b["mode"] == "sequential")
+        base = next(b for b in rows if b["setting"] == r["setting"])   # one fit for the graph
         r["ratio"] = round(r["wall_s"] / base["wall_s"], 2)
     text = table(rows)
     print(text)

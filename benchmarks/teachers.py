@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from raydistill.config import Experiment
     from raydistill.distill.engine import evaluate, TrainContext
-    from raydistill.runner import pick_device, start_run, teacher_stage
-    from raydistill.workspace import teacher_settings
+    from raydistill.pipeline.prepare import pick_device, start_run
+    from raydistill.pipeline.stages import teacher_stage
+    from raydistill.pipeline.prepare import teacher_settings
 
     out = args.out or Path(args.experiment).resolve().parent
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ def run(experiment, backend: str = "ray", **kwargs):
     local instance, resumable; "local": everything in this process, no Ray."""
     exp = experiment if isinstance(experiment, Experiment) else Experiment.load(experiment)
     if backend == "local":
-        from raydistill.runner import run as _run
+        from raydistill.pipeline.local import run as _run
         return _run(exp, **kwargs)
     if backend == "ray":
         from raydistill.distributed.trainer import run_distributed

@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     from raydistill.distributed.trainer import RunInterrupted
     try:
         if args.backend == "local":
-            from raydistill.runner import run
+            from raydistill.pipeline.local import run
             run(exp)
         else:
             from raydistill.distributed.trainer import run_distributed
@@ -48,7 +48,7 @@ def run_device(exp: Experiment, backend: str) -> tuple[str, str]:
     """(device type `run --backend <backend>` trains the students on here, how it was chosen)."""
     if backend == "local":
         import torch
-        from raydistill.runner import pick_device
+        from raydistill.pipeline.prepare import pick_device
         device = pick_device(exp).type
         if exp.device != "auto":
             return device, f"device {exp.device}"
@@ -68,7 +68,7 @@ def cmd_validate(args) -> int:
         if not torch.cuda.is_available():
             print("raydistill: warning: device cuda, but torch sees no CUDA device on this machine: "
                   "`run --backend local` will fail here", file=sys.stderr)
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     from raydistill.teachers import check_teacher_checkpoints
     data = prepare_data(exp)
     check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)   # what `run` checks too
@@ -79,7 +79,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from raydistill.report_files import report_text
+    from raydistill.pipeline.report_files import report_text
     print(report_text(args.run_dir))
     return 0
 
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     from raydistill.data import DataError
     from raydistill.teachers import TeacherError
     from raydistill.distill.curriculum import CurriculumError
-    from raydistill.report_files import RunDirError
+    from raydistill.pipeline.report_files import RunDirError
     try:
         return args.func(args)
     except (ConfigError, DataError, TeacherError, CurriculumError, RunDirError) as err:

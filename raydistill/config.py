@@ -22,6 +22,7 @@ PASS_MODES = ("sequential", "mixed")
 SCHEDULES = ("step", "cosine", "constant", "onecycle")
 TEACHER_MODES = ("actors", "local")
 STAGE_MODES = ("sequential", "concurrent", "auto")
+EXECUTORS = ("auto", "task", "fit")
 SOFT_LABELS = ("online", "cache")
 CACHE_FORMATS = ("float16", "topk")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -73,21 +74,22 @@ def split_method(entry: str) -> tuple:
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"
+    """`data`: where the images come from, how many, how they are grouped, decoded and fed."""
+    source: str = "builtin"             # builtin (synthetic, from data.seed), a torchvision set, images, Parquet
     root: Optional[str] = None          # cifar10/100, imagefolder, caltech256, food101 root
-    train_path: Optional[str] = None    # parquet
-    test_path: Optional[str] = None     # parquet
+    train_path: Optional[str] = None    # parquet: the training table (columns img{bytes,path}, label)
+    test_path: Optional[str] = None     # parquet: the test table (same columns)
     download: bool = False              # torchvision datasets only (cifar10/100, caltech256, food101)
-    num_classes: int = 30               # builtin only
-    train_per_class: Optional[int] = None  # builtin only (None: the generator's default)
-    test_per_class: Optional[int] = None   # builtin only
+    num_classes: int = 30               # builtin: number of classes
+    train_per_class: Optional[int] = None  # builtin: training images per class (null: the generator's default)
+    test_per_class: Optional[int] = None   # builtin: test images per class (null: the generator's default)
     limit_per_class: Optional[int] = None  # cap on train images per class, for short runs
     val_fraction: float = 0.1           # held out from train for model selection
-    ratio: Optional[str] = "1:1:1"      # class groups as contiguous ranges ...
-    groups: Optional[list] = None       # ... or explicit class lists (overrides ratio)
+    ratio: Optional[str] = "1:1:1"      # class groups as contiguous ranges: floor(C/sum(r))*r_i, remainder to the last
+    groups: Optional[list] = None       # explicit class lists, one per group (overrides ratio); >= 2 classes each
     image_size: Optional[int] = None    # side the networks see; null: 32 (builtin, cifar10/100) or 224 (photos)
     augment: Union[str, bool, None] = None  # cifar | imagenet | none; null: cifar (32 px sources) or imagenet
-    seed: int = 0                       # dataset generation / split
+    seed: int = 0                       # fixes the data: built-in generation, validation split, soft-label bank
     cache_dir: Optional[str] = None     # decoded-image shards; None = <output.dir>/decoded (shared by runs and trials)
     loader: str = "memory"              # memory: decoded set in each worker | stream: Ray Data pipeline | auto
     memory_fraction: float = 0.25       # auto: stream when the decoded train set needs more of a worker's memory
@@ -96,14 +98,15 @@ class DataConfig:
 
 @dataclass
 class TeachersConfig:
+    """`teachers`: the group teachers (and kd's all-class teacher): network, training, soft labels."""
     arch: str = "resnet20"              # a staged arch, or any classifier: tv:<torchvision name>, timm:<timm name>
     pretrained: Optional[str] = None    # weights name (IMAGENET1K_V2), timm tag, or local state_dict file
     # input mean/std: auto = the pretrained weights' own (timm pretrained_cfg, torchvision transforms) when
     # they record them, else the data's; data = the data's; or {mean: [r, g, b], std: [r, g, b]}
     normalize: Union[str, dict] = "auto"
-    epochs: int = 10
-    lr: float = 0.05
-    batch_size: int = 64
+    epochs: int = 10                    # teacher training epochs
+    lr: float = 0.05                    # teacher SGD learning rate
+    batch_size: int = 64                # teacher batch, global across workers (a multiple of ray.workers)
     schedule: str = "cosine"            # step | cosine | constant | onecycle (linear rise then fall, set every step)
     milestones: list = field(default_factory=lambda: [])  # epochs, for "step"
     warmup_fraction: float = 0.15       # onecycle: share of the epochs spent rising to lr
@@ -119,6 +122,7 @@ class TeachersConfig:
 
 @dataclass
 class StudentConfig:
+    """`student`: the staged network that ED grows grade by grade (and every baseline trains)."""
     arch: str = "resnet8"               # a staged arch (CIFAR or torchvision ImageNet-style)
     pretrained: Optional[str] = None    # torchvision weights name or local state_dict file: stem + blocks
     normalize: Union[str, dict] = "auto"  # input mean/std, as teachers.normalize
@@ -126,13 +130,14 @@ class StudentConfig:
 
 @dataclass
 class CurriculumConfig:
+    """`curriculum`: ED's grades (split points, heads, order, epochs) and the distillation mix."""
     splits: Optional[list] = None       # block index where each grade ends; last = all blocks
     head_widths: Union[int, list] = 64  # teaching reference head width (one, or one per grade but the last)
-    head_relu: bool = True
+    head_relu: bool = True              # ReLU in the teaching reference head
     order: Optional[list] = None        # teacher-addition order: a permutation of group indices
     grade_epochs: Optional[list] = None # epochs per grade; baselines train sum(grade_epochs)
     pass_mode: str = "sequential"       # paper: one pass per group per epoch; or mixed batches
-    temperature: float = 4.0
+    temperature: float = 4.0            # KD temperature of every loss whose own block sets none
     alpha: float = 0.3                  # weight of CE; (1 - alpha) weights the KD term
     carry_head_rows: bool = False       # copy old reference-head rows into the new head
     keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
@@ -142,11 +147,13 @@ class CurriculumConfig:
 
 @dataclass
 class KDLossConfig:
+    """`distill.kd`: Hinton KD, T^2 * KL(softmax(t/T) || softmax(z/T))."""
     temperature: Optional[float] = None  # null: curriculum.temperature
 
 
 @dataclass
 class DKDLossConfig:
+    """`distill.dkd`: decoupled KD (Zhao et al., CVPR 2022), alpha * TCKD + beta * NCKD."""
     alpha: float = 1.0                  # weight of TCKD (target vs non-target, binary KL)
     beta: float = 8.0                   # weight of NCKD (KL among the non-target classes)
     warmup: int = 20                    # epochs of linear warm-up of the loss weight: min(epoch/warmup, 1); 0 = none
@@ -155,11 +162,13 @@ class DKDLossConfig:
 
 @dataclass
 class LSKDLossConfig:
+    """`distill.lskd`: logit standardization (Sun et al., CVPR 2024), KD on z-scored logits."""
     temperature: Optional[float] = 2.0  # base temperature on z-scored logits; null: curriculum.temperature
 
 
 @dataclass
 class DistillConfig:
+    """`distill`: the distillation loss of `methods` entries that name none, and each loss's parameters."""
     loss: str = "kd"                    # loss of every `methods` entry that does not name one (ed+dkd does)
     kd: KDLossConfig = field(default_factory=KDLossConfig)
     dkd: DKDLossConfig = field(default_factory=DKDLossConfig)
@@ -168,55 +177,62 @@ class DistillConfig:
 
 @dataclass
 class OptimizerConfig:
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
+    """`optimizer`: the students' SGD and learning-rate schedule."""
+    lr: float = 0.05                    # student SGD learning rate (peak, for onecycle)
+    momentum: float = 0.9               # SGD momentum
+    weight_decay: float = 5e-4          # SGD weight decay (also the teachers', unless teachers.weight_decay)
+    batch_size: int = 64                # student batch, global across workers: a multiple of ray.workers, >= 2 each
     schedule: str = "cosine"            # step | cosine | constant | onecycle (linear rise then fall, set every step)
     milestones: list = field(default_factory=lambda: [])  # global epochs, for "step"
     warmup_fraction: float = 0.15       # onecycle: share of the epochs spent rising to lr
-    gamma: float = 0.1
+    gamma: float = 0.1                  # step: lr factor at each milestone
     restart_per_grade: bool = False     # restart the schedule at each grade (warm restarts)
 
 
 @dataclass
 class RayConfig:
-    workers: int = 1
-    use_gpu: bool = False
+    """`ray`: how a run is placed on Ray: workers, GPUs, teacher actors, failures, stages."""
+    workers: int = 1                    # Ray Train workers (DDP over gloo or nccl) of each student fit
+    use_gpu: bool = False               # Ray Train workers on GPUs (ray.gpus_per_worker each)
     cpus_per_worker: Optional[float] = None  # None: share this machine's cores (local), 1 on a cluster
-    address: Optional[str] = None
-    teachers: str = "local"             # "actors": teachers served as Ray actors
-    teacher_cpus: float = 1.0
+    address: Optional[str] = None       # join this cluster (ray://head:10001, auto) instead of starting a local one
+    teachers: str = "local"             # local: teachers in each worker; actors: teachers served as Ray actors
+    teacher_cpus: float = 1.0           # CPUs of each teacher actor (ray.teachers: actors)
     teacher_gpus: float = 0.0           # fractions share a GPU, e.g. 0.2: four teachers + the student on one
     colocate_teachers: bool = False     # teacher actors on rank 0's node (soft: elsewhere if it has no room)
     gpus_per_worker: float = 1.0        # with use_gpu; a fraction (one worker only) leaves room for teacher actors
     teacher_resources: dict = field(default_factory=dict)  # custom resources per teacher actor, e.g. {teacher_node: 1}
-    max_failures: int = 0
+    max_failures: int = 0               # worker restarts from the last epoch checkpoint (per stage when concurrent)
     sync_batchnorm: Optional[bool] = None    # one set of BN statistics over workers; null: on when workers > 1
-    stages: str = "sequential"          # sequential: one fit; concurrent: one fit per stage; auto: by room
-    teacher_workers: int = 1            # Ray Train workers of each teacher's fit (concurrent stages)
+    stages: str = "sequential"          # sequential: stages one after another; concurrent: each when its teachers exist; auto: by room
+    teacher_workers: int = 1            # workers of each teacher's stage (concurrent stages)
+    executor: str = "auto"              # per stage: auto (task for one worker, fit for several), task, fit
 
 
 @dataclass
 class OutputConfig:
-    dir: str = "runs"
+    """`output`: where the run directory goes."""
+    dir: str = "runs"                   # a local path (or a mount every node shares) or a storage URI: s3://bucket/runs
     name: Optional[str] = None          # run directory name; default: the experiment name
 
 
 @dataclass
 class MLflowConfig:
+    """`tracking.mlflow`: log every epoch to MLflow, one MLflow run per stage."""
     tracking_uri: Optional[str] = None  # required: http://host:5000, file:/path/mlruns, sqlite:///mlflow.db
     experiment: Optional[str] = None    # MLflow experiment (created if missing); default: the experiment name
 
 
 @dataclass
 class WandbConfig:
+    """`tracking.wandb`: log every epoch to Weights & Biases, one W&B run per stage."""
     project: Optional[str] = None       # default: the experiment name
     mode: str = "online"                # online | offline (files only, `wandb sync` later) | disabled
 
 
 @dataclass
 class TrackingConfig:
+    """`tracking`: live metrics of every epoch (TensorBoard, MLflow, Weights & Biases)."""
     tensorboard: bool = True            # live event files in <run>/tensorboard/<stage>/, every epoch
     mlflow: Optional[MLflowConfig] = None   # null: off
     wandb: Optional[WandbConfig] = None     # null: off
@@ -224,10 +240,13 @@ class TrackingConfig:
 
 @dataclass
 class Experiment:
-    name: str = "experiment"
-    seed: int = 0
-    methods: list = field(default_factory=lambda: list(METHODS))
-    device: str = "auto"                # auto | cpu | cuda
+    """One experiment: data, teachers, student, curriculum, methods and how they run. Every field has a
+    default; `Experiment.load(name_or_path)` reads a YAML file or a shipped experiment, `with_overrides`
+    applies `--set`-style overrides, `validate()` checks everything that can be checked without data."""
+    name: str = "experiment"            # run directory name (unless output.name); default tracker project name
+    seed: int = 0                       # seeds the students' (and teachers') init, shuffling and augmentation
+    methods: list = field(default_factory=lambda: list(METHODS))  # ed, scratch, kd, multi_teacher (+loss: ed+dkd)
+    device: str = "auto"                # auto (CUDA if present) | cpu | cuda
     channels_last: bool = True          # NHWC activations and weights: faster convs on CPU and tensor cores
     precision: str = "fp32"             # fp32 | bf16 | fp16: autocast of student and teacher forwards
     compile: bool = False               # torch.compile the student and the teachers
@@ -441,6 +460,9 @@ class Experiment:
              r.cpus_per_worker)
         need(r.max_failures >= 0, "ray.max_failures", "a non-negative integer", r.max_failures)
         need(r.stages in STAGE_MODES, "ray.stages", f"one of {list(STAGE_MODES)}", r.stages)
+        need(r.executor in EXECUTORS, "ray.executor", f"one of {list(EXECUTORS)}", r.executor)
+        need(r.executor != "task" or max(r.workers, r.teacher_workers) == 1, "ray.executor",
+             "auto or fit with more than one worker (a task is one worker; DDP needs a Ray Train fit)", r.executor)
         need(isinstance(r.teacher_workers, int) and r.teacher_workers >= 1, "ray.teacher_workers",
              "a positive integer", r.teacher_workers)
         need(r.teacher_cpus >= 0 and r.teacher_gpus >= 0, "ray.teacher_cpus/teacher_gpus", "non-negative numbers",

@@ -14,7 +14,12 @@ SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifa
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` are skipped where torch sees no CUDA device."""
+    """Tests that use a Ray instance (the `ray_session` or `ray_head` fixture) are `slow` even when
+    their own mark was forgotten, so the fast tier (-m "not slow and not cluster") never starts Ray;
+    tests marked `gpu` are skipped where torch sees no CUDA device."""
+    for item in items:
+        if {"ray_session", "ray_head"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on a GPU machine)")
@@ -27,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_data():
     """PreparedData of a small built-in set: 6 classes in 3 groups, ~50 train images per class."""
     from raydistill.config import Experiment
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     exp = tiny_experiment("/tmp/unused")
     return prepare_data(exp)
 

@@ -25,7 +25,7 @@ from raydistill.config import ConfigError, Experiment
 from raydistill.data import DataError
 from raydistill.models import build_model
 from raydistill.teachers import TeacherError, load_teacher, save_teacher
-from raydistill.workspace import check_output_dir, prepare_data
+from raydistill.pipeline.prepare import check_output_dir, prepare_data
 
 
 def _exp(tmp_path, **overrides) -> Experiment:
@@ -488,7 +488,7 @@ def test_cli_unreachable_ray_address(tmp_path, capsys, monkeypatch):
 def test_cli_resume_with_changed_config_is_refused(tmp_path, capsys, monkeypatch):
     """A run directory holding a run is only resumed with the same training config; the message lists
     every changed field, and the directory's config.yaml is left as it was."""
-    from raydistill.runner import start_run
+    from raydistill.pipeline.prepare import start_run
     _no_ray(monkeypatch)
     exp = _exp(tmp_path)
     _, out = start_run(exp)

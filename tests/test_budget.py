@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_experiment
 from raydistill.distill.budget import grade_train_flops, history_budget, plan_flops_per_image, planned_images
 from raydistill.distill.curriculum import equal_image_epochs, plan_for
-from raydistill.runner import run
+from raydistill.pipeline.local import run
 
 GROUPS = [[0, 1], [2, 3], [4, 5]]
 
@@ -51,6 +51,7 @@ def test_equal_image_epochs():
     assert equal_image_epochs([3], [10]) == [3]                       # one grade: nothing to make up
 
 
+@pytest.mark.slow   # a whole local run
 def test_equal_images_plan_and_run_summary(tmp_path):
     """A run reports images and FLOPs per method; ed with equal_images sees a baseline's images."""
     p = plans(tmp_path, **{"curriculum.equal_images": "true"})

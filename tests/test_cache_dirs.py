@@ -250,6 +250,7 @@ print(json.dumps({{"log": log, "sums": [int(train.images.sum()), int(test.images
 """
 
 
+@pytest.mark.slow   # two builder processes
 def test_two_processes_decode_a_key_once(tmp_path):
     exp = parquet_experiment(tmp_path)
     config = tmp_path / "exp.json"
@@ -273,7 +274,7 @@ from dataclasses import replace
 from conftest import tiny_experiment
 from test_soft_label_cache import cache_exp, random_teachers
 from raydistill.softlabels import ensure_soft_label_cache
-from raydistill.workspace import prepare_data
+from raydistill.pipeline.prepare import prepare_data
 import torch
 data = prepare_data(tiny_experiment("/tmp/unused"))
 keep = torch.cat([torch.nonzero(data.train.labels == c).flatten()[:20] for c in range(6)]).sort().values
@@ -292,6 +293,7 @@ print(json.dumps({{"log": log, "key": cache.key, "directory": str(cache.director
 """
 
 
+@pytest.mark.slow   # two builder processes
 def test_two_processes_build_a_soft_label_key_once(tmp_path):
     root = tmp_path / "softlabels"
     results = race(SOFT_LABELS.format(out=str(tmp_path / "runs"), root=str(root)), tmp_path)

@@ -262,7 +262,7 @@ def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
     assert {e["node"] for e in epochs} == {nodes.node_id(worker)} != {nodes.head}    # trained on the worker node
     assert [p.name for p in workdir.iterdir()] == []                                 # nothing local
 
-    from raydistill.storage import load_run
+    from raydistill.pipeline.report_files import load_run
     summary, history = load_run(f"s3://{BUCKET}/runs/twonode")
     assert summary == run.read_json("summary.json") and len(history) == 3
     report = raydistill(nodes, workdir, "report", f"s3://{BUCKET}/runs/twonode")

@@ -46,6 +46,7 @@ def _train_rank(rank: int, world: int, tmp: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow   # two DDP ranks in two processes
 def test_two_ddp_ranks_end_with_one_model_whose_accuracy_is_reported(tmp_path):
     from raydistill.distill.engine import TrainSettings, evaluate
     from raydistill.models import build_model
@@ -87,6 +88,7 @@ def _teacher_rank(rank: int, world: int, tmp: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow   # two DDP ranks in two processes
 def test_every_rank_serves_rank_zeros_teacher(tmp_path):
     mp.start_processes(_teacher_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"teacher{r}.json").read_text()) for r in range(2)]

@@ -67,9 +67,10 @@ def test_shards_equal_a_fresh_decode_and_key_follows_the_files(tmp_path):
     assert first[0].images.shape == (120, 3, 32, 32)
 
 
+@pytest.mark.slow   # starts Ray (session instance), Ray Train
 def test_second_run_and_a_tune_trial_do_not_decode_again(ray_session, tmp_path):
     from raydistill.distributed.trainer import run_distributed
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
     from raydistill.search.trainable import trial_experiment
     from raydistill.search.tuner import shared_decoded_store
 
@@ -100,6 +101,7 @@ def test_key_is_the_same_for_a_relative_and_an_absolute_path(tmp_path, monkeypat
     assert decoded_key(relative, 32)[0] == decoded_key(exp.data, 32)[0]
 
 
+@pytest.mark.slow   # starts Ray (session instance), Ray Train
 def test_decoding_inside_a_placement_group_does_not_need_its_cpus(ray_session):
     """A Tune trial's driver runs in a placement group whose bundle holds 0.01 CPU and captures
     child tasks: decoding there must not submit 1-CPU tasks into it (it used to fail with

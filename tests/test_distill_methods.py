@@ -11,8 +11,8 @@ from raydistill.data import ImageSet
 from raydistill.distill.curriculum import plan_ed, plan_for, plan_single_grade, teachers_needed
 from raydistill.distill.engine import TrainSettings, train_plan
 from raydistill.distill.losses import LOSSES, dkd
-from raydistill.report import format_table
-from raydistill.runner import run
+from raydistill.pipeline.summary import format_table
+from raydistill.pipeline.local import run
 
 GROUPS = [[4, 1], [0, 5], [3, 2]]    # non-contiguous class groups
 
@@ -89,6 +89,7 @@ def test_loss_parameters_reach_the_engine(tmp_path):
     assert Experiment.from_yaml(tmp_path / "x.yaml").distill == exp.distill
 
 
+@pytest.mark.slow   # local runs of several method+loss combinations
 def test_local_run_of_method_loss_combinations_with_cached_soft_labels(tmp_path):
     """ed+dkd and multi_teacher+lskd train end to end from the soft-label cache (float16), and the
     results, checkpoints and table carry the combined names."""
@@ -109,6 +110,7 @@ def test_local_run_of_method_loss_combinations_with_cached_soft_labels(tmp_path)
         run(exp.with_overrides(["teachers.cache_format=topk"]), progress=None)
 
 
+@pytest.mark.slow   # Ray Train run
 def test_ray_train_run_of_a_method_loss_combination(ray_session, tmp_path):
     """The Ray backend serves teachers to a `kd+lskd` stage (its loss term is on every epoch) and
     names its files and results after the entry."""

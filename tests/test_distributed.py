@@ -61,7 +61,9 @@ def test_teacher_actor_class_without_ray(tiny_data):
 
 
 def test_stages_progress_and_data_packing(tiny_data, tmp_path):
-    from raydistill.distributed.trainer import pack_data, result_from_progress, run_stages, unpack_data
+    from raydistill.distributed.data_transfer import pack_data, unpack_data
+    from raydistill.pipeline.graph import run_stages
+    from raydistill.pipeline.results import result_from_progress
     exp = tiny_experiment(tmp_path, methods="[ed,kd,scratch]")
     assert run_stages(exp, 3) == ["teacher:group0", "teacher:group1", "teacher:group2", "teacher:all",
                                   "method:ed", "method:kd", "method:scratch"]
@@ -102,9 +104,10 @@ def _shape(obj):
     return "number" if isinstance(obj, (int, float)) else type(obj).__name__
 
 
+@pytest.mark.slow   # Ray Train
 def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
     from raydistill.distributed.trainer import run_distributed
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
     overrides = {"curriculum.grade_epochs": "[3,3,6]", "teachers.epochs": 8, "ray.workers": 2,
                  "optimizer.batch_size": 16, "teachers.batch_size": 16,
                  "ray.teachers": "actors", "ray.teacher_cpus": 0}
@@ -129,26 +132,27 @@ def test_ed_with_two_workers_and_teacher_actors(ray_session, tmp_path):
     ckpt = torch.load(result.run_dir / "checkpoints" / "ed.pt", weights_only=True)
     assert ckpt["arch"] == "resnet8"
     # one model: the saved checkpoint, evaluated in this process, scores exactly the reported accuracy
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     assert saved_test_accuracy(result.run_dir / "checkpoints" / "ed.pt", prepare_data(tiny_experiment(tmp_path))) \
         == result.methods["ed"]["final_test_acc"]
     placement = json.loads((result.run_dir / "placement.json").read_text())
     assert len(placement["workers"]) == 2 and set(placement["teachers"]) == {"group0", "group1", "group2"}
 
 
+@pytest.mark.slow   # Ray Train
 def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
     from raydistill.distributed.trainer import RunInterrupted, run_distributed
-    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2})
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.executor": "fit"})   # one fit for the graph
     # a worker dies after the first epoch of grade 2 and max_failures is 0: the run stops
     with pytest.raises(RunInterrupted):
         run_distributed(exp, progress=None, fail_once_at=("method:ed", 3))
     run_dir = tmp_path / "tiny"
     stopped = _epochs_log(run_dir)
     assert [e["epoch"] for e in stopped if e["stage"] == "method:ed"] == [1, 2, 3]
-    # rank 0's live TensorBoard files (raydistill.tracking) hold every epoch up to the stop, before any end-of-run write
+    # rank 0's live TensorBoard files (raydistill.pipeline.tracking) hold every epoch up to the stop, before any end-of-run write
     assert _tensorboard_steps(run_dir / "tensorboard" / "ed") == [1, 2, 3]
     # re-running resumes; a second worker death (at epoch 5) is recovered inside the run by max_failures
-    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1})
+    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1, "ray.executor": "fit"})
     result = run_distributed(exp, progress=None, fail_once_at=("method:ed", 5))
 
     log = _epochs_log(run_dir)
@@ -188,6 +192,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # a two-node ray.cluster_utils.Cluster in a subprocess
 def test_two_node_cluster_places_teachers_and_workers(tmp_path):
     exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2})
     config = tmp_path / "tiny.yaml"
@@ -209,7 +214,7 @@ def _teacher_files(tmp_path, exp, poisoned: str) -> dict:
     """Untrained teacher checkpoints for every group; `poisoned`'s weights are NaN (a corrupted file)."""
     from raydistill.models import build_model
     from raydistill.teachers import save_teacher
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     data = prepare_data(exp)
     paths = {}
     for p, classes in enumerate(data.groups):
@@ -224,15 +229,17 @@ def _teacher_files(tmp_path, exp, poisoned: str) -> dict:
     return paths
 
 
+@pytest.mark.slow   # Ray Train
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ray_session, tmp_path):
     """A teacher with NaN weights makes ED's loss non-finite in its first epoch: the run stops (no
     restart, although max_failures allows one) naming method, grade and epoch; the completed
     `scratch` stage, its checkpoint and its metrics are kept and stay the latest Ray checkpoint."""
     from raydistill.distill.engine import NonFiniteLossError
-    from raydistill.distributed.trainer import latest_progress, run_distributed
+    from raydistill.distributed.trainer import run_distributed
+    from raydistill.pipeline.checkpoints import latest_progress
     from raydistill.storage import RunDir
     exp = tiny_experiment(tmp_path, **{"methods": "[scratch,ed]", "curriculum.grade_epochs": "[1,1,1]",
-                                       "ray.max_failures": 1})
+                                       "ray.max_failures": 1, "ray.executor": "fit"})   # one fit for the graph
     exp = exp.with_overrides([f"teachers.checkpoints={json.dumps(_teacher_files(tmp_path, exp, 'group0'))}"])
     with pytest.raises(NonFiniteLossError, match=r"ed: non-finite loss .* in grade 1, epoch 1"):
         run_distributed(exp, progress=None)

@@ -26,6 +26,7 @@ def group_teachers(data):
     return LocalTeachers(teachers)
 
 
+@pytest.mark.slow   # trains ED end to end for many epochs
 def test_ed_beats_chance_on_tiny_builtin_set(tiny_data):
     data = tiny_data
     plan = plan_ed("resnet8", 3, data.groups, [1, 2, 3], [0, 1, 2], [3, 3, 6], [16, 16], pass_mode="mixed")
@@ -50,6 +51,7 @@ def test_ed_beats_chance_on_tiny_builtin_set(tiny_data):
     assert history[0]["val_acc_all_classes"] < history[0]["val_acc"]
 
 
+@pytest.mark.slow   # trains a run, then resumes from every epoch
 def test_resume_from_any_epoch_replays_exactly(tiny_data):
     data = tiny_data
     plan = plan_ed("resnet8", 3, data.groups, [1, 2, 3], [0, 1, 2], [1, 1, 1], [16, 16], pass_mode="sequential")

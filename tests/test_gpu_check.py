@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow   # runs benchmarks/gpu_check.sh in a subprocess
 def test_gpu_check_cpu_smoke_prints_every_figure(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], cwd=REPO,
                           capture_output=True, text=True, timeout=300,

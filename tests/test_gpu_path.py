@@ -214,6 +214,7 @@ def test_paper_config_fits_student_and_teachers_on_one_gpu():
     exp.check_devices("cuda", "ray")
 
 
+@pytest.mark.slow   # starts Ray (session instance)
 def test_colocated_actor_lands_on_the_given_node(ray_session, tiny_data):
     from raydistill.distributed.teacher_actors import start_teacher_actors, teacher_bytes
     from raydistill.teachers import FrozenTeacher
@@ -227,6 +228,7 @@ def test_colocated_actor_lands_on_the_given_node(ray_session, tiny_data):
         ray_session.kill(actors["g"])
 
 
+@pytest.mark.slow   # starts Ray (session instance)
 @pytest.mark.gpu
 def test_teacher_actors_share_a_fractional_gpu(ray_session, tiny_data):
     import numpy as np
@@ -248,6 +250,7 @@ def test_teacher_actors_share_a_fractional_gpu(ray_session, tiny_data):
             ray_session.kill(a)
 
 
+@pytest.mark.slow   # starts Ray (session instance)
 @pytest.mark.gpu
 def test_ray_train_ddp_over_nccl_with_one_gpu_worker(ray_session, tmp_path):
     from raydistill.distributed.trainer import run_distributed

@@ -49,7 +49,7 @@ def test_decoding_keeps_the_shorter_side_the_preset_needs(tmp_path):
 
 
 def test_prepare_data_stores_train_squares_and_eval_centre_crops(tmp_path):
-    from raydistill.workspace import prepare_data, student_settings
+    from raydistill.pipeline.prepare import prepare_data, student_settings
     root = _folder(tmp_path / "data", np.random.default_rng(1), sizes=((90, 120),) * 5, classes="abcd")
     exp = Experiment.from_dict({"data": {"source": "imagefolder", "root": str(root), "image_size": 64,
                                          "ratio": "1:1", "val_fraction": 0.2},
@@ -155,14 +155,14 @@ def test_eval_centre_crop_is_deterministic_and_shared_by_every_method():
 
 
 def test_streamed_teacher_accuracy_is_on_the_centre_crop(monkeypatch, tmp_path):
-    """The teacher accuracy `runner.teacher_stage` reports on a streamed test split (images arrive
+    """The teacher accuracy `pipeline.stages.teacher_stage` reports on a streamed test split (images arrive
     as decoded: 37 px for image_size 32 with the imagenet preset) is on the same centre crop as the
     engine's `evaluate`, not on the uncropped images."""
     import numpy as np
-    from raydistill import runner
+    from raydistill.pipeline import stages as runner
     from raydistill.data.stream import StreamSplit
     from raydistill.teachers import FrozenTeacher
-    from raydistill.workspace import PreparedData
+    from raydistill.pipeline.prepare import PreparedData
     side = decoded_size(32, "imagenet")
     assert side == 37
     images, labels = _ring_images(side)
@@ -212,7 +212,7 @@ def test_soft_label_bank_replays_imagenet_crops():
 
 
 def test_resume_compares_resolved_image_size_and_preset():
-    from raydistill.workspace import config_changes
+    from raydistill.pipeline.prepare import config_changes
     older = Experiment.from_dict({"data": {"augment": True}})          # a run directory from before presets
     assert config_changes(older, Experiment()) == []
     assert config_changes(older, Experiment.from_dict({"data": {"augment": "cifar", "image_size": 32}})) == []

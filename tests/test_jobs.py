@@ -105,7 +105,7 @@ def job_experiment(tmp_path):
 @pytest.mark.slow
 def test_submit_python_api(ray_head, tmp_path):
     from raydistill import submit
-    from raydistill.report_files import report_text
+    from raydistill.pipeline.report_files import report_text
     exp = job_experiment(tmp_path)
     handle = submit(exp, ray_head)
     assert handle.job_id.startswith("raydistill-jobtiny-")
@@ -136,7 +136,7 @@ def test_submit_cli_wait_with_uri_storage(ray_head, tmp_path, capsys):
     assert job_id.startswith("raydistill-clitiny-")
     assert "ed" in table
     assert (tmp_path / "shared" / "clitiny" / "summary.json").is_file()
-    from raydistill.storage import load_run
+    from raydistill.pipeline.report_files import load_run
     summary, _ = load_run(storage + "/clitiny")
     assert list(summary["methods"]) == ["ed"]
 

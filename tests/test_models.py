@@ -78,7 +78,13 @@ def test_native_head_names():
         "proj.weight", "norm.weight", "norm.bias", "classifier.weight", "classifier.bias"}
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+# the deep or wide nets take seconds each (every fragment is built and run): slow tier; every family
+# keeps a fast representative (resnet8/14/20, wrn_16_*, resnet18, mobilenet_*, efficientnet_b0)
+HEAVY = {"wide_resnet50_2", "resnet101", "resnet110", "resnet32x4", "resnet50", "resnet34", "mobilenet_v3_large",
+         "resnet32", "wrn_40_2", "wrn_40_1"}
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in ARCHITECTURES])
 def test_forward_complete_and_all_fragments(arch):
     x = _x()
     full = build_model(arch, 7)

@@ -56,7 +56,11 @@ def test_growing_carries_stem_and_blocks(arch):
         assert torch.equal(fragment.features(x), complete.blocks[:split](complete.stem(x)))
 
 
-@pytest.mark.parametrize("arch", TORCHVISION_STUDENTS)
+# the big nets train for seconds to minutes each on a CPU: slow tier
+BIG = ("resnet34", "resnet50", "resnet101", "wide_resnet50_2")
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in BIG else a for a in TORCHVISION_STUDENTS])
 def test_fragment_at_every_split_trains_at_64px(arch):
     n = num_blocks(arch)
     splits = range(1, n)
@@ -198,7 +202,7 @@ def test_local_run_with_pretrained_torchvision_teacher_and_imagenet_student(tmp_
     """`run` end to end: a tv:resnet18 teacher fine-tuned from a local torchvision file, saved and
     reloaded, teaching a mobilenet_v3_small student (KD) — on the tiny built-in set."""
     from conftest import tiny_experiment
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     exp = tiny_experiment(tmp_path / "runs", **{
@@ -249,8 +253,9 @@ def test_pretrained_timm_teacher_trains_serves_and_saves_its_weights_normalizati
     with those statistics, not the data's (a 2x input-scale shift); `teachers.normalize` overrides."""
     timm = pytest.importorskip("timm")
     from conftest import tiny_experiment
-    from raydistill import runner
-    from raydistill.workspace import prepare_data, student_settings, teacher_settings
+    from raydistill.pipeline import prepare, stages as runner
+    from raydistill.teachers import load_teacher
+    from raydistill.pipeline.prepare import prepare_data, student_settings, teacher_settings
     torch.manual_seed(0)
     _fake_timm_cache(monkeypatch, tmp_path, "resnet18d.ra4_e3600_r224_in1k",
                      timm.create_model("resnet18d").state_dict())
@@ -268,18 +273,18 @@ def test_pretrained_timm_teacher_trains_serves_and_saves_its_weights_normalizati
     def train(plan, *args, **kwargs):
         seen.append(args[4])    # the TrainSettings the teacher is trained with
         return real_train(plan, *args, **kwargs)
-    out = runner.check_output_dir(exp)
+    out = prepare.check_output_dir(exp)
     teacher, info = runner.teacher_stage(exp, data, out, "all", "cpu", lambda _m: None, train=train)
     assert (seen[0].mean, seen[0].std) == (half, half)
     assert (teacher.mean, teacher.std) == (half, half)
     saved = torch.load(out.local_path / "teachers" / "all.pt", weights_only=True)
     assert (tuple(saved["mean"]), tuple(saved["std"])) == (half, half)
-    served = runner.load_teacher(out.local_path / "teachers" / "all.pt", list(range(6)))
+    served = load_teacher(out.local_path / "teachers" / "all.pt", list(range(6)))
     assert (served.mean, served.std) == (half, half)
     # the student (no pretrained weights) keeps the data's statistics; overrides win over the weights'
     assert student_settings(exp, data).mean == tuple(float(v) for v in data.mean)
     assert teacher_settings(exp.with_overrides(["teachers.normalize=data"]), data).mean == tuple(data.mean)
-    from raydistill.workspace import input_stats
+    from raydistill.pipeline.prepare import input_stats
     given = exp.with_overrides(["teachers.normalize={mean: [0.1, 0.2, 0.3], std: [1, 2, 3]}"]).validate()
     assert input_stats(given.teachers, data) == {"mean": (0.1, 0.2, 0.3), "std": (1.0, 2.0, 3.0)}
 
@@ -288,8 +293,8 @@ def test_pretrained_student_trains_and_saves_its_weights_normalization(tmp_path,
     """A staged student started from torchvision weights (a random state_dict in the hub cache here)
     trains with the weights' ImageNet statistics and its checkpoint records them."""
     from conftest import tiny_experiment
-    from raydistill import runner
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline import prepare, stages as runner
+    from raydistill.pipeline.prepare import prepare_data
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     path = torchvision_weights_file(torchvision_weights("resnet18", "IMAGENET1K_V1"))
     path.parent.mkdir(parents=True)
@@ -307,7 +312,7 @@ def test_pretrained_student_trains_and_saves_its_weights_normalization(tmp_path,
     def train(plan, *args, **kwargs):
         seen.append(args[4])    # the student's TrainSettings
         return real_train(plan, *args, **kwargs)
-    out = runner.check_output_dir(exp)
+    out = prepare.check_output_dir(exp)
     runner.method_stage(exp, data, out, "scratch", None, lambda _m: None, train)
     assert (seen[0].mean, seen[0].std) == imagenet
     saved = torch.load(out.local_path / "checkpoints" / "scratch.pt", weights_only=True)

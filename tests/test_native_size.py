@@ -12,9 +12,11 @@ import pytest
 from conftest import saved_test_accuracy
 from raydistill.cli import main
 from raydistill.config import Experiment
-from raydistill.workspace import prepare_data
+from raydistill.pipeline.prepare import prepare_data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+pytestmark = pytest.mark.slow   # whole local runs on real photographs (224 px on a CPU)
 
 
 def few_classes(src: Path, dst: Path, classes: int, per_class: int) -> Path:

@@ -39,7 +39,7 @@ def test_onecycle_sets_the_lr_every_step(tiny_data):
 def test_teacher_recipe_fields_reach_the_teacher_settings(tmp_path):
     from conftest import tiny_experiment
     from raydistill.config import ConfigError
-    from raydistill.workspace import prepare_data, teacher_settings
+    from raydistill.pipeline.prepare import prepare_data, teacher_settings
     exp = tiny_experiment(tmp_path, **{"teachers.schedule": "onecycle", "teachers.warmup_fraction": 0.3,
                                        "teachers.label_smoothing": 0.1, "teachers.weight_decay": 0.001})
     s = teacher_settings(exp, prepare_data(exp))

@@ -86,7 +86,7 @@ def _needs_imagenet_students():
 @pytest.mark.parametrize("name, make", [("caltech256", caltech_folder), ("food101", food_folder)])
 def test_shipped_photo_experiments_validate_against_their_layout(tmp_path, name, make):
     _needs_imagenet_students()
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     root = make(tmp_path, np.random.default_rng(3), classes=tuple(f"c{i}" for i in range(6)))
     # the weights are checked offline by validate; this test is about the data, so they are left out
     exp = Experiment.load(name).with_overrides([

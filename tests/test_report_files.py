@@ -8,9 +8,9 @@ import math
 import pytest
 
 from raydistill.distill.curriculum import plan_ed, plan_single_grade
-from raydistill.report import format_table, method_summary
-from raydistill.report_files import RunDirError, load_run, report_text, write_report_files
-from raydistill.workspace import write_json
+from raydistill.pipeline.summary import format_table, method_summary
+from raydistill.pipeline.report_files import RunDirError, load_run, report_text, write_report_files
+from raydistill.pipeline.prepare import write_json
 
 GROUPS = [[0, 1], [2, 3], [4, 5]]
 GRADE_EPOCHS = [2, 2, 3]

@@ -1,8 +1,9 @@
-"""The README's result tables are exactly what the committed benchmark files produce, and each
-committed summary agrees with its own per-epoch metrics (last epoch, never a best epoch).
+"""The result tables of the docs' Results pages (docs/results/*.md, moved there from the README)
+are exactly what the committed benchmark files produce, and each committed summary agrees with its
+own per-epoch metrics (last epoch, never a best epoch).
 
 benchmarks/results/cifar10 (the four-method table, measured at commit 361afca before the issue-16
-fixes) is no longer in the README; its files stay, and are still checked against their own table.md
+fixes) is no longer shown; its files stay, and are still checked against their own table.md
 and per-epoch metrics: they are the one committed set in accuracy.py's earlier one-run-per-seed layout."""
 import json
 import sys
@@ -10,6 +11,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "cifar10"
+PAGES = REPO / "docs" / "results"
+
+
+def page(name: str) -> str:
+    """The text of a Results page of the documentation site."""
+    return (PAGES / name).read_text()
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import accuracy  # noqa: E402  (benchmarks/accuracy.py)
@@ -49,10 +56,10 @@ def test_per_method_results_merge_per_seed_in_the_loss_table_order(tmp_path):
     assert "| `kd+lskd` | 60.00 ± 14.14 | 50.00 / 70.00 | 10 | 3 |" in accuracy.table_markdown(agg)
 
 
-def test_readme_bn_recalibration_table_matches_committed_results():
-    """Each row of the README's BN-recalibration table is what its committed per-seed runs give, and
+def test_bn_recalibration_page_table_matches_committed_results():
+    """Each row of the BN-recalibration page's table is what its committed per-seed runs give, and
     every reported accuracy is the run's last epoch."""
-    readme = (REPO / "README.md").read_text()
+    text = page("bn-recalibrate.md")
     rows = {"sequential": "`sequential`", "sequential_recalibrated": "`sequential` + `bn_recalibrate`",
             "mixed": "`mixed`"}
     for folder, label in rows.items():
@@ -61,7 +68,7 @@ def test_readme_bn_recalibration_table_matches_committed_results():
         assert sorted(summaries) == [0, 1, 2]
         ed = accuracy.aggregate(summaries)["methods"]["ed"]
         per_seed = " / ".join(f"{100 * a:.2f}" for a in ed["runs"])
-        assert f"| {label} | {100 * ed['mean']:.2f} ± {100 * ed['std']:.2f} | {per_seed} |" in readme
+        assert f"| {label} | {100 * ed['mean']:.2f} ± {100 * ed['std']:.2f} | {per_seed} |" in text
         for seed in (0, 1, 2):
             run = results / f"seed{seed}" / "ed"
             history = json.loads((run / "metrics.json").read_text())["history"]
@@ -72,8 +79,8 @@ def test_readme_bn_recalibration_table_matches_committed_results():
             assert summaries[seed]["methods"]["ed"]["final_test_acc"] == history[-1]["test_acc"]
 
 
-def test_readme_loss_table_matches_committed_results():
-    """The README's methods x losses table (issue 15) is what the committed per-(seed, method) runs
+def test_loss_page_table_matches_committed_results():
+    """The methods x losses page's table (issue 15) is what the committed per-(seed, method) runs
     give: three seeds, all ten rows, each summary the last epoch of its own metrics.json, and every
     run a cached-soft-label run of the shipped `cifar10` budget."""
     results = REPO / "benchmarks" / "results" / "cifar10_losses"
@@ -82,7 +89,7 @@ def test_readme_loss_table_matches_committed_results():
     agg = accuracy.aggregate(summaries)
     assert list(agg["methods"]) == list(accuracy.LOSS_METHODS)
     table = accuracy.table_markdown(agg)
-    assert table in (REPO / "README.md").read_text()
+    assert table in page("losses.md")
     assert (results / "table.md").read_text().strip() == table
     for seed in summaries:
         for method in accuracy.LOSS_METHODS:
@@ -117,15 +124,15 @@ def _last_epoch_runs(results, methods, seeds):
             yield seed, method, yaml.safe_load((run / "config.yaml").read_text())
 
 
-def test_readme_ablation_table_matches_committed_results():
+def test_ablation_page_table_matches_committed_results():
     """The one-at-a-time ED ablation (issue 17): every variant has 3 seeds, changes exactly its own
-    knob from the shipped cifar10 ED run, and the README row is what the files give."""
+    knob from the shipped cifar10 ED run, and the page's row is what the files give."""
     ablation = _load_benchmark("ablation")
     results = REPO / "benchmarks" / "results" / "ablation_cifar10"
     rows = ablation.variant_rows(results, ablation.BASE_RESULTS)
     assert [r["variant"] for r in rows] == ["base", *ablation.VARIANTS] and all(r["seeds"] == [0, 1, 2] for r in rows)
     table = ablation.variant_markdown(rows)
-    assert table in (REPO / "README.md").read_text() and (results / "table.md").read_text().strip() == table
+    assert table in page("ablation.md") and (results / "table.md").read_text().strip() == table
     base = {"pass_mode": "mixed", "bn_recalibrate": False, "restart_per_grade": False, "grade_epochs": [2, 2, 4]}
     for name, (override,) in ablation.VARIANTS.items():
         field, value = override.split("=")
@@ -138,7 +145,7 @@ def test_readme_ablation_table_matches_committed_results():
             assert config["teachers"]["soft_labels"] == "cache" and config["student"]["arch"] == "resnet8"
 
 
-def test_readme_tinyimagenet_table_matches_committed_results():
+def test_tinyimagenet_page_table_matches_committed_results():
     """Tiny-ImageNet baselines (issue 17): 4 methods x 3 seeds at the stated budget (32 px, 100
     images per class, groups 66/66/68), each the last epoch of its run."""
     results = REPO / "benchmarks" / "results" / "tinyimagenet"
@@ -147,20 +154,20 @@ def test_readme_tinyimagenet_table_matches_committed_results():
     agg = accuracy.aggregate(summaries)
     assert list(agg["methods"]) == ["scratch", "kd", "multi_teacher", "ed"]
     table = accuracy.table_markdown(agg)
-    assert table in (REPO / "README.md").read_text() and (results / "table.md").read_text().strip() == table
+    assert table in page("tinyimagenet.md") and (results / "table.md").read_text().strip() == table
     assert sorted(t["classes"] for k, t in agg["teachers"].items() if k != "all") == [66, 66, 68]
     for _, _, config in _last_epoch_runs(results, list(agg["methods"]), [0, 1, 2]):
         assert "tiny-imagenet-200" in config["data"]["train_path"] and config["data"]["image_size"] == 32
         assert config["data"]["limit_per_class"] == 100
 
 
-def test_readme_ingest_tables_match_committed_results():
-    """The stream-vs-memory benchmark (issue 14): the README shows exactly what the committed JSON
+def test_ingest_page_tables_match_committed_results():
+    """The stream-vs-memory benchmark (issue 14): its Results page shows exactly what the committed JSON
     files give, and the files hold both loaders at both sizes and 3 seeds of each for accuracy."""
     ingest = _load_benchmark("ingest")
     results = REPO / "benchmarks" / "results" / "ingest"
     text = ingest.tables(results)
-    assert text in (REPO / "README.md").read_text() and (results / "table.md").read_text().strip() == text
+    assert text in page("ingest.md") and (results / "table.md").read_text().strip() == text
     train = json.loads((results / "train_tinyimagenet.json").read_text())["train"]
     assert {(r["loader"], r["size"]) for r in train} == {(l, z) for l in ("memory", "stream") for z in ("1x", "4x")}
     runs = json.loads((results / "accuracy_cifar10.json").read_text())["accuracy"]
@@ -169,10 +176,10 @@ def test_readme_ingest_tables_match_committed_results():
         "memory", "stream"}
 
 
-def test_readme_optuna_search_matches_committed_results():
+def test_optuna_search_page_matches_committed_results():
     """The Optuna search (issue 17): 16 trials that all ran their 8 epochs, best.yaml is the best
     completed trial on validation (never test), and its 3-fresh-seed re-run sits next to the
-    baselines at the same 8 epochs and resnet14 student; the README table is what the files give."""
+    baselines at the same 8 epochs and resnet14 student; the page's table is what the files give."""
     import pandas as pd
     import yaml
     results = REPO / "benchmarks" / "results" / "optuna_cifar10"
@@ -188,7 +195,7 @@ def test_readme_optuna_search_matches_committed_results():
     agg = accuracy.aggregate(summaries)
     assert list(agg["methods"]) == ["scratch", "kd", "multi_teacher", "ed"]
     table = accuracy.table_markdown(agg)
-    assert table in (REPO / "README.md").read_text() and (results / "rerun" / "table.md").read_text().strip() == table
+    assert table in page("optuna-search.md") and (results / "rerun" / "table.md").read_text().strip() == table
     for _, method, config in _last_epoch_runs(results / "rerun", list(agg["methods"]), [1, 2, 3]):
         assert config["student"]["arch"] == "resnet14" and sum(config["curriculum"]["grade_epochs"]) == 8
         if method == "ed":

@@ -2,14 +2,16 @@
 import json
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from conftest import saved_test_accuracy, tiny_experiment
 from raydistill.cli import main
-from raydistill.runner import run
-from raydistill.workspace import prepare_data
+from raydistill.pipeline.local import run
+from raydistill.pipeline.prepare import prepare_data
 
 
+@pytest.mark.slow   # a whole local run of four methods with teachers
 def test_local_run_writes_a_complete_run_directory(tmp_path, capsys):
     exp = tiny_experiment(tmp_path, **{"methods": "[ed,scratch,kd,multi_teacher]", "teachers.epochs": 2,
                                        "curriculum.grade_epochs": "[1,1,1]"})
@@ -37,6 +39,7 @@ def test_local_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == result.table().strip()
 
 
+@pytest.mark.slow   # two whole local runs
 def test_same_seed_same_weights(tmp_path):
     """One worker, in-process teachers: two runs with the same seed give bit-identical students."""
     overrides = {"methods": "[ed]", "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]"}

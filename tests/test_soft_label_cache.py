@@ -14,7 +14,7 @@ from raydistill.data import crop_flip
 from raydistill.distill.curriculum import plan_ed
 from raydistill.distill.engine import TrainContext, TrainSettings, build_optimizer, grade_model, train_epoch
 from raydistill.models import build_model
-from raydistill.runner import run
+from raydistill.pipeline.local import run
 from raydistill.softlabels import AugmentationBank, SoftLabelCacheError, ensure_soft_label_cache
 from raydistill.softlabels import store
 from raydistill.softlabels.build import teacher_samples
@@ -158,7 +158,7 @@ def test_scratch_under_the_cache_replays_the_same_bank(built, small, tmp_path):
     from raydistill.distill.curriculum import plan_for
     from raydistill.data import normalize
     from raydistill.distill.engine import shard_batches
-    from raydistill.runner import method_stage
+    from raydistill.pipeline.stages import method_stage
     exp, teachers, cache = built
     given = {}
 

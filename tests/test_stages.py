@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_stage_graph_links_each_method_to_its_teachers(tmp_path):
-    from raydistill.distributed.stages import stage_graph
+    from raydistill.pipeline.graph import stage_graph
     exp = tiny_experiment(tmp_path, methods="[scratch,kd,ed]")
     assert stage_graph(exp, 3) == {
         "teacher:group0": [], "teacher:group1": [], "teacher:group2": [], "teacher:all": [],
@@ -26,7 +26,7 @@ def test_stage_graph_links_each_method_to_its_teachers(tmp_path):
 
 
 def test_auto_mode_needs_room_for_two_stages(tmp_path):
-    from raydistill.distributed.stages import choose_mode
+    from raydistill.pipeline.graph import choose_mode
     exp = tiny_experiment(tmp_path, **{"ray.stages": "auto", "ray.cpus_per_worker": 1, "ray.workers": 2})
     assert choose_mode(exp, 3) == "sequential" and choose_mode(exp, 4) == "concurrent"
     fixed = tiny_experiment(tmp_path, **{"ray.stages": "sequential", "ray.cpus_per_worker": 1})
@@ -35,7 +35,7 @@ def test_auto_mode_needs_room_for_two_stages(tmp_path):
 
 def _graph_run(graph, done, fail=()):
     """run_graph with launches that finish in launch order; returns the launch order."""
-    from raydistill.distributed.stages import StageOutcome, run_graph
+    from raydistill.pipeline.graph import StageOutcome, run_graph
     launched = []
 
     def launch(stage):
@@ -51,7 +51,7 @@ def _graph_run(graph, done, fail=()):
 
 
 def test_a_stage_starts_when_its_inputs_exist_and_a_failure_stops_only_its_dependants():
-    from raydistill.distributed.stages import StageOutcome, run_graph
+    from raydistill.pipeline.graph import StageOutcome, run_graph
     graph = {"teacher:a": [], "teacher:b": [], "method:x": ["teacher:a"], "method:y": ["teacher:b"],
              "method:z": []}
     launched = _graph_run(graph, {})
@@ -73,7 +73,7 @@ def test_each_stage_keeps_its_own_outcome_and_advice(tmp_path):
     interrupted stage, whose resume advice stays), and an error text that merely mentions a
     non-finite loss does not make a stage diverged. Only all-diverged is a NonFiniteLossError."""
     from raydistill.distill.engine import NonFiniteLossError
-    from raydistill.distributed.stages import StageOutcome, StagesFailed, run_graph
+    from raydistill.pipeline.graph import StageOutcome, StagesFailed, run_graph
     from raydistill.distributed.trainer import RunInterrupted, stages_error
     from raydistill.storage import RunDir
     graph = {"teacher:a": [], "method:y": [], "method:z": [], "method:x": ["teacher:a"]}
@@ -105,7 +105,7 @@ def _nan_teacher(tmp_path, exp, key: str) -> str:
     """A teacher checkpoint `key` whose weights are NaN: every loss that distils from it is non-finite."""
     from raydistill.models import build_model
     from raydistill.teachers import classes_of, save_teacher
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     data = prepare_data(exp)
     classes = classes_of(key, data.groups)
     model = build_model(exp.teachers.arch, len(classes))
@@ -118,6 +118,7 @@ def _nan_teacher(tmp_path, exp, key: str) -> str:
     return path
 
 
+@pytest.mark.slow   # Ray Train, concurrent stages
 def test_concurrent_run_with_one_diverged_and_one_interrupted_stage(ray_session, tmp_path):
     """Real concurrent stages: `kd` distils from a NaN teacher (its loss is non-finite) while
     `scratch`'s rank 0 dies after epoch 1 with max_failures 0. The error carries each stage's

@@ -91,7 +91,7 @@ def test_run_location(tmp_path):
 
 def test_bad_uri_is_a_config_error(tmp_path):
     from raydistill.config import ConfigError
-    from raydistill.workspace import check_output_dir
+    from raydistill.pipeline.prepare import check_output_dir
     with pytest.raises(ConfigError, match="output.dir"):
         check_output_dir(tiny_experiment("nosuchscheme://bucket/runs"))
 
@@ -190,9 +190,10 @@ def test_a_killed_writer_leaves_the_old_checkpoint(tmp_path):
 def test_local_run_to_file_uri(tmp_path):
     """A whole (tiny, local-backend) run with output.dir=file://…: every file written straight
     into the URI's filesystem (no staging directory), read back from the URI."""
-    from raydistill.report_files import report_text
-    from raydistill.runner import run
-    from raydistill.storage import load_run, run_location
+    from raydistill.pipeline.report_files import report_text
+    from raydistill.pipeline.local import run
+    from raydistill.pipeline.report_files import load_run
+    from raydistill.storage import run_location
     uri = (tmp_path / "bucket" / "runs").as_uri()
     exp = tiny_experiment(uri, **{"teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]",
                                   "data.train_per_class": 40, "data.test_per_class": 20})
@@ -211,8 +212,8 @@ def test_local_run_to_file_uri(tmp_path):
 
 
 def test_load_run_missing_uri(tmp_path):
-    from raydistill.report_files import RunDirError
-    from raydistill.storage import load_run
+    from raydistill.pipeline.report_files import RunDirError
+    from raydistill.pipeline.report_files import load_run
     uri = (tmp_path / "nothing").as_uri()
     with pytest.raises(RunDirError, match="no such run directory"):
         load_run(uri)

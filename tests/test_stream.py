@@ -63,8 +63,8 @@ def _record_passes(config: dict) -> None:
     from raydistill.config import Experiment
     from raydistill.distill.curriculum import plan_for
     from raydistill.distill.engine import TrainContext, epoch_passes
-    from raydistill.distributed.trainer import unpack_data
-    from raydistill.workspace import student_settings
+    from raydistill.distributed.data_transfer import unpack_data
+    from raydistill.pipeline.prepare import student_settings
 
     exp = Experiment.from_dict(config["exp"])
     tc = ray.train.get_context()
@@ -96,7 +96,7 @@ def _fit_recording(exp, data, packed, tmp_path, name: str, plan: list, pixel_sum
     """Per rank: {pass key: [batches per time it ran]} of one 2-worker fit running `plan`."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from raydistill.distributed.trainer import fit_datasets
+    from raydistill.distributed.data_transfer import fit_datasets
     TorchTrainer(_record_passes,
                  train_loop_config={"exp": exp.to_dict(), "packed": packed, "out": str(tmp_path), "name": name,
                                     "plan": plan, "pixel_sums": pixel_sums},
@@ -106,6 +106,7 @@ def _fit_recording(exp, data, packed, tmp_path, name: str, plan: list, pixel_sum
     return [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.mark.slow   # Ray Train + Ray Data
 def test_two_workers_see_every_sample_once_per_epoch_and_a_resumed_run_sees_the_same_batches(ray_session, tmp_path):
     """Odd pass counts over 2 workers (so shares are padded with real=False repeats): every sample
     of a pass exactly once per epoch across the ranks, padding trained on but not counted; each
@@ -117,8 +118,8 @@ def test_two_workers_see_every_sample_once_per_epoch_and_a_resumed_run_sees_the_
     from ray import cloudpickle
     from raydistill.distill.curriculum import plan_for
     from raydistill.distill.engine import grade_passes, shard_batches
-    from raydistill.distributed.trainer import pack_data
-    from raydistill.workspace import prepare_data, student_settings
+    from raydistill.distributed.data_transfer import pack_data
+    from raydistill.pipeline.prepare import prepare_data, student_settings
     cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the loop below runs in Train workers
 
     exp = uneven_experiment(tmp_path, **{"curriculum.pass_mode": "sequential"})
@@ -166,12 +167,13 @@ def test_no_private_ray_module_is_used():
     assert offenders == []
 
 
+@pytest.mark.slow   # Ray Train + Ray Data
 def test_streamed_samples_match_memory_mode_pixels_and_cached_soft_labels(ray_session, tmp_path):
     from raydistill.data.stream import pass_dataset
     from raydistill.models import build_model
     from raydistill.softlabels import ensure_soft_label_cache
     from raydistill.teachers import FrozenTeacher
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
 
     exp = parquet_experiment(tmp_path, **{"teachers.soft_labels": "cache", "teachers.cache_draws": 2})
     memory = prepare_data(exp)
@@ -200,7 +202,7 @@ def test_streamed_samples_match_memory_mode_pixels_and_cached_soft_labels(ray_se
 def test_loader_fields_are_validated_and_auto_says_what_it_chose(tmp_path):
     from raydistill.config import ConfigError
     from raydistill.data.stream import choose_loader
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
 
     exp = parquet_experiment(tmp_path)
     with pytest.raises(ConfigError, match="data.loader: expected one of"):
@@ -220,6 +222,7 @@ def test_loader_fields_are_validated_and_auto_says_what_it_chose(tmp_path):
 
 
 
+@pytest.mark.slow   # Ray Train + Ray Data
 def test_a_run_trains_and_evaluates_from_streams_on_two_workers(ray_session, tmp_path):
     """The whole Ray backend in stream mode: a teacher stage (its test accuracy streamed too) and kd."""
     from raydistill.distributed.trainer import run_distributed

@@ -26,11 +26,12 @@ def scalars(log_dir, tag):
     return {s.step: s.value for s in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] else {}
 
 
+@pytest.mark.slow   # a whole local run with every tracker
 def test_trackers_log_every_epoch_live_and_match_metrics(tmp_path):
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     from mlflow.tracking import MlflowClient
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = small_experiment(tmp_path, **{"tracking.mlflow.tracking_uri": store, "tracking.mlflow.experiment": "ed-test",
@@ -78,7 +79,7 @@ def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
     from raydistill.storage import RunDir
-    from raydistill.tracking import LiveMetrics
+    from raydistill.pipeline.tracking import LiveMetrics
 
     exp = small_experiment(tmp_path, **{"tracking.mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                                         "tracking.tensorboard": "false"})
@@ -97,7 +98,7 @@ def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
 
 def test_tensorboard_for_a_uri_run_dir_is_uploaded_every_epoch(tmp_path):
     from raydistill.storage import RunDir
-    from raydistill.tracking import LiveMetrics
+    from raydistill.pipeline.tracking import LiveMetrics
 
     exp = small_experiment(tmp_path)
     out = RunDir(f"file://{tmp_path / 'bucket' / 'run'}")   # a pyarrow URI: staged locally, uploaded
@@ -108,7 +109,7 @@ def test_tensorboard_for_a_uri_run_dir_is_uploaded_every_epoch(tmp_path):
 
 
 def test_progress_bar_on_a_terminal_plain_lines_elsewhere():
-    from raydistill.progress import StageBar, interactive
+    from raydistill.pipeline.progress import StageBar, interactive
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -125,6 +126,7 @@ def test_progress_bar_on_a_terminal_plain_lines_elsewhere():
     assert "4/4 epochs" in last and "took " in last and last.endswith("\n")
 
 
+@pytest.mark.slow   # starts Ray (session instance)
 def test_driver_bar_draws_the_epochs_ray_train_reports(ray_session):
     """Under Ray the bar is drawn by the driver from the reports the Train controller sees: the callback
     (called here as the controller would) forwards them through a Ray queue; one bar per stage."""

@@ -199,6 +199,7 @@ def test_trial_rows_tell_an_asha_stop_from_an_interrupted_trial():
 
 # ---- the smoke search (Ray) ------------------------------------------------------------------
 
+@pytest.mark.slow   # Ray Tune search
 def test_smoke_search_trains_teachers_once_and_exports_a_runnable_best(ray_session, tmp_path):
     import pandas as pd
     import raydistill
@@ -254,14 +255,15 @@ def test_smoke_search_trains_teachers_once_and_exports_a_runnable_best(ray_sessi
     assert len(training_events(search_dir)) == 2
 
 
+@pytest.mark.slow   # trains teachers, builds a cache, runs a trial
 def test_search_cache_is_built_once_and_trials_load_it(tmp_path):
     """`teachers.soft_labels: cache` in a search: the search builds one cache before the trials
     (shared_soft_labels), and a trial's run finds it under its own output.dir and only loads it."""
-    from raydistill.runner import run
+    from raydistill.pipeline.local import run
     from raydistill.search.teachers import prepare_search_teachers
     from raydistill.search.trainable import trial_experiment
     from raydistill.search.tuner import shared_soft_labels
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     search_dir = tmp_path / "search"
     base = tiny_experiment(search_dir, **{"teachers.soft_labels": "cache", "teachers.epochs": 1,
                                           "teachers.cache_draws": 2})
@@ -378,6 +380,7 @@ def tiny_teachers(tmp_path_factory) -> dict:
                                    methods=["ed", "scratch", "kd", "multi_teacher"])
 
 
+@pytest.mark.slow   # Ray Tune search
 @pytest.mark.parametrize("searcher,baselines,extra", SEARCHERS_RUN)
 def test_model_based_searcher_runs_a_3_trial_search_end_to_end(ray_session, tmp_path, tiny_teachers, searcher,
                                                                baselines, extra):

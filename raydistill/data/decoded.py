@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from raydistill.cachedirs import META_FILE, build_lock, incomplete, local_cache_dir, manifest, mirror, publish
+from raydistill.storage.cachedirs import META_FILE, build_lock, incomplete, local_cache_dir, manifest, mirror, publish
 
 from .augment import decoded_size
 from .imageset import ImageSet
@@ -50,7 +50,7 @@ def _stat(path: Path) -> list:
 
 def _absolute(path: str) -> Path:
     """A relative path in the driver and its absolute form in a trial or worker
-    (workspace.with_absolute_paths) must give the same key."""
+    (pipeline.prepare.with_absolute_paths) must give the same key."""
     return Path(path).expanduser().resolve()
 
 

@@ -38,7 +38,7 @@ def _dataset(cls, root, download: bool, needs: tuple, **kw):
 
 
 def _decode(paths: list[Path], labels: list[int], names: list[str], size: int, source: str) -> ImageSet:
-    from .sources import decode_image_bytes
+    from .image_bytes import decode_image_bytes
 
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     for i, path in enumerate(paths):

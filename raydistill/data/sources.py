@@ -5,9 +5,7 @@ per run; the caller picks `size` from data.image_size and the augmentation prese
 (`augment.decoded_size`), so epochs only slice and crop tensors."""
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 
 from .augment import square
+from .image_bytes import decode_image_bytes
 from .imageset import DataError, ImageSet, first_n_per_class
 from .parallel import decode_many
 
@@ -33,27 +32,6 @@ def default_augment(source: str) -> str:
     """data.augment when the config leaves it null: CIFAR's pad-4 crops for 32 px data, ImageNet's
     random-resized crops for photographs."""
     return "cifar" if source in SMALL_IMAGE_SOURCES else "imagenet"
-
-
-def decode_image_bytes(data: bytes, where: str, size: int = 32) -> torch.Tensor:
-    """Bytes -> uint8 [3,size,size] (`augment.square`). torchvision's decoder is ~3x faster than PIL;
-    PIL covers other formats."""
-    img = None
-    try:
-        from torchvision.io import ImageReadMode, decode_image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except Exception:
-        try:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as pil:
-                img = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1)
-        except Exception as exc:
-            raise DataError(f"{where}: cannot decode image bytes ({type(exc).__name__}: {exc})") from None
-    return square(img, size)
 
 
 def _limit(ds: ImageSet, limit_per_class) -> ImageSet:

@@ -207,7 +207,7 @@ def _rows_dataset(split: StreamSplit, sample_ids: np.ndarray, real: np.ndarray):
 
 
 def _decode(table, size: int) -> dict:
-    from .sources import decode_image_bytes
+    from .image_bytes import decode_image_bytes
     blobs = table.column("img").to_pylist()
     images = np.stack([decode_image_bytes(b, f"stream row sample {int(s)}", size).numpy()
                        for b, s in zip(blobs, table.column("sample_id").to_numpy())]) if blobs else \
@@ -248,7 +248,7 @@ def stream_stats(train: StreamSplit, samples: int = 2048, seed: int = 0) -> tupl
     import pyarrow.dataset as pads
     from .imageset import channel_stats
     from .parallel import decode_many
-    from .sources import decode_image_bytes
+    from .image_bytes import decode_image_bytes
     pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[:samples]
     rows = sorted(int(r) for r in train.rows[pick.numpy()])
     blobs = pads.dataset(train.path).take(pa.array(rows), columns=["img"]).column("img").combine_chunks()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Optional, TextIO
 
-from raydistill.progress import StageBar
-from raydistill.tracking import stage_label
+from raydistill.pipeline.progress import StageBar
+from raydistill.pipeline.tracking import stage_label
 
 FORWARDED = ("stage", "epoch", "grade", "val_acc", "images_per_s", "stage_epochs", "stage_grades")
 

@@ -79,8 +79,9 @@ def _client(url: str):
 
 
 def _results(location: str):
-    from raydistill.runner import RunResult
-    summary, history = _storage.load_run(location)
+    from raydistill.pipeline.report_files import load_run
+    from raydistill.pipeline.results import RunResult
+    summary, history = load_run(location)
     return RunResult(run_dir=Path(location) if not _storage.is_uri(location) else location,
                      teachers=summary.get("teachers") or {}, methods=summary["methods"], history=history)
 
@@ -156,7 +157,7 @@ class JobSpec:
 def _portable(exp: Experiment) -> Experiment:
     """Paths made absolute on this machine (the job runs in another directory); an unusable storage
     URI fails here, not on the cluster."""
-    from raydistill.workspace import with_absolute_paths
+    from raydistill.pipeline.prepare import with_absolute_paths
     if _storage.is_uri(exp.output.dir):
         _storage.filesystem(exp.output.dir)
     return with_absolute_paths(exp)

@@ -11,19 +11,8 @@ hyperopt and bohb are Tune's integrations, wrapped in a ConcurrencyLimiter and s
 """
 from __future__ import annotations
 
-import importlib.util
 
-from raydistill.search.space import SpaceError
-
-PACKAGES = {"optuna": ("optuna",), "hyperopt": ("hyperopt",), "bohb": ("ConfigSpace", "hpbandster")}
-
-
-def check_installed(searcher: str, source: str) -> None:
-    """A model-based searcher's packages, checked before Ray starts."""
-    missing = [p for p in PACKAGES.get(searcher, ()) if importlib.util.find_spec(p) is None]
-    if missing:
-        raise SpaceError(f"{source}: searcher: {searcher} needs {', '.join(missing)}: "
-                         f"pip install 'raydistill[{searcher}]'")
+from raydistill.search.space import PACKAGES, SpaceError, check_installed
 
 
 def categorical(dimension) -> bool:
@@ -82,3 +71,7 @@ def search_algorithm(space, concurrent: int):
     else:
         raise SpaceError(f"{space.source}: searcher: {space.searcher!r} is not model-based")
     return ConcurrencyLimiter(algorithm, max_concurrent=concurrent)
+
+
+# checked with the space (space.py); named here too, beside the searchers that need them
+__all__ = ["PACKAGES", "check_installed", "param_space", "search_algorithm", "decode"]

@@ -31,6 +31,8 @@ File format (see tune_spaces/*.yaml)::
 """
 from __future__ import annotations
 
+import importlib.util
+
 import itertools
 import json
 import math
@@ -383,7 +385,6 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
 def check_searcher(space: SearchSpace) -> None:
     """A model-based searcher: its packages are installed and every combination is valid."""
     if space.model_based:
-        from raydistill.search.searchers import check_installed
         check_installed(space.searcher, space.source)
         space.check_jointly_valid()
 
@@ -512,3 +513,14 @@ def space_to_dict(space: SearchSpace) -> dict:
             "max_failures": space.max_failures, "scheduler": space.scheduler,
             "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor},
             "max_concurrent": space.max_concurrent, "seed": space.seed, "output": space.output}
+
+
+PACKAGES = {"optuna": ("optuna",), "hyperopt": ("hyperopt",), "bohb": ("ConfigSpace", "hpbandster")}
+
+
+def check_installed(searcher: str, source: str) -> None:
+    """A model-based searcher's packages, checked before Ray starts."""
+    missing = [p for p in PACKAGES.get(searcher, ()) if importlib.util.find_spec(p) is None]
+    if missing:
+        raise SpaceError(f"{source}: searcher: {searcher} needs {', '.join(missing)}: "
+                         f"pip install 'raydistill[{searcher}]'")

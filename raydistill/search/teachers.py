@@ -1,6 +1,6 @@
 """Teachers once per search: trained (or loaded) before any trial, saved under <search dir>/teachers.
 
-Every trial gets `teachers.checkpoints` pointing at these files, so `runner.teacher_stage` loads
+Every trial gets `teachers.checkpoints` pointing at these files, so `pipeline.stages.teacher_stage` loads
 instead of training. Each training event appends a line to `teachers/trained.jsonl`: that file is
 the count of how often teachers were actually trained (a resumed search must add nothing).
 """
@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import teachers_needed
+from raydistill.storage import RunDir
 
 TRAINED_LOG = "trained.jsonl"
 
@@ -31,37 +32,43 @@ def training_events(search_dir: Path) -> list:
 
 def prepare_search_teachers(exp: Experiment, search_dir: Path, log: Callable[[str], None],
                             methods: Sequence[str] = ("ed",)) -> dict:
-    """Train or load every missing teacher; reuse files already in the search directory.
-    With `ray.use_gpu` the work runs as a Ray task on a GPU node (Ray must be initialized), so a
-    CPU-only head node does not train them; the search directory must then be shared storage."""
+    """Train or load every missing teacher; reuse files already in the search directory. With Ray
+    initialized, each missing teacher is its own Ray task (the stage graph's one-worker executor:
+    the worker's CPUs, a GPU with `ray.use_gpu`), so independent teachers train at once where the
+    cluster has room and a CPU-only head node trains none; the search directory must then be
+    shared storage. Without Ray they train one after another in this process."""
+    import ray
     paths = teacher_paths(exp, search_dir, methods)
     missing = [key for key, path in paths.items() if not path.is_file()]
     for key in paths:
         if key not in missing:
             log(f"teacher {key}: reusing {paths[key]}")
-    if missing:
-        if exp.ray.use_gpu:
-            import ray
-            task = ray.remote(num_gpus=1, num_cpus=1)(_train_missing)
-            ray.get(task.remote(exp.to_dict(), str(search_dir), missing))
-        else:
-            _train_missing(exp.to_dict(), str(search_dir), missing, log)
+    if missing and ray.is_initialized():
+        cpus = min(exp.worker_cpus(), ray.cluster_resources().get("CPU", 1.0))   # never more than there is
+        task = ray.remote(num_cpus=cpus, num_gpus=1 if exp.ray.use_gpu else 0,
+                          max_retries=0)(_train_missing)
+        records = [r for rs in ray.get([task.remote(exp.to_dict(), str(search_dir), [key]) for key in missing])
+                   for r in rs]
+    else:
+        records = _train_missing(exp.to_dict(), str(search_dir), missing, log) if missing else []
+    for record in records:   # one writer of the log: the tasks return their records
+        RunDir(search_dir).append_line(f"teachers/{TRAINED_LOG}", json.dumps(record))
     return {key: str(path) for key, path in paths.items()}
 
 
-def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[str], None] = print) -> None:
-    from raydistill.runner import pick_device, teacher_stage
-    from raydistill.workspace import prepare_data
-
-    from raydistill.storage import RunDir
+def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[str], None] = print) -> list:
+    """Train or load `keys` into `<search_dir>/teachers/`; the records of those actually trained."""
+    from raydistill.pipeline.prepare import pick_device, prepare_data
+    from raydistill.pipeline.stages import teacher_stage
     exp = Experiment.from_dict(exp_dict)
     out = RunDir(search_dir)
     data = prepare_data(exp)
     device = pick_device(exp)
+    records = []
     for key in keys:
         started = time.time()
         _, info = teacher_stage(exp, data, out, key, device, log)   # saves out/teachers/<key>.pt
         if info["source"] == "trained":
-            out.append_line(f"teachers/{TRAINED_LOG}", json.dumps({
-                "key": key, "arch": info["arch"], "test_acc": info["test_acc"],
-                "seconds": round(time.time() - started, 2)}))
+            records.append({"key": key, "arch": info["arch"], "test_acc": info["test_acc"],
+                            "seconds": round(time.time() - started, 2)})
+    return records

@@ -1,16 +1,19 @@
-"""One Tune trial = one Ray Train run (`run_distributed`) of the ed curriculum with the trial's values.
+"""One Tune trial = one run (`run_distributed`) of the ed curriculum with the trial's values.
 
-The trial's driver is a Tune function trainable that holds almost no CPU; its TorchTrainer
-workers hold the cores. Every ed epoch that Ray Train reports is forwarded to Tune, so ASHA can
-stop a weak curriculum after any epoch; the final "done" report of the run (no accuracy) is not.
+A one-worker trial trains in the trial's own process (which then holds the worker's CPUs): no
+TorchTrainer, no Ray Train start-up, on the same stage executor as a run's one-worker stages. A
+trial of several workers is a driver that holds almost no CPU (TRIAL_CPU) and one Ray Train fit
+whose workers hold the cores. Either way every ed epoch is forwarded to Tune, so ASHA can stop a
+weak curriculum after any epoch; the final "done" report of the run (no accuracy) is not.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from raydistill.config import Experiment
 from raydistill.search.space import apply_values
-from raydistill.tracking import TRIAL_TRACKING_OFF
+from raydistill.search.tracking import TRIAL_TRACKING_OFF
 
 # what each epoch report carries to Tune (the rest of the run's metrics stay in its run directory)
 FORWARDED = ("epoch", "grade", "num_classes", "blocks", "lr", "loss", "train_acc", "val_acc", "val_acc_all_classes",
@@ -73,7 +76,36 @@ def run_trial(config: dict, setup: dict) -> None:
     exp = trial_experiment(setup["base"], values, setup["teachers"], setup["trials_dir"], index,
                            setup["cpus_per_worker"])
     Path(setup["trials_dir"]).mkdir(parents=True, exist_ok=True)
-    run_distributed(exp, progress=print, callbacks=[epoch_report_callback(exp.total_epochs())])
+    if trains_in_trial(exp):
+        run_distributed(exp, progress=print, in_process=True, on_report=epoch_reporter(exp.total_epochs()))
+    else:
+        run_distributed(exp, progress=print, callbacks=[epoch_report_callback(exp.total_epochs())])
+
+
+def trains_in_trial(exp: Experiment) -> bool:
+    """A trial's ed stage runs in the trial's own process when it is a one-worker task (see
+    `pipeline.graph.stage_executor`; streamed data always goes through a Ray Train fit)."""
+    from raydistill.pipeline.graph import TASK, stage_executor
+    return exp.data.loader != "stream" and stage_executor(exp, "method:ed") == TASK
+
+
+def forwarded(report: dict, epochs_planned: int) -> Optional[dict]:
+    """What Tune gets of one epoch report: the ed stage's epochs only (not teacher stages, none when
+    loaded, nor the final "done" report), with the trial's planned epochs."""
+    if report.get("stage") != "method:ed" or "val_acc" not in report:
+        return None
+    return {**{k: report[k] for k in FORWARDED if k in report}, "epochs_planned": epochs_planned}
+
+
+def epoch_reporter(epochs_planned: int):
+    """The `on_report` of a trial that trains in its own process: each ed epoch to `tune.report`."""
+    from ray import tune
+
+    def report(metrics: dict) -> None:
+        out = forwarded(metrics, epochs_planned)
+        if out is not None:
+            tune.report(out)
+    return report
 
 
 def epoch_report_callback(epochs_planned: int):
@@ -84,11 +116,9 @@ def epoch_report_callback(epochs_planned: int):
 
     class EpochReport(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            first = metrics[0] if metrics else {}
-            if first.get("stage") != "method:ed" or "val_acc" not in first:
-                return   # teacher stages (none when loaded) and the final "done" report
-            forwarded = {k: first[k] for k in FORWARDED if k in first}
-            super().after_report(run_context, [{**forwarded, "epochs_planned": epochs_planned}], None)
+            out = forwarded(metrics[0] if metrics else {}, epochs_planned)
+            if out is not None:
+                super().after_report(run_context, [out], None)
 
     return EpochReport()
 

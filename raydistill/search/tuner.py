@@ -21,10 +21,10 @@ from raydistill.search.baselines import comparison, read_baselines, run_baseline
 from raydistill.search.space import (BASELINES, SEARCHERS, SearchSpace, SpaceError, check_scheduler, check_searcher,
                                      load_space, space_fingerprint)
 from raydistill.search.teachers import prepare_search_teachers, teacher_paths
-from raydistill.workspace import with_absolute_paths
+from raydistill.pipeline.prepare import with_absolute_paths
 from raydistill.search.trainable import (SCHEDULE_METRIC, TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband,
-                                         name_by_creation, run_trial)
-from raydistill.tracking import tune_callbacks
+                                         name_by_creation, run_trial, trains_in_trial)
+from raydistill.search.tracking import tune_callbacks
 
 TUNER_DIR = "tuner"
 LOCAL_ENV = {**TRAIN_LOCAL_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -73,7 +73,7 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
     search_dir = space.search_dir
     base = shared_decoded_store(space.base, search_dir)
 
-    from raydistill.workspace import prepare_data
+    from raydistill.pipeline.prepare import prepare_data
     data = prepare_data(base, log)   # data problems fail here, before teachers or Ray; decodes once
     search_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _check_same_search(search_dir, space_fingerprint(space, candidates), scheduler)
@@ -88,13 +88,14 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         ed_teachers = {k: str(Path(p).resolve()) for k, p in teachers.items() if k in teacher_paths(base, search_dir)}
         if base.teachers.soft_labels == "cache":
             shared_soft_labels(base, data, ed_teachers, search_dir / "trials", log)
-        cpus_per_worker, concurrent = _resources(base, max_concurrent or space.max_concurrent)
+        cpus_per_worker, concurrent, trial_cpus = _resources(base, max_concurrent or space.max_concurrent)
         log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each")
         (search_dir / "space.json").write_text(json.dumps(fingerprint, indent=1))   # what a resume must match
         results = _run_tuner(space, candidates, concurrent, search_dir, {
             "base": with_absolute_paths(base).to_dict(), "dimensions": space.dimensions,
             "teachers": ed_teachers,
-            "trials_dir": str((search_dir / "trials").resolve()), "cpus_per_worker": cpus_per_worker})
+            "trials_dir": str((search_dir / "trials").resolve()), "cpus_per_worker": cpus_per_worker},
+            trial_cpus)
         # run alone, baselines (and the exported best) get the whole cores the trial's torch threads used
         alone_cpus = float(max(1, int(cpus_per_worker)))
         baseline_results = run_baselines(space, {k: str(Path(p).resolve()) for k, p in teachers.items()},
@@ -185,27 +186,29 @@ def _init_ray(base) -> bool:
 
 
 def _resources(base, max_concurrent: Optional[int]) -> tuple:
-    """(CPUs per worker, concurrent trials) such that every running trial's driver and workers fit
-    at once: a trial whose workers cannot be placed would wait forever while holding its slot.
-    Each trial driver holds TRIAL_CPU, so on N cores the workers get slightly under N/concurrent
-    (e.g. 0.99: Ray schedules the fraction, torch still runs one thread)."""
+    """(CPUs per worker, concurrent trials, CPUs of each trial's own process) such that every running
+    trial's driver and workers fit at once: a trial whose workers cannot be placed would wait
+    forever while holding its slot. A one-worker trial trains in its own process, which holds the
+    worker's CPUs; a trial driving a Ray Train fit holds TRIAL_CPU, so on N cores its workers get
+    slightly under N/concurrent (e.g. 0.99: Ray schedules the fraction, torch still runs one thread)."""
     import ray
     available = ray.cluster_resources()
     cpus = float(available.get("CPU", 1))
     r = base.ray
     workers, per_worker = r.workers, r.cpus_per_worker
     actors = r.teacher_cpus * base.num_groups() if r.teachers == "actors" else 0.0   # per trial
+    driver = 0.0 if trains_in_trial(base.with_overrides(["methods=[ed]"])) else TRIAL_CPU
     concurrent = max_concurrent or max(1, int(cpus // (workers * (per_worker or 1) + actors)))
     if r.use_gpu and not max_concurrent:
         concurrent = max(1, min(concurrent, int(available.get("GPU", 0) // workers)))
     if per_worker is None:
-        per_worker = math.floor(100 * (cpus - concurrent * (TRIAL_CPU + actors)) / (concurrent * workers)) / 100
-    need = concurrent * (workers * per_worker + TRIAL_CPU + actors)
+        per_worker = math.floor(100 * (cpus - concurrent * (driver + actors)) / (concurrent * workers)) / 100
+    need = concurrent * (workers * per_worker + driver + actors)
     if per_worker <= 0 or need > cpus + 1e-9:
         raise SpaceError(f"max_concurrent: {concurrent} trials x ({workers} worker(s) x {per_worker} CPU + "
-                         f"{TRIAL_CPU} for the trial driver + {actors} for teacher actors) need {need:.2f} CPUs, the cluster has {cpus:g}; lower "
+                         f"{driver} for the trial driver + {actors} for teacher actors) need {need:.2f} CPUs, the cluster has {cpus:g}; lower "
                          f"--max-concurrent (or ray.workers / ray.cpus_per_worker in the base experiment)")
-    return per_worker, concurrent
+    return per_worker, concurrent, (per_worker if driver == 0.0 else TRIAL_CPU)
 
 
 def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
@@ -229,12 +232,13 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
                                         max_concurrent_trials=concurrent)
 
 
-def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir: Path, setup: dict) -> list:
+def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir: Path, setup: dict,
+               trial_cpus: float = TRIAL_CPU) -> list:
     """Fit (or restore and finish) the Tuner; returns one plain dict per trial: index, values,
     metrics of its last report, error, done."""
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": TRIAL_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": trial_cpus})
     storage = str(search_dir.resolve())
     path = os.path.join(storage, TUNER_DIR)
     if tune.Tuner.can_restore(path):

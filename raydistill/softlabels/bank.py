@@ -92,3 +92,18 @@ class AugmentationBank:
         if self.preset == "imagenet":
             return resized_crop_flip(images, d[:, :4], d[:, 4].bool() if self.flip else None, self.size)
         return crop_flip(images, d[:, :2], d[:, 2].bool() if self.flip else None, self.padding)
+
+
+def bank_for(exp, num_samples: int) -> AugmentationBank:
+    """The bank of an experiment: `teachers.cache_draws` draws of the preset's crop + flip per sample
+    (cifar: pad-4 crops; imagenet: random-resized crops of the decoded square), seeded by `data.seed`
+    (the seed that fixes the training set), not the training seed, so runs with different seeds
+    share one cache. Without augmentation: one identity draw."""
+    from raydistill.data import decoded_size
+    preset, size = exp.augment_preset(), exp.image_size()
+    if preset == "none":
+        return AugmentationBank.make(num_samples, 1, padding=0, flip=False, seed=exp.data.seed)
+    if preset == "imagenet":
+        return AugmentationBank.make(num_samples, exp.teachers.cache_draws, flip=True, seed=exp.data.seed,
+                                     preset="imagenet", size=size, source_size=decoded_size(size, preset))
+    return AugmentationBank.make(num_samples, exp.teachers.cache_draws, padding=4, flip=True, seed=exp.data.seed)

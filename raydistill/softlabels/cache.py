@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from raydistill.cachedirs import build_lock, incomplete, local_cache_dir, mirror, mirror_dir, publish
-from raydistill.softlabels.bank import AugmentationBank
+from raydistill.storage.cachedirs import build_lock, incomplete, local_cache_dir, mirror, mirror_dir, publish
+from raydistill.softlabels.bank import AugmentationBank, bank_for
 from raydistill.softlabels.build import build_labels, ray_task_options
 from raydistill.softlabels.client import CachedTeachers
 from raydistill.softlabels.key import bank_fingerprint, cache_key, dataset_fingerprint, teacher_fingerprint
@@ -41,21 +41,6 @@ def cache_root(exp) -> str:
     """`teachers.cache_dir`, else `<output.dir>/softlabels` (next to the run directories, so every
     run and trial under one output.dir shares it). A local path or a storage URI."""
     return exp.teachers.cache_dir or join(exp.output.dir, "softlabels")
-
-
-def bank_for(exp, num_samples: int) -> AugmentationBank:
-    """The bank of an experiment: `teachers.cache_draws` draws of the preset's crop + flip per sample
-    (cifar: pad-4 crops; imagenet: random-resized crops of the decoded square), seeded by `data.seed`
-    (the seed that fixes the training set), not the training seed, so runs with different seeds
-    share one cache. Without augmentation: one identity draw."""
-    from raydistill.data import decoded_size
-    preset, size = exp.augment_preset(), exp.image_size()
-    if preset == "none":
-        return AugmentationBank.make(num_samples, 1, padding=0, flip=False, seed=exp.data.seed)
-    if preset == "imagenet":
-        return AugmentationBank.make(num_samples, exp.teachers.cache_draws, flip=True, seed=exp.data.seed,
-                                     preset="imagenet", size=size, source_size=decoded_size(size, preset))
-    return AugmentationBank.make(num_samples, exp.teachers.cache_draws, padding=4, flip=True, seed=exp.data.seed)
 
 
 def ensure_soft_label_cache(exp, data, teachers: dict, *, root: Optional[Path] = None,

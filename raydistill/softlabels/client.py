@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch
 
-from raydistill.softlabels.bank import AugmentationBank
+from raydistill.softlabels.bank import AugmentationBank, bank_for
 from raydistill.softlabels.store import SoftLabelCacheError
 
 
@@ -54,6 +54,5 @@ def teacherless_client(exp, train, client) -> Optional[ReplayOnly]:
         return None
     bank = getattr(client, "replay", None)
     if bank is None:
-        from raydistill.softlabels.cache import bank_for
         bank = bank_for(exp, len(train))
     return ReplayOnly(bank)

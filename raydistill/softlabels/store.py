@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raydistill.cachedirs import META_FILE, incomplete, manifest
+from raydistill.storage.cachedirs import META_FILE, incomplete, manifest
 
 FLOAT16_MAX = 65504.0
 

@@ -19,10 +19,12 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from raydistill.report import format_table
+from raydistill.pipeline.summary import format_table
+from raydistill.storage import RunDir, is_uri
 
 STUDENT_METHODS = ("ed", "scratch", "kd", "multi_teacher")
 
@@ -242,7 +244,7 @@ def _read_parquet_history(path: Path) -> list:
     return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
-def load_run(run_dir) -> tuple:
+def load_local_run(run_dir) -> tuple:
     """(summary, history) of a finished run: summary.json, and the history from metrics.json (or
     metrics.parquet when metrics.json is absent). RunDirError, naming the file, otherwise."""
     run_dir = Path(run_dir)
@@ -266,6 +268,27 @@ def load_run(run_dir) -> tuple:
 
 def report_text(run_dir) -> str:
     """The results table the run printed at its end (byte for byte: same summary, same formatter)."""
-    from raydistill.storage import load_run as load_any   # a local run directory or a URI
-    summary, _ = load_any(run_dir)
+    summary, _ = load_run(run_dir)   # a local run directory or a URI
     return format_table(summary["methods"], summary.get("teachers") or {})
+
+
+REPORT_FILES = ("summary.json", "metrics.json", "metrics.parquet")
+
+
+def load_run(location) -> tuple:
+    """`load_local_run` for a local run directory or a run directory URI: (summary, history)."""
+    if not is_uri(location):
+        return load_local_run(location)
+    run = RunDir(location)
+    if not run.exists():
+        raise RunDirError(f"{location}: no such run directory")
+    tmp = Path(tempfile.mkdtemp(prefix="raydistill-run-"))
+    try:
+        for name in REPORT_FILES:
+            if run.is_file(name):
+                (tmp / name).write_bytes(run.read_bytes(name))
+        return load_local_run(tmp)
+    except RunDirError as err:  # name the URI, not the temporary copy
+        raise RunDirError(str(err).replace(str(tmp), str(location).rstrip("/"))) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

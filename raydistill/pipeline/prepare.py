@@ -1,4 +1,5 @@
-"""Everything a run needs before training: validated config, data, class groups, run directory.
+"""Everything a run needs before training: validated config, data, class groups, run directory
+(`start_run`), and the settings each stage trains with.
 
 Kept separate from training so the local runner, the Ray driver, Tune and the job API all
 prepare identically, and so every input error is raised before any cluster work starts.
@@ -19,6 +20,8 @@ from raydistill.data import (DataError, ImageSet, center_crop, channel_stats, de
 from raydistill.data.decoded import load_decoded
 from raydistill.data.stream import choose_loader, stream_splits, stream_stats
 from raydistill.distill.engine import TrainSettings
+from raydistill.storage import RunDir
+from raydistill.teachers import check_teacher_checkpoints
 
 
 @dataclass
@@ -210,3 +213,20 @@ def write_json(path: Path, payload) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     tmp.replace(path)
+
+
+def pick_device(exp: Experiment) -> torch.device:
+    if exp.device == "cuda" or (exp.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def start_run(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> tuple[PreparedData, RunDir]:
+    """Validate, load the data, create the run directory and write config.yaml — before any training."""
+    exp.validate()
+    data = prepare_data(exp, log)
+    check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
+    out = check_output_dir(exp)
+    refuse_changed_config(out, exp)
+    out.write_text("config.yaml", exp.to_yaml())
+    return data, out

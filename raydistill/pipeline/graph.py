@@ -1,11 +1,12 @@
-"""A run as a small graph of stages, run as concurrent Ray Train fits (`ray.stages: concurrent`).
+"""A run as a small graph of stages (pure: no Ray), and how each stage is executed.
 
 teachers (independent of each other) → methods (independent of each other, each needing its
-teachers). In concurrent mode every stage is its own Ray Train run (storage `<run>/ray/<stage>`)
-with its own scaling (`ray.teacher_workers` for a teacher, `ray.workers` for a method) and its own
-FailureConfig, launched by a stage driver (a Ray task holding no CPU, like a Tune trial's driver)
-as soon as the stages it needs are complete. A re-run skips stages whose storage holds their
-completed record and resumes the others from their own checkpoints.
+teachers). Each stage runs on an executor chosen from its worker count (`stage_executor`: a Ray
+task for one worker, a Ray Train fit for several) with its own checkpoint store
+(`<run>/ray/stage-<kind>-<key>`); `ray.stages` says whether stages run one after another
+(`sequential`: in one fit for the whole graph when a stage needs a fit) or each as soon as the
+stages it needs are complete (`concurrent`). A re-run skips completed stages and resumes the
+others from their most advanced checkpoint in any store (`pipeline.checkpoints.run_progress`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def stage_graph(exp: Experiment, num_groups: int) -> dict:
     return graph
 
 
+def run_stages(exp: Experiment, num_groups: int) -> list[str]:
+    """Stage names in run order: teachers first, then every method."""
+    return list(stage_graph(exp, num_groups))
+
+
 def storage_name(stage: str) -> str:
     """Ray Train run name (folder under `<run>/ray`) of a stage's own fit."""
     return "stage-" + stage.replace(":", "-")
@@ -32,6 +38,26 @@ def storage_name(stage: str) -> str:
 
 def stage_workers(exp: Experiment, stage: str) -> int:
     return exp.ray.teacher_workers if stage.startswith("teacher:") else exp.ray.workers
+
+
+TASK, FIT = "task", "fit"
+
+
+def stage_executor(exp: Experiment, stage: str, streaming: bool = False) -> str:
+    """How one stage runs on Ray (`ray.executor`, `auto` resolved): a one-worker stage as a Ray task
+    (no process group, no Ray Train start-up), several workers (DDP) or streamed data (Ray Data
+    feeds Ray Train workers) as a Ray Train fit."""
+    if streaming:
+        return FIT   # the stream's val/test datasets are Ray Train's `datasets`
+    if exp.ray.executor != "auto":
+        return exp.ray.executor
+    return FIT if stage_workers(exp, stage) > 1 else TASK
+
+
+def needs_one_fit(exp: Experiment, num_groups: int, streaming: bool = False) -> bool:
+    """Sequential mode runs the whole graph as one Ray Train fit (one start-up for the run) when some
+    stage needs a fit; when none does, every stage is a task, one after another."""
+    return any(stage_executor(exp, s, streaming) == FIT for s in stage_graph(exp, num_groups))
 
 
 def choose_mode(exp: Experiment, cluster_cpus: float) -> str:

@@ -1,4 +1,4 @@
-"""Results: per-method summaries from per-epoch metrics, and the printed table."""
+"""Per-method summaries from per-epoch metrics, and the results table every run prints."""
 from __future__ import annotations
 
 import math

@@ -15,7 +15,7 @@ scalars (`report_files.epoch_scalars`: loss terms, train/val/test accuracy, lr, 
   key even in offline mode.
 
 Tune searches log trials with Tune's own MLflowLoggerCallback / WandbLoggerCallback instead
-(`tune_callbacks`); their trial runs keep only the TensorBoard files.
+(`search.tracking.tune_callbacks`); their trial runs keep only the TensorBoard files.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from raydistill.config import Experiment
-from raydistill.report_files import epoch_scalars, safe_dir_name
+from raydistill.pipeline.report_files import epoch_scalars, safe_dir_name
 from raydistill.storage import RunDir
 
 
@@ -78,7 +78,7 @@ class MLflowSink:
 
     def _log_params(self, exp: Experiment) -> None:
         from mlflow.entities import Param
-        from raydistill.workspace import flatten
+        from raydistill.pipeline.prepare import flatten
         params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(exp.to_dict()).items())]
         for i in range(0, len(params), 100):   # MLflow's limit per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
@@ -149,20 +149,5 @@ class LiveMetrics:
         self.close(failed=kind is not None)
 
 
-def tune_callbacks(exp: Experiment) -> list:
-    """Tune logger callbacks for a search whose base experiment configures trackers: one MLflow / W&B
-    run per trial with the epochs the trial reports to Tune."""
-    callbacks = []
-    tr = exp.tracking
-    if tr.mlflow is not None:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-        callbacks.append(MLflowLoggerCallback(tracking_uri=tr.mlflow.tracking_uri,
-                                              experiment_name=tr.mlflow.experiment or exp.name))
-    if tr.wandb is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-        callbacks.append(WandbLoggerCallback(project=tr.wandb.project or exp.name, mode=tr.wandb.mode))
-    return callbacks
 
 
-# overrides that leave a trial's own MLflow / W&B logging off (Tune's callbacks log the trial)
-TRIAL_TRACKING_OFF = ["tracking.mlflow=null", "tracking.wandb=null"]

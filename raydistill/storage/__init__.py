@@ -252,24 +252,5 @@ class RunDir:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-REPORT_FILES = ("summary.json", "metrics.json", "metrics.parquet")
 
 
-def load_run(location) -> tuple:
-    """`report_files.load_run` for a local run directory or a run directory URI: (summary, history)."""
-    from raydistill.report_files import RunDirError, load_run as load_local
-    if not is_uri(location):
-        return load_local(location)
-    run = RunDir(location)
-    if not run.exists():
-        raise RunDirError(f"{location}: no such run directory")
-    tmp = Path(tempfile.mkdtemp(prefix="raydistill-run-"))
-    try:
-        for name in REPORT_FILES:
-            if run.is_file(name):
-                (tmp / name).write_bytes(run.read_bytes(name))
-        return load_local(tmp)
-    except RunDirError as err:  # name the URI, not the temporary copy
-        raise RunDirError(str(err).replace(str(tmp), str(location).rstrip("/"))) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,73 +1,38 @@
-"""`run(experiment)`: teachers, then ED and the baselines, then the results table and run directory.
-
-This is the in-process backend (one worker, teachers in this process). The Ray backend
-(`raydistill.distributed.trainer`) shares every piece here — `start_run`, `teacher_stage`,
-`method_stage`, `write_metrics`, `finish_run` — and differs only in the `train` callable that
-runs a plan (DDP workers, epoch checkpoints, resume) and in where teachers are served.
-Every file goes through a `storage.RunDir` (a local directory or a URI), written by the
-process that produced it.
+"""The stage bodies every executor runs: train or load a teacher (`teacher_stage`), train one
+method's plan (`method_stage`). Plain PyTorch and a `RunDir`: the executor only chooses the `train`
+callable that runs a plan (in this process, `local_train`; a Ray Train worker's with DDP and epoch
+checkpoints) and where teachers are served. Every file goes through a `storage.RunDir` (a local
+directory or a URI), written by the process that produced it.
 """
 from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-from raydistill.storage import RunDir
 from raydistill.config import Experiment
 from raydistill.data import center_crop
 from raydistill.data.stream import StreamSplit
+from raydistill.distill.budget import history_budget, plan_flops_per_image
 from raydistill.distill.curriculum import Plan, plan_for, teachers_needed
 from raydistill.distill.engine import TrainContext, train_plan
 from raydistill.models import count_parameters
-from raydistill.progress import interactive
-from raydistill.distill.budget import history_budget, plan_flops_per_image
-from raydistill.report import format_table, method_summary
-from raydistill.report_files import safe_dir_name, write_report_files
-from raydistill.teachers import (FrozenTeacher, LocalTeachers, check_teacher_checkpoints, classes_of, load_teacher,
-                                 teacher_checkpoint)
+from raydistill.pipeline.prepare import PreparedData, input_stats, student_settings, teacher_settings
+from raydistill.pipeline.progress import interactive
+from raydistill.pipeline.summary import method_summary
+from raydistill.storage import RunDir
+from raydistill.teachers import FrozenTeacher, classes_of, load_teacher, teacher_checkpoint
 from raydistill.teachers.training import teacher_plan
-from raydistill.workspace import (PreparedData, check_output_dir, input_stats, prepare_data, refuse_changed_config,
-                                  student_settings, teacher_settings)
 
 # train(plan, train_set, val_set, test_set, teacher_client, settings, log=None, stage=None) -> (model, history)
 # stage: "teacher:<key>" or "method:<method>", the name live metrics and the progress bar show
 TrainFn = Callable[..., tuple]
 
 
-@dataclass
-class RunResult:
-    run_dir: object                                 # Path of a local run directory, or its URI (str)
-    teachers: dict = field(default_factory=dict)   # key -> {"test_acc", "params", "classes", "source"}
-    methods: dict = field(default_factory=dict)    # method -> summary (final_test_acc, params, ...)
-    history: list = field(default_factory=list)    # per-epoch metrics of every method
-
-    def table(self) -> str:
-        return format_table(self.methods, self.teachers)
-
-
-def pick_device(exp: Experiment) -> torch.device:
-    if exp.device == "cuda" or (exp.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def teacher_classes(key: str, data: PreparedData) -> list:
     return classes_of(key, data.groups)
-
-
-def start_run(exp: Experiment, log: Optional[Callable[[str], None]] = None) -> tuple[PreparedData, RunDir]:
-    """Validate, load the data, create the run directory and write config.yaml — before any training."""
-    exp.validate()
-    data = prepare_data(exp, log)
-    check_teacher_checkpoints(exp.teachers.checkpoints, data.groups, exp.teachers.arch)  # before any training
-    out = check_output_dir(exp)
-    refuse_changed_config(out, exp)
-    out.write_text("config.yaml", exp.to_yaml())
-    return data, out
 
 
 def local_train(device, exp: Optional[Experiment] = None, out: Optional[RunDir] = None, **context) -> TrainFn:
@@ -89,8 +54,8 @@ def epoch_watchers(stack: ExitStack, exp: Optional[Experiment], out: Optional[Ru
     """The callable rank 0 runs after each epoch of `stage`: live metrics (when `exp` is given) and, with
     `bar` and a log to show, the terminal progress bar (its `.bar` attribute; None when lines are kept).
     Both are closed by `stack`."""
-    from raydistill.progress import StageBar
-    from raydistill.tracking import LiveMetrics, stage_label
+    from raydistill.pipeline.progress import StageBar
+    from raydistill.pipeline.tracking import LiveMetrics, stage_label
     live = stack.enter_context(LiveMetrics(exp, out, stage)) if exp is not None and out is not None else None
     shown = StageBar(stage_label(stage), plan.total_epochs, len(plan.grades)) if bar and log else None
     if shown is not None:
@@ -183,61 +148,10 @@ def method_stage(exp: Experiment, data: PreparedData, out: RunDir, method: str, 
 
 
 def save_student(out: RunDir, name: str, model, data: PreparedData, stats: Optional[dict] = None) -> None:
-    """`stats`: the {mean, std} the student was trained with (`workspace.input_stats`); default the data's."""
+    """`stats`: the {mean, std} the student was trained with (`pipeline.prepare.input_stats`); default the data's."""
     stats = stats or {"mean": data.mean, "std": data.std}
     out.save_torch(name, {"arch": model.arch, "class_ids": model.class_ids.tolist(),
                           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                           "mean": list(stats["mean"]), "std": list(stats["std"])})
 
 
-def write_metrics(out: RunDir, result: RunResult) -> None:
-    out.write_json("metrics.json", {"teachers": result.teachers, "methods": result.methods,
-                                    "history": result.history})
-
-
-def finish_run(exp: Experiment, out: RunDir, result: RunResult, log) -> RunResult:
-    write_metrics(out, result)
-    summary = {"experiment": exp.name, "teachers": result.teachers, "methods": result.methods}
-    out.write_json("summary.json", summary)
-    with out.local_folder() as folder:   # matplotlib and TensorBoard write local files
-        write_report_files(folder, result.history, summary)
-        if out.local_path is None:   # the upload adds files: drop the live event files these replace
-            for method in {row["method"] for row in result.history}:
-                out.delete(f"tensorboard/{safe_dir_name(method)}")
-    log(result.table())
-    return result
-
-
-def run_result(out: RunDir) -> RunResult:
-    return RunResult(out.local_path or out.location)
-
-
-def say(message: str) -> None:
-    """Progress lines, flushed so they show up live through pipes and job logs."""
-    print(message, flush=True)
-
-
-def run(exp: Experiment, progress: Optional[Callable[[str], None]] = say) -> RunResult:
-    """Run an experiment in this process; everything is validated before training starts."""
-    log = progress or (lambda _msg: None)
-    device = pick_device(exp)
-    exp.check_devices(device.type, "local")
-    if exp.data.loader == "stream":
-        from raydistill.config import ConfigError
-        raise ConfigError("data.loader: stream needs the Ray backend (Ray Data pipelines feed Ray Train workers); "
-                          "expected memory or auto with --backend local")
-    if exp.data.loader == "auto":   # one process: nothing to stream to
-        exp = exp.with_overrides(["data.loader=memory"])
-    data, out = start_run(exp, log)
-    result = run_result(out)
-    teachers, result.teachers = prepare_teachers(exp, data, out, device, log)
-    client = LocalTeachers(teachers)
-    if exp.teachers.soft_labels == "cache" and teachers:
-        from raydistill.softlabels import cache_root, ensure_soft_label_cache
-        client = ensure_soft_label_cache(exp, data, teachers, root=cache_root(exp), log=log).client()
-    train = local_train(device, exp, out, **exp.context_options())
-    for method in exp.methods:
-        history, result.methods[method] = method_stage(exp, data, out, method, client, log, train)
-        result.history += history
-        write_metrics(out, result)
-    return finish_run(exp, out, result, log)

@@ -1,0 +1,81 @@
+"""The stage graph on every executor (issue 28): in this process, a Ray task per one-worker stage,
+a Ray Train fit per stage, one fit for the whole graph; same seed, same numbers; a one-worker stage
+starts no TorchTrainer; a run interrupted under one executor resumes under another."""
+import json
+import os
+
+import pytest
+
+from conftest import tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]", "methods": "[scratch,ed]"}
+
+
+def _epochs(run_dir) -> list:
+    """Every trained epoch of every stage, from the run's epoch logs (one file, or one per stage)."""
+    files = [run_dir / "epochs.jsonl", *sorted((run_dir / "epochs").glob("*.jsonl"))]
+    return [json.loads(line) for f in files if f.is_file() for line in f.read_text().splitlines()]
+
+
+def _numbers(result) -> dict:
+    return {**{f"teacher:{k}": v["test_acc"] for k, v in result.teachers.items()},
+            **{m: (s["final_test_acc"], s["final_val_acc"]) for m, s in result.methods.items()}}
+
+
+def test_same_seed_same_accuracies_on_every_executor(ray_session, tmp_path):
+    from raydistill.distributed.trainer import run_distributed
+    from raydistill.pipeline.local import run
+    in_process = run(tiny_experiment(tmp_path / "local", **QUICK), progress=None)
+    runs = {name: run_distributed(tiny_experiment(tmp_path / name, **QUICK, **overrides), progress=None)
+            for name, overrides in {"task": {},
+                                    "fit_per_stage": {"ray.stages": "concurrent", "ray.executor": "fit"},
+                                    "one_fit": {"ray.executor": "fit"}}.items()}
+    expected = _numbers(in_process)
+    assert set(expected) == {"teacher:group0", "teacher:group1", "teacher:group2", "scratch", "ed"}
+    for name, result in runs.items():
+        assert _numbers(result) == expected, name
+    stores = {name: sorted(p.name for p in (tmp_path / name / "tiny" / "ray").iterdir()) for name in runs}
+    assert stores["one_fit"] == ["train"]
+    assert stores["task"] == stores["fit_per_stage"] == sorted(
+        ["stage-teacher-group0", "stage-teacher-group1", "stage-teacher-group2", "stage-method-scratch",
+         "stage-method-ed"])
+
+
+def test_a_one_worker_stage_starts_no_torch_trainer(ray_session, tmp_path):
+    """What ran, from what it left: a TorchTrainer's storage holds Ray Train's own files and
+    `checkpoint_<time>` folders; a task's store holds only `checkpoint_task-<seq>` folders, and the
+    driver said which executor it chose."""
+    from raydistill.distributed.trainer import run_distributed
+    lines = []
+    run_distributed(tiny_experiment(tmp_path, **QUICK), progress=lines.append)
+    assert any("task per one-worker stage" in line for line in lines), lines
+    ray_dir = tmp_path / "tiny" / "ray"
+    for store in ray_dir.iterdir():
+        names = sorted(p.name for p in store.iterdir())
+        assert names and all(n.startswith("checkpoint_task-") for n in names), (store.name, names)
+    # a fit, for contrast: Ray Train's files are there
+    run_distributed(tiny_experiment(tmp_path / "fit", **QUICK, **{"ray.executor": "fit"}), progress=None)
+    names = {p.name for p in (tmp_path / "fit" / "tiny" / "ray" / "train").iterdir()}
+    assert any(not n.startswith("checkpoint_task-") for n in names), names
+
+
+def test_run_interrupted_under_one_fit_resumes_as_tasks_without_redoing_epochs(ray_session, tmp_path):
+    from raydistill.distributed.trainer import RunInterrupted, run_distributed
+    overrides = {"teachers.epochs": 2, "curriculum.grade_epochs": "[1,1,2]"}
+    with pytest.raises(RunInterrupted):
+        run_distributed(tiny_experiment(tmp_path, **overrides, **{"ray.executor": "fit"}), progress=None,
+                        fail_once_at=("method:ed", 2))
+    run_dir = tmp_path / "tiny"
+    assert [e["epoch"] for e in _epochs(run_dir) if e["stage"] == "method:ed"] == [1, 2]
+    # resumed as one-worker tasks; a second kill (epoch 3) is recovered by the task's own restart
+    result = run_distributed(tiny_experiment(tmp_path, **overrides, **{"ray.max_failures": 1}), progress=None,
+                             fail_once_at=("method:ed", 3))
+    pairs = [(e["stage"], e["epoch"]) for e in _epochs(run_dir)]
+    assert len(pairs) == len(set(pairs)), f"an epoch was trained twice: {pairs}"
+    assert [e for s, e in pairs if s == "method:ed"] == [1, 2, 3, 4]
+    assert sorted(e for s, e in pairs if s.startswith("teacher:")) == [1, 1, 1, 2, 2, 2]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert set(result.teachers) == {"group0", "group1", "group2"}
+    assert os.path.isdir(run_dir / "ray" / "train") and os.path.isdir(run_dir / "ray" / "stage-method-ed")
