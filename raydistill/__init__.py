@@ -1,5 +1,8 @@
 """raydistill: Education Distillation (a knowledge-distillation curriculum) trained on Ray."""
 from raydistill.config import ConfigError, Experiment
+from raydistill.pipeline.report_files import load_run
+from raydistill.pipeline.results import RunResult
+from raydistill.search.results import SearchResult
 
 __version__ = "0.1.0"
 
@@ -30,4 +33,4 @@ def tune(space_or_path, **kwargs):
     return _tune(space_or_path, **kwargs)
 
 
-__all__ = ["ConfigError", "Experiment", "run", "submit", "tune", "__version__"]
+__all__ = ["ConfigError", "Experiment", "RunResult", "SearchResult", "load_run", "run", "submit", "tune", "__version__"]

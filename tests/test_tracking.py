@@ -75,6 +75,7 @@ def test_trackers_log_every_epoch_live_and_match_metrics(tmp_path):
     assert scalars(run_dir / "tensorboard" / "ed", "accuracy/val") == {e: pytest.approx(v) for e, v in ed_val.items()}
 
 
+@pytest.mark.slow   # local stages logged to MLflow, twice
 def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -142,6 +143,25 @@ def test_driver_bar_draws_the_epochs_ray_train_reports(ray_session):
     assert "teacher:group0 [" in lines[0] and "2/2 epochs" in lines[0] and "took " in lines[0]
     assert lines[1].strip().startswith("ed [") and "1/3 epochs" in lines[1] and "ETA " in lines[1]
     assert lines[2:] == [""]
+
+
+@pytest.mark.slow   # starts Ray (session instance)
+def test_driver_bar_draws_the_epochs_a_one_worker_task_reports(ray_session, tmp_path):
+    """A stage run as a Ray task (no Train controller) puts its epochs on the driver's bar queue itself."""
+    from raydistill.distributed.driver_bar import DriverBar
+    from raydistill.distributed.worker import SoloSession
+    from raydistill.storage import RunDir
+    screen = io.StringIO()
+    bar = DriverBar(stream=screen)
+    session = SoloSession(Experiment(), RunDir(tmp_path), bar_queue=bar.queue)
+    report = {"grade": 1, "images_per_s": 50.0, "val_acc": 0.5, "stage_grades": 1, "loss": 1.0}
+    for epoch in (1, 2):
+        session.report({**report, "stage": "method:ed", "epoch": epoch, "stage_epochs": 2}, None, epoch)
+    session.report({"stage": "done"}, None, 3)                               # the final report: no bar
+    bar.close()
+    lines = screen.getvalue().split("\n")
+    assert lines[0].strip().startswith("ed [") and "2/2 epochs" in lines[0] and "took " in lines[0]
+    assert lines[1:] == [""]
 
 
 @pytest.mark.parametrize("overrides, field", [

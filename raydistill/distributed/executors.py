@@ -27,12 +27,13 @@ from raydistill.storage import RunDir, join, storage_env
 
 
 def stage_config(exp: Experiment, out: RunDir, data_ref, name: str, stages: Optional[list], ready=(),
-                 fail_once_at: Optional[tuple] = None, driver_bar: bool = False) -> dict:
+                 fail_once_at: Optional[tuple] = None, driver_bar: bool = False, bar_queue=None) -> dict:
     """What a worker loop needs: the experiment, the data's object-store reference, the run directory
     and this executor's checkpoint store `<run>/ray/<name>`."""
     return {"exp": exp.to_dict(), "data": data_ref, "run_dir": out.location,
             "storage": join(out.child("ray").location, name), "stages": stages, "ready": list(ready),
-            "fail_once_at": list(fail_once_at) if fail_once_at else None, "driver_bar": driver_bar,
+            "fail_once_at": list(fail_once_at) if fail_once_at else None,
+            "driver_bar": driver_bar or bar_queue is not None, "bar_queue": bar_queue,
             "launched": time.time()}   # a stage's start-up: its first epoch's `started` minus this
 
 
@@ -78,13 +79,15 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
 
 def task_stages(exp: Experiment, out: RunDir, data_ref, name: str, stages: list, *, ready: tuple = (),
                 fail_once_at: Optional[tuple] = None, log: Callable[[str], None] = print,
-                in_process: bool = False, on_report: Optional[Callable[[dict], None]] = None) -> dict:
+                in_process: bool = False, on_report: Optional[Callable[[dict], None]] = None,
+                bar_queue=None) -> dict:
     """`stages` as one worker in a Ray task that holds the worker's resources (`in_process`: in this
     process, e.g. a Tune trial that holds them; `on_report` then sees every epoch report). A task
     that fails is started again from its last epoch checkpoint, at most `ray.max_failures` times,
-    as a fit's FailureConfig would. Returns the store's final progress."""
+    as a fit's FailureConfig would. `bar_queue`: the driver's `DriverBar.queue`, which then draws
+    the epochs. Returns the store's final progress."""
     import ray
-    config = stage_config(exp, out, data_ref, name, stages, ready, fail_once_at)
+    config = stage_config(exp, out, data_ref, name, stages, ready, fail_once_at, bar_queue=bar_queue)
     if in_process:
         return run_here(config, on_report=on_report)
     r = exp.ray

@@ -134,8 +134,14 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
         if mode == "concurrent":   # stages' drivers run in Ray tasks: their workers print plain lines
             completed = run_concurrent(exp, out, data_ref, groups, data.streaming, log, fail_once_at=fail_once_at)
         elif not one_fit:
-            completed = run_in_order(exp, out, data_ref, groups, data.streaming, log, fail_once_at=fail_once_at,
-                                     in_process=in_process, on_report=on_report)
+            bar = DriverBar() if progress is not None and interactive() else None
+            try:
+                completed = run_in_order(exp, out, data_ref, groups, data.streaming, log, fail_once_at=fail_once_at,
+                                         in_process=in_process, on_report=on_report,
+                                         bar_queue=bar.queue if bar else None)
+            finally:
+                if bar is not None:
+                    bar.close()
         else:
             completed = _run_one_fit(exp, out, data_ref, progress, log, fail_once_at, callbacks)
         return finish_run(exp, out, result_from_progress(exp, out, completed), log)

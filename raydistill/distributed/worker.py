@@ -24,6 +24,7 @@ from raydistill.distill.engine import NonFiniteLossError, TrainContext, TrainSta
 from raydistill.distill.curriculum import teachers_needed
 from raydistill.distributed.consistency import ddp_context, plain_model, same_teacher_on_every_rank
 from raydistill.distributed.data_transfer import unpack_data
+from raydistill.distributed.driver_bar import forward_epoch
 from raydistill.pipeline.checkpoints import STATE_FILE, latest_progress, run_progress
 from raydistill.pipeline.graph import run_stages
 from raydistill.pipeline.prepare import PreparedData
@@ -59,12 +60,14 @@ class TrainSession:
 class SoloSession:
     """One worker with no process group (a Ray task, or this process): each checkpoint is copied into
     the stage's store as `checkpoint_task-<seq>/state.pt` (the last two kept); `on_report(metrics)`
-    sees every report (a Tune trial forwards its epochs with it)."""
+    sees every report (a Tune trial forwards its epochs with it); `bar_queue`: the driver's progress
+    bar (`driver_bar.DriverBar`)."""
 
-    def __init__(self, exp: Experiment, store: RunDir, on_report: Optional[Callable[[dict], None]] = None):
+    def __init__(self, exp: Experiment, store: RunDir, on_report: Optional[Callable[[dict], None]] = None,
+                 bar_queue=None):
         device = torch.device("cuda") if exp.ray.use_gpu else torch.device("cpu")
         self.ctx = ddp_context(device, 0, 1, exp.sync_batchnorm(), **exp.context_options())
-        self.store, self.on_report = store, on_report
+        self.store, self.on_report, self.bar_queue = store, on_report, bar_queue
 
     def restored(self):
         return None   # the store's own checkpoints are read by `latest_progress`
@@ -77,6 +80,8 @@ class SoloSession:
                 self.store.delete(old)
         if self.on_report is not None:
             self.on_report(metrics)
+        if self.bar_queue is not None:
+            forward_epoch(self.bar_queue, metrics)
 
 
 def _node_id() -> str:
@@ -130,7 +135,7 @@ def run_here(config: dict, packed: Optional[dict] = None,
         import ray
         packed = ray.get(config["data"])
     store = RunDir(config["storage"])
-    run_worker(config, SoloSession(exp, store, on_report), packed)
+    run_worker(config, SoloSession(exp, store, on_report, config.get("bar_queue")), packed)
     return latest_progress(None, store)
 
 

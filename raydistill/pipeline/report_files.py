@@ -276,7 +276,8 @@ REPORT_FILES = ("summary.json", "metrics.json", "metrics.parquet")
 
 
 def load_run(location) -> tuple:
-    """`load_local_run` for a local run directory or a run directory URI: (summary, history)."""
+    """(summary, history) of a finished run, from a local run directory or a run directory URI
+    (`s3://…`): summary.json and the per-epoch metrics. Raises RunDirError naming what is missing."""
     if not is_uri(location):
         return load_local_run(location)
     run = RunDir(location)

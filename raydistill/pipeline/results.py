@@ -12,6 +12,8 @@ from raydistill.storage import RunDir
 
 @dataclass
 class RunResult:
+    """What a run returns (every executor alike): its run directory, each teacher's and each
+    method's summary, and every method's per-epoch history; `table()` is the table the run printed."""
     run_dir: object                                 # Path of a local run directory, or its URI (str)
     teachers: dict = field(default_factory=dict)   # key -> {"test_acc", "params", "classes", "source"}
     methods: dict = field(default_factory=dict)    # method -> summary (final_test_acc, params, ...)

@@ -7,7 +7,9 @@ accuracy is only reported.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from raydistill.search.space import SearchSpace
 from raydistill.search.trainable import trial_experiment, trial_name
@@ -97,3 +99,19 @@ def export_best(space: SearchSpace, row: dict, values: dict, teachers: dict, sea
               f"Reproduce: raydistill run --config {path}\n")
     path.write_text(header + exp.to_yaml())
     return path
+
+
+@dataclass
+class SearchResult:
+    """What `tune` returns: the search directory, every trial's row, the best trial (chosen on
+    validation accuracy) and its exported experiment, and the baselines run beside the search."""
+    search_dir: Path
+    table: object                  # pandas DataFrame, one row per trial (also trials.parquet)
+    best: Optional[dict]           # the best trial's row (chosen on val_acc), None if none completed
+    best_config: Optional[Path]    # best.yaml
+    baselines: dict = field(default_factory=dict)   # method -> {val_acc, test_acc, epochs}
+
+    def summary(self, top: int = 5) -> str:
+        from raydistill.search.baselines import comparison
+        text = format_best(self.table, top)
+        return text + ("\n" + comparison(self.best, self.baselines) if self.baselines else "")

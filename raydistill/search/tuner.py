@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from raydistill.distributed.trainer import LOCAL_ENV as TRAIN_LOCAL_ENV
-from raydistill.search.results import (BEST_FILE, best_row, export_best, format_best, table_frame, trial_rows,
+from raydistill.search.results import (BEST_FILE, SearchResult, best_row, export_best, format_best, table_frame, trial_rows,
                                        write_table)
 from raydistill.search import searchers
 from raydistill.search.baselines import comparison, read_baselines, run_baselines
@@ -28,19 +27,6 @@ from raydistill.search.tracking import tune_callbacks
 
 TUNER_DIR = "tuner"
 LOCAL_ENV = {**TRAIN_LOCAL_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
-
-
-@dataclass
-class SearchResult:
-    search_dir: Path
-    table: object                  # pandas DataFrame, one row per trial (also trials.parquet)
-    best: Optional[dict]           # the best trial's row (chosen on val_acc), None if none completed
-    best_config: Optional[Path]    # best.yaml
-    baselines: dict = field(default_factory=dict)   # method -> {val_acc, test_acc, epochs}
-
-    def summary(self, top: int = 5) -> str:
-        text = format_best(self.table, top)
-        return text + ("\n" + comparison(self.best, self.baselines) if self.baselines else "")
 
 
 def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = None,
