@@ -238,10 +238,18 @@ def raydistill(nodes, cwd: Path, *args, timeout: float = 420, wait: bool = True)
     return subprocess.run(cmd, cwd=cwd, env=nodes.env, capture_output=True, text=True, timeout=timeout)
 
 
+def epoch_log(run) -> list:
+    """Every epoch line of a run in storage: `epochs.jsonl` (one fit for the graph) and
+    `epochs/<stage>.jsonl` (an executor per stage)."""
+    names = (["epochs.jsonl"] if run.is_file("epochs.jsonl") else []) + \
+        [f"epochs/{n}" for n in (run.listdir("epochs") if run.exists("epochs") else [])]
+    return [json.loads(line) for name in names for line in run.read_text(name).splitlines()]
+
+
 def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
-    """The head offers no CPU, so every Train worker runs on the worker node, which cannot see the
-    driver's disk: the run completes, every artifact is in the bucket, the driver's disk holds
-    nothing of the run, and the run is read back from the URI."""
+    """The head offers no CPU, so every stage (a one-worker Ray task, the default executor) runs on
+    the worker node, which cannot see the driver's disk: the run completes, every artifact is in the
+    bucket, the driver's disk holds nothing of the run, and the run is read back from the URI."""
     worker = nodes.add_worker()
     assert not nodes.sees(worker, tmp_path) and nodes.sees(worker, REPO)   # its own /tmp, the same code
     config = cluster_experiment(tmp_path, "twonode", **{"teachers.soft_labels": "cache"})
@@ -252,13 +260,15 @@ def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
 
     store = bucket.child("runs")
     run = store.child("twonode")
-    for name in ("config.yaml", "summary.json", "metrics.json", "metrics.parquet", "curves.png", "epochs.jsonl",
-                 "teachers/group0.pt", "teachers/group2.pt", "checkpoints/ed.pt"):
+    for name in ("config.yaml", "summary.json", "metrics.json", "metrics.parquet", "curves.png",
+                 "epochs/method-ed.jsonl", "teachers/group0.pt", "teachers/group2.pt", "checkpoints/ed.pt"):
         assert run.is_file(name), name
-    assert any(n.startswith("checkpoint_") for n in run.listdir("ray/train"))        # Ray Train's own storage
+    stores = run.listdir("ray")   # each stage's checkpoint store, in the bucket
+    assert "stage-method-ed" in stores and all(
+        any(n.startswith("checkpoint_task-") for n in run.listdir(f"ray/{store}")) for store in stores), stores
     (cache,) = store.listdir("softlabels")
     assert store.is_file(f"softlabels/{cache}/meta.json")
-    epochs = [json.loads(line) for line in run.read_text("epochs.jsonl").splitlines()]
+    epochs = epoch_log(run)
     assert {e["node"] for e in epochs} == {nodes.node_id(worker)} != {nodes.head}    # trained on the worker node
     assert [p.name for p in workdir.iterdir()] == []                                 # nothing local
 
@@ -272,11 +282,13 @@ def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
 def test_node_removal_then_resume_from_the_bucket_with_empty_local_disks(nodes, bucket, tmp_path):
     """The worker node dies mid-run. With max_failures 0 the run stops; after deleting every local
     directory of the driver, the same command (max_failures 1) resumes from the bucket on a new
-    node; that node is removed too, and the run goes on on a replacement. Every epoch once."""
+    node; that node is removed too, and the run goes on on a replacement. Every epoch once. The run
+    is one Ray Train fit for the graph (`ray.executor: fit`): FailureConfig restarts its workers; a
+    task's own restart is tested in tests/test_executors.py."""
     first = nodes.add_worker()
     # enough epochs (and images) that the resumed run is still training when its node is removed
     config = cluster_experiment(tmp_path, "removal", **{"curriculum.grade_epochs": "[2,2,8]",
-                                                        "data.train_per_class": 150})
+                                                        "data.train_per_class": 150, "ray.executor": "fit"})
     run = bucket.child("runs/removal")
     workdir = tmp_path / "driver"
     workdir.mkdir()
@@ -385,7 +397,7 @@ def test_a_local_output_dir_that_a_node_cannot_see_fails_before_training(nodes, 
     assert "s3://" in error and "mount every node shares" in error, error
     run = tmp_path / "runs" / "localout"
     assert "worker(s), rank 0 on node" not in proc.stdout
-    assert not (run / "epochs.jsonl").exists() and not (run / "ray").exists()
+    assert not (run / "epochs.jsonl").exists() and not (run / "epochs").exists() and not (run / "ray").exists()
     assert not list(run.glob(".raydistill-shared-*"))   # the marker is removed
 
     shared = Path(tempfile.mkdtemp(prefix=".rd-shared-", dir=REPO))   # the checkout: every node sees it

@@ -27,7 +27,14 @@ def _numbers(result) -> dict:
 def test_same_seed_same_accuracies_on_every_executor(ray_session, tmp_path):
     from raydistill.distributed.trainer import run_distributed
     from raydistill.pipeline.local import run
-    in_process = run(tiny_experiment(tmp_path / "local", **QUICK), progress=None)
+    import torch
+    exp = tiny_experiment(tmp_path / "local", **QUICK)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(exp.worker_cpus()))   # as many torch threads as a Ray worker gets: same sums
+    try:
+        in_process = run(exp, progress=None)
+    finally:
+        torch.set_num_threads(threads)
     runs = {name: run_distributed(tiny_experiment(tmp_path / name, **QUICK, **overrides), progress=None)
             for name, overrides in {"task": {},
                                     "fit_per_stage": {"ray.stages": "concurrent", "ray.executor": "fit"},
