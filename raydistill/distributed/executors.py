@@ -138,21 +138,14 @@ def _stage_driver(exp_dict: dict, data_box: list, location: str, stage: str, rea
                          fail_once_at)
 
 
-def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,
-                   fail_once_at: Optional[tuple] = None) -> dict:
-    """Every stage on its own executor, each launched as soon as its teachers exist; the metrics file
-    is rewritten by the driver whenever a stage completes. Returns {stage: record}."""
-    import ray
-    graph = stage_graph(exp, num_groups)
-    done = {s: r for s, r in run_progress(out)[0].items() if s in graph}   # completed by an earlier invocation
-    driver = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": storage_env()})(_stage_driver)
+def _drive(exp: Experiment, out: RunDir, graph: dict, launch: Callable, finished: Callable, log) -> dict:
+    """`pipeline.graph.run_graph` over the stages not completed by an earlier invocation, the metrics
+    file rewritten by the driver whenever a stage ends; `finished(handles)` -> {handle: StageOutcome}
+    of at least one. Returns {stage: record}; raises `stages_error` when a stage did not complete."""
+    done = {s: r for s, r in run_progress(out)[0].items() if s in graph}
 
-    def launch(stage):
-        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage], streaming, fail_once_at)
-
-    def wait(refs):
-        ready, _ = ray.wait(refs, num_returns=1)
-        results = {ref: ray.get(ref) for ref in ready}
+    def wait(handles):
+        results = finished(handles)
         write_metrics(out, result_from_progress(exp, out, {**done, **{k: v for o in results.values()
                                                                        if o.status == OK
                                                                        for k, v in o.records.items()}}))
@@ -164,12 +157,30 @@ def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, stre
         raise stages_error(err.outcomes, out) from None
 
 
+def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,
+                   fail_once_at: Optional[tuple] = None) -> dict:
+    """Every stage on its own executor, each launched (by a stage driver task) as soon as its
+    teachers exist. Returns {stage: record}."""
+    import ray
+    graph = stage_graph(exp, num_groups)
+    driver = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": storage_env()})(_stage_driver)
+
+    def launch(stage):
+        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage], streaming, fail_once_at)
+
+    def finished(refs):
+        ready, _ = ray.wait(refs, num_returns=1)
+        return {ref: ray.get(ref) for ref in ready}
+
+    return _drive(exp, out, graph, launch, finished, log)
+
+
 def run_in_order(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,
                  fail_once_at: Optional[tuple] = None, **task_options) -> dict:
     """Every stage one after another, each on its own (one-worker) executor: the sequential mode
-    when no stage needs a fit. Returns {stage: record}; raises as `run_concurrent` does."""
+    when no stage needs a fit. `launch` runs the stage, so one runs at a time. Returns {stage:
+    record}; raises as `run_concurrent` does."""
     graph = stage_graph(exp, num_groups)
-    done = {s: r for s, r in run_progress(out)[0].items() if s in graph}
     outcomes = {}
 
     def launch(stage):
@@ -177,17 +188,7 @@ def run_in_order(exp: Experiment, out: RunDir, data_ref, num_groups: int, stream
                                         **task_options)
         return stage
 
-    def wait(handles):
-        results = {h: outcomes.pop(h) for h in handles[:1]}
-        write_metrics(out, result_from_progress(exp, out, {**done, **{k: v for o in results.values()
-                                                                       if o.status == OK
-                                                                       for k, v in o.records.items()}}))
-        return results
-
-    try:
-        return run_graph(graph, done, launch, wait, log)   # launch runs the stage: one at a time
-    except StagesFailed as err:
-        raise stages_error(err.outcomes, out) from None
+    return _drive(exp, out, graph, launch, lambda handles: {h: outcomes.pop(h) for h in handles[:1]}, log)
 
 
 __all__ = ["FIT", "TASK", "fit_stages", "task_stages", "run_one_stage", "run_concurrent", "run_in_order"]
