@@ -19,6 +19,7 @@ Writes `stages.json` and `table.md` to --results.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stages.py                  # -> benchmarks/results/stages
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stages.py --quick --results /tmp/stages   # smoke check
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stages.py --settings cluster   # the simulated cluster only
 """
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke check")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/stages")
+    p.add_argument("--settings", nargs="+", choices=["cluster", "local"], default=["cluster", "local"],
+                   help="which settings to run (default: both)")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # local clusters (Ray 2.60 enables token auth itself)
     sizes = QUICK if args.quick else []
@@ -118,11 +121,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raydistill-stages-") as work, \
             open(args.results / "runs.log", "w") as log:
         work = Path(work)
-        cluster = start_cluster()
+        cluster = start_cluster() if "cluster" in args.settings else None
         try:
             cluster_cpus = 2.0
             for setting, mode, extra in RUNS:
-                if setting != "cluster":
+                if setting != "cluster" or cluster is None:
                     continue
                 overrides = sizes + extra + [f"ray.address={cluster.address}"]
                 rows.append({"setting": "cluster: head 0 CPU + 2 nodes x 1 CPU", "mode": mode,
@@ -130,10 +133,11 @@ def main() -> None:
                              **run_once(overrides + [f"ray.stages={mode}"], work, log)})
                 print(rows[-1], flush=True)
         finally:
-            cluster.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
         local_cpus = float(os.cpu_count() or 1)
         for setting, mode, extra in RUNS:
-            if setting != "local":
+            if setting != "local" or setting not in args.settings:
                 continue
             overrides = sizes + extra
             rows.append({"setting": f"local: {int(local_cpus)} cores", "mode": mode, "executor": executor(extra),

@@ -8,8 +8,22 @@ from raydistill.config import ConfigError, Experiment, shipped_experiments
 from raydistill.search.space import BASELINES, SCHEDULERS, SEARCHERS
 
 
+def load_config(config: str) -> Experiment:
+    """A YAML path, a shipped experiment's name, or a YAML file behind a storage URI (a search's
+    best.yaml in s3://…)."""
+    from raydistill import storage
+    if not storage.is_uri(config):
+        return Experiment.load(config)
+    store, name = storage.split(config)
+    try:
+        text = store.read_text(name)
+    except (OSError, ConfigError) as err:
+        raise ConfigError(f"config file {config}: cannot be read ({err})") from None
+    return Experiment.from_yaml_text(text, source=config)
+
+
 def _load(args) -> Experiment:
-    exp = Experiment.load(args.config)
+    exp = load_config(args.config)
     overrides = list(args.set or [])
     if getattr(args, "methods", None):
         overrides.append(f"methods=[{','.join(args.methods)}]")
@@ -114,7 +128,8 @@ def cmd_experiments(_args) -> int:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="default",
-                   help="experiment YAML path or shipped experiment name (see `raydistill experiments`)")
+                   help="experiment YAML (a path or a storage URI) or shipped experiment name "
+                        "(see `raydistill experiments`)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                    help="override a field, e.g. --set curriculum.temperature=2 (repeatable)")
 
@@ -152,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and print the job id")
     _add_config_args(p)
     p.add_argument("--space", help="submit this curriculum search (space file or tune_spaces/ name) instead of "
-                                   "a run; --storage is then the search's output (a shared path)")
+                                   "a run; --storage is then the search's output (a shared path or a URI)")
     p.add_argument("--address", dest="job_address", metavar="URL",
                    help="the cluster's Ray dashboard, e.g. http://<head>:8265 (default: $RAY_ADDRESS)")
     p.add_argument("--storage", help="where the run directory goes (output.dir): a shared path or a URI "
@@ -172,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run these methods once at the trial budget with the search's teachers "
                         "(default: the space's baselines)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's, else what the CPUs allow)")
-    p.add_argument("--output", help="parent of the search directory (default: the space's output, runs/tune)")
+    p.add_argument("--output", help="parent of the search directory: a path or a storage URI such as "
+                        "s3://bucket/tune (default: the space's output, runs/tune)")
     p.add_argument("--top", type=int, default=5, help="print the best N trials (default 5)")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("experiments", help="list the shipped example experiments")

@@ -274,14 +274,19 @@ class Experiment:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found")
+        return cls.from_yaml_text(path.read_text(), source=str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, *, source: str) -> "Experiment":
+        """An experiment from YAML text read from `source` (a file, or a storage URI: see cli)."""
         try:
-            raw = load_yaml(path.read_text())
+            raw = load_yaml(text)
         except yaml.YAMLError as err:  # one line: where, and what the parser expected
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             what = " ".join(str(getattr(err, "problem", None) or err).split())
-            raise ConfigError(f"config file {path}: not valid YAML{where}: {what}") from None
-        return cls.from_dict(raw or {}, source=str(path))
+            raise ConfigError(f"config file {source}: not valid YAML{where}: {what}") from None
+        return cls.from_dict(raw or {}, source=source)
 
     @classmethod
     def load(cls, name_or_path: Union[str, Path]) -> "Experiment":

@@ -184,8 +184,11 @@ def test_a_search_ships_as_one_self_contained_space(tmp_path, monkeypatch):
     original = load_space(REPO_SPACES / "smoke.yaml")
     assert shipped.candidates() == original.candidates()
     assert shipped.base.ray.address == "auto" and Path(shipped.output).is_absolute()
-    with pytest.raises(Exception, match="not a URI"):
-        search_job("smoke", storage="s3://bucket/tune")
+    uri = search_job("smoke", storage="file:///shared/tune")   # a URI is kept as it is, like a run's storage
+    assert uri.location == "file:///shared/tune/smoke"
+    assert space_from_dict(load_yaml(uri.text), source="space.yaml").output == "file:///shared/tune"
+    with pytest.raises(Exception, match="output.dir: cannot use storage URI 'nosuchscheme://b/tune'"):
+        search_job("smoke", storage="nosuchscheme://b/tune")
 
 
 @pytest.mark.slow

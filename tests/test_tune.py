@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_experiment
+from test_cluster import BUCKET, s3  # noqa: F401  (the local S3 server fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -253,6 +254,53 @@ def test_smoke_search_trains_teachers_once_and_exports_a_runnable_best(ray_sessi
     assert all(Path(t["source"]).parent == search_dir / "teachers" for t in summary["teachers"].values())
     assert summary["methods"]["ed"]["final_val_acc"] == pytest.approx(best["val_acc"], abs=1e-9)
     assert len(training_events(search_dir)) == 2
+
+
+@pytest.mark.slow   # Ray Tune search against the local S3 server
+def test_a_search_writes_its_trials_and_best_to_an_s3_uri(ray_session, s3, tmp_path, monkeypatch):  # noqa: F811
+    """`output: s3://…`: teachers, trials, the Tuner's state, trials.parquet and best.yaml all land in
+    the bucket (the session's Ray instance was started without the S3 settings: the trials get them
+    from the search); nothing is written to the local search path; re-running resumes from the
+    bucket; the exported best runs from its URI."""
+    import io
+    import uuid
+    import pandas as pd
+    import raydistill
+    from raydistill.cli import load_config, main
+    from raydistill.search.teachers import training_events
+    from raydistill.search.tuner import load_search
+    from raydistill.storage import RunDir
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RAYDISTILL_CACHE_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.chdir(tmp_path)
+    output = f"s3://{BUCKET}/tune-{uuid.uuid4().hex[:8]}"
+    search = f"{output}/smoke"
+
+    result = raydistill.tune("smoke", samples=2, output=output, progress=None)
+    store = RunDir(search)
+    assert result.search_dir == search and result.best_config == f"{search}/best.yaml"
+    assert {"best.yaml", "space.json", "teachers", "trials", "trials.parquet", "tuner"} <= set(store.listdir())
+    assert store.listdir("teachers") == ["group0.pt", "group1.pt", "trained.jsonl"]
+    table = pd.read_parquet(io.BytesIO(store.read_bytes("trials.parquet")))
+    assert list(table["trial"]) == ["trial-000", "trial-001"] and table["val_acc"].between(0, 1).all()
+    assert {"trial-000", "trial-001"} <= set(store.listdir("trials"))
+    assert store.listdir("tuner"), "the Tuner's state is in the bucket"
+    assert not (tmp_path / "runs").exists(), "nothing of the search on the local disk"
+    best = load_config(result.best_config)
+    assert all(p.startswith(f"{search}/teachers/") for p in best.teachers.checkpoints.values())
+
+    again = raydistill.tune("smoke", samples=2, output=output, progress=None)   # restored from the bucket
+    assert len(training_events(search)) == 2
+    assert again.table[["trial", "val_acc", "stop_reason"]].equals(table[["trial", "val_acc", "stop_reason"]])
+    loaded = load_search(search)
+    assert loaded.table.equals(table) and loaded.best_config == result.best_config
+    assert {k: loaded.best[k] for k in ("trial", "val_acc", "test_acc")} == \
+        {k: result.best[k] for k in ("trial", "val_acc", "test_acc")}
+
+    assert main(["run", "--config", result.best_config]) == 0
+    summary = store.read_json("best/summary.json")
+    assert summary["methods"]["ed"]["final_val_acc"] == pytest.approx(result.best["val_acc"], abs=1e-9)
 
 
 @pytest.mark.slow   # trains teachers, builds a cache, runs a trial

@@ -174,20 +174,19 @@ def experiment_job(experiment: Union[Experiment, str], storage: Optional[str] = 
 
 def search_job(space, storage: Optional[str] = None) -> JobSpec:
     """A search ships as one self-contained space file (base experiment inlined, absolute paths);
-    it writes to a filesystem path every node and the submitting machine share."""
+    it writes to a storage URI or to a filesystem path every node and the submitting machine share."""
     import yaml
     from raydistill.search.space import load_space, space_to_dict
     space = copy.deepcopy(load_space(space))
     output = storage if storage is not None else space.output
     if _storage.is_uri(output):
-        raise JobError(f"search output {output!r}: a search writes to a shared filesystem path (NFS, a local "
-                       f"cluster), not a URI")
-    space.output = str(Path(output).expanduser().resolve())
+        _storage.filesystem(output)   # an unusable URI fails here, not on the cluster
+    space.output = _storage.absolute(output)
     space.base = _portable(space.base)
     space.base.ray.address = "auto"
     text = yaml.safe_dump(space_to_dict(space), sort_keys=False)
     return JobSpec("search", space.name, SPACE_NAME, text, f"python -m raydistill.cli tune {SPACE_NAME}",
-                   str(Path(space.output) / space.name))
+                   _storage.join(space.output, space.name))
 
 
 def is_search(work) -> bool:

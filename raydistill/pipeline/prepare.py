@@ -120,10 +120,7 @@ def with_absolute_paths(exp: Experiment) -> Experiment:
     workers, Tune trials and Ray Jobs run in another working directory, where a relative path
     would name a different (or no) file. URIs are left as they are."""
     import copy
-    from raydistill.storage import is_uri
-
-    def absolute(path):
-        return path if not path or is_uri(path) else str(Path(path).expanduser().resolve())
+    from raydistill.storage import absolute
 
     exp = copy.deepcopy(exp)
     d = exp.data

@@ -7,37 +7,36 @@ search instead of being run again.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable, Optional
 
 from raydistill.config import Experiment
 from raydistill.search.space import SearchSpace, apply_values
+from raydistill.storage import RunDir, absolute, join
 from raydistill.search.trainable import flow_yaml
 
 BASELINES_DIR = "baselines"
 
 
-def baseline_experiment(space: SearchSpace, teachers: dict, search_dir: Path, cpus_per_worker: float) -> Experiment:
+def baseline_experiment(space: SearchSpace, teachers: dict, search_dir, cpus_per_worker: float) -> Experiment:
     """The base experiment at the longest trial budget, running the space's baselines."""
     exp = apply_values(space.base, space.longest_budget())
     return exp.with_overrides([
         f"methods={flow_yaml(space.baselines)}",
         f"teachers.checkpoints={flow_yaml(teachers)}",
-        f"output.dir={flow_yaml(str(Path(search_dir).resolve()))}",
+        f"output.dir={flow_yaml(absolute(str(search_dir)))}",
         f"output.name={BASELINES_DIR}",
         f"ray.cpus_per_worker={cpus_per_worker}",
     ]).validate()
 
 
-def run_baselines(space: SearchSpace, teachers: dict, search_dir: Path, cpus_per_worker: float,
+def run_baselines(space: SearchSpace, teachers: dict, search_dir, cpus_per_worker: float,
                   log: Callable[[str], None]) -> dict:
     """{method: {val_acc, test_acc, epochs}} of the space's baselines (run once, then read back)."""
     if not space.baselines:
         return {}
     done = read_baselines(search_dir)
     if set(space.baselines) <= set(done):
-        log(f"baselines: reusing {Path(search_dir) / BASELINES_DIR}")
+        log(f"baselines: reusing {join(str(search_dir), BASELINES_DIR)}")
         return {m: done[m] for m in space.baselines}
     from raydistill.distributed.trainer import run_distributed
     exp = baseline_experiment(space, teachers, search_dir, cpus_per_worker)
@@ -46,11 +45,11 @@ def run_baselines(space: SearchSpace, teachers: dict, search_dir: Path, cpus_per
     return read_baselines(search_dir)
 
 
-def read_baselines(search_dir: Path) -> dict:
-    path = Path(search_dir) / BASELINES_DIR / "summary.json"
-    if not path.is_file():
+def read_baselines(search_dir) -> dict:
+    out, name = RunDir(search_dir), f"{BASELINES_DIR}/summary.json"
+    if not out.is_file(name):
         return {}
-    methods = json.loads(path.read_text())["methods"]
+    methods = out.read_json(name)["methods"]
     return {m: {"val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "epochs": s["epochs"]}
             for m, s in methods.items()}
 

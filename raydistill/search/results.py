@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from raydistill.search.space import SearchSpace
 from raydistill.search.trainable import trial_experiment, trial_name
+from raydistill.storage import RunDir, absolute, is_uri, join
 
 TABLE_FILE = "trials.parquet"
 BEST_FILE = "best.yaml"
@@ -61,12 +62,18 @@ def table_frame(rows: list, dimensions: list):
     return frame
 
 
-def write_table(frame, search_dir: Path) -> Path:
-    path = Path(search_dir) / TABLE_FILE
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
+def write_table(frame, search_dir) -> Union[Path, str]:
+    """<search dir>/trials.parquet, written whole (a local path or a URI); returns where."""
+    import io
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    RunDir(search_dir).write_bytes(TABLE_FILE, buffer.getvalue())
+    return located(search_dir, TABLE_FILE)
+
+
+def located(search_dir, name: str) -> Union[Path, str]:
+    """`name` in the search directory: a Path for a local one, a URI (str) otherwise."""
+    return join(str(search_dir), name) if is_uri(str(search_dir)) else Path(search_dir) / name
 
 
 def best_row(rows: list):
@@ -85,19 +92,19 @@ def format_best(frame, top: int) -> str:
     return shown.drop(columns=["wall_s"]).to_string(index=False)
 
 
-def export_best(space: SearchSpace, row: dict, values: dict, teachers: dict, search_dir: Path,
-                cpus_per_worker: float) -> Path:
+def export_best(space: SearchSpace, row: dict, values: dict, teachers: dict, search_dir,
+                cpus_per_worker: float) -> Union[Path, str]:
     """<search dir>/best.yaml: the best trial's complete experiment; `raydistill run --config` runs it
     into <search dir>/best with the search's teachers."""
     index = int(row["trial"].split("-")[1])
-    exp = trial_experiment(space.base.to_dict(), values, teachers, str(Path(search_dir).resolve()), index,
+    exp = trial_experiment(space.base.to_dict(), values, teachers, absolute(str(search_dir)), index,
                            cpus_per_worker)
     exp = exp.with_overrides([f"name={space.name}-best", "output.name=best"])
-    path = Path(search_dir) / BEST_FILE
+    path = located(search_dir, BEST_FILE)
     header = (f"# Best trial of search {space.name!r} ({space.source}): {row['trial']}, chosen on validation "
               f"accuracy {row['val_acc']:.4f}\n# (test accuracy {row['test_acc']:.4f}, reported only). "
               f"Reproduce: raydistill run --config {path}\n")
-    path.write_text(header + exp.to_yaml())
+    RunDir(search_dir).write_text(BEST_FILE, header + exp.to_yaml())
     return path
 
 
@@ -105,10 +112,10 @@ def export_best(space: SearchSpace, row: dict, values: dict, teachers: dict, sea
 class SearchResult:
     """What `tune` returns: the search directory, every trial's row, the best trial (chosen on
     validation accuracy) and its exported experiment, and the baselines run beside the search."""
-    search_dir: Path
+    search_dir: Union[Path, str]   # a local directory, or a URI (str)
     table: object                  # pandas DataFrame, one row per trial (also trials.parquet)
     best: Optional[dict]           # the best trial's row (chosen on val_acc), None if none completed
-    best_config: Optional[Path]    # best.yaml
+    best_config: Optional[Union[Path, str]]    # best.yaml (a URI for a search stored behind one)
     baselines: dict = field(default_factory=dict)   # method -> {val_acc, test_acc, epochs}
 
     def summary(self, top: int = 5) -> str:

@@ -27,7 +27,7 @@ File format (see tune_spaces/*.yaml)::
     asha: {grace_period: 2, reduction_factor: 2}
     max_concurrent: 2            # trials at once (default: what the CPUs allow)
     seed: 0                      # sampling seed
-    output: runs/tune
+    output: runs/tune            # a shared path, or a storage URI (s3://bucket/tune) like a run's output.dir
 """
 from __future__ import annotations
 
@@ -118,8 +118,10 @@ class SearchSpace:
     _candidates: dict = field(default_factory=dict, repr=False)
 
     @property
-    def search_dir(self) -> Path:
-        return Path(self.output) / self.name
+    def search_dir(self) -> Union[Path, str]:
+        """<output>/<name>: a local Path, or a URI (str) when `output` is a storage URI."""
+        from raydistill.storage import is_uri, join
+        return join(self.output, self.name) if is_uri(self.output) else Path(self.output) / self.name
 
     @property
     def model_based(self) -> bool:
@@ -372,7 +374,7 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
         raise fail("name", "a directory name", name)
     output = raw.get("output", "runs/tune")
     if not isinstance(output, str) or not output:
-        raise fail("output", "a directory path", output)
+        raise fail("output", "a directory path or a storage URI", output)
     space = SearchSpace(name=name, source=source, base=base, dimensions=dims, samples=samples, searcher=searcher,
                         baselines=list(baselines), max_failures=max_failures, scheduler=scheduler,
                         grace_period=grace, reduction_factor=factor, max_concurrent=max_concurrent, seed=seed,

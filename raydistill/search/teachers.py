@@ -8,52 +8,53 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import teachers_needed
-from raydistill.storage import RunDir
+from raydistill.storage import RunDir, absolute, join, storage_env
 
 TRAINED_LOG = "trained.jsonl"
 
 
-def teacher_paths(exp: Experiment, search_dir: Path, methods: Sequence[str] = ("ed",)) -> dict:
-    """{key: path} of the teachers `methods` need (the ed curriculum's, and the baselines'), inside the
-    search directory."""
-    return {key: search_dir / "teachers" / f"{key}.pt" for key in teachers_needed(list(methods), exp.num_groups())}
+def teacher_paths(exp: Experiment, search_dir, methods: Sequence[str] = ("ed",)) -> dict:
+    """{key: location} of the teachers `methods` need (the ed curriculum's, and the baselines'), inside
+    the search directory (a local path, made absolute, or a URI)."""
+    return {key: join(absolute(str(search_dir)), f"teachers/{key}.pt")
+            for key in teachers_needed(list(methods), exp.num_groups())}
 
 
-def training_events(search_dir: Path) -> list:
+def training_events(search_dir) -> list:
     """One record per teacher actually trained for this search."""
-    log = Path(search_dir) / "teachers" / TRAINED_LOG
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    out, name = RunDir(search_dir), f"teachers/{TRAINED_LOG}"
+    return [json.loads(line) for line in out.read_text(name).splitlines() if line.strip()] if out.is_file(name) else []
 
 
-def prepare_search_teachers(exp: Experiment, search_dir: Path, log: Callable[[str], None],
+def prepare_search_teachers(exp: Experiment, search_dir, log: Callable[[str], None],
                             methods: Sequence[str] = ("ed",)) -> dict:
     """Train or load every missing teacher; reuse files already in the search directory. With Ray
     initialized, each missing teacher is its own Ray task (the stage graph's one-worker executor:
     the worker's CPUs, a GPU with `ray.use_gpu`), so independent teachers train at once where the
     cluster has room and a CPU-only head node trains none; the search directory must then be
-    shared storage. Without Ray they train one after another in this process."""
+    shared storage (a shared path or a URI). Without Ray they train one after another here."""
     import ray
+    out = RunDir(absolute(str(search_dir)))
     paths = teacher_paths(exp, search_dir, methods)
-    missing = [key for key, path in paths.items() if not path.is_file()]
+    missing = [key for key in paths if not out.is_file(f"teachers/{key}.pt")]
     for key in paths:
         if key not in missing:
             log(f"teacher {key}: reusing {paths[key]}")
     if missing and ray.is_initialized():
         cpus = min(exp.worker_cpus(), ray.cluster_resources().get("CPU", 1.0))   # never more than there is
-        task = ray.remote(num_cpus=cpus, num_gpus=1 if exp.ray.use_gpu else 0,
-                          max_retries=0)(_train_missing)
-        records = [r for rs in ray.get([task.remote(exp.to_dict(), str(search_dir), [key]) for key in missing])
+        task = ray.remote(num_cpus=cpus, num_gpus=1 if exp.ray.use_gpu else 0, max_retries=0,
+                          runtime_env={"env_vars": storage_env()})(_train_missing)
+        records = [r for rs in ray.get([task.remote(exp.to_dict(), out.location, [key]) for key in missing])
                    for r in rs]
     else:
-        records = _train_missing(exp.to_dict(), str(search_dir), missing, log) if missing else []
+        records = _train_missing(exp.to_dict(), out.location, missing, log) if missing else []
     for record in records:   # one writer of the log: the tasks return their records
-        RunDir(search_dir).append_line(f"teachers/{TRAINED_LOG}", json.dumps(record))
-    return {key: str(path) for key, path in paths.items()}
+        out.append_line(f"teachers/{TRAINED_LOG}", json.dumps(record))
+    return paths
 
 
 def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[str], None] = print) -> list:

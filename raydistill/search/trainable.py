@@ -8,7 +8,6 @@ weak curriculum after any epoch; the final "done" report of the run (no accuracy
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from raydistill.config import Experiment
@@ -70,12 +69,15 @@ def run_trial(config: dict, setup: dict) -> None:
     """Tune function trainable. config: {"candidate": {"index", "values"}} or a model-based searcher's
     {path: encoded value}; setup (tune.with_parameters): the base experiment, the dimensions, teacher
     paths, trials directory and CPUs per worker."""
+    import os
     from raydistill.distributed.trainer import run_distributed
 
+    # how the search's storage URI is reached (endpoint, credentials): the trial resolves it as the
+    # driver did, also on a Ray instance started without them
+    os.environ.update(setup.get("storage_env") or {})
     index, values = trial_values(config, setup)
     exp = trial_experiment(setup["base"], values, setup["teachers"], setup["trials_dir"], index,
                            setup["cpus_per_worker"])
-    Path(setup["trials_dir"]).mkdir(parents=True, exist_ok=True)
     if trains_in_trial(exp):
         run_distributed(exp, progress=print, in_process=True, on_report=epoch_reporter(exp.total_epochs()))
     else:

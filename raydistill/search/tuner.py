@@ -24,8 +24,11 @@ from raydistill.pipeline.prepare import with_absolute_paths
 from raydistill.search.trainable import (SCHEDULE_METRIC, TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband,
                                          name_by_creation, run_trial, trains_in_trial)
 from raydistill.search.tracking import tune_callbacks
+from raydistill.config import ConfigError
+from raydistill.storage import RunDir, absolute, is_uri, join, storage_env
 
 TUNER_DIR = "tuner"
+SPACE_FILE = "space.json"   # the search's fingerprint, which a resume must match
 LOCAL_ENV = {**TRAIN_LOCAL_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 
 
@@ -57,12 +60,12 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         space.output = output
     candidates = space.candidates()   # pre-drawn trials (random, grid) or the points (model-based)
     search_dir = space.search_dir
+    out = search_storage(search_dir)   # an unusable path or URI fails here, before any data work
     base = shared_decoded_store(space.base, search_dir)
 
     from raydistill.pipeline.prepare import prepare_data
     data = prepare_data(base, log)   # data problems fail here, before teachers or Ray; decodes once
-    search_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _check_same_search(search_dir, space_fingerprint(space, candidates), scheduler)
+    fingerprint = _check_same_search(out, space_fingerprint(space, candidates), scheduler)
     trials = len(candidates) if not space.model_based else space.samples
     log(f"search {space.name}: {trials} trials, searcher {space.searcher}, scheduler {scheduler}, "
         f"directory {search_dir}")
@@ -71,21 +74,21 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
     started_ray = _init_ray(base)
     try:
         teachers = prepare_search_teachers(base, search_dir, log, methods=["ed", *space.baselines])
-        ed_teachers = {k: str(Path(p).resolve()) for k, p in teachers.items() if k in teacher_paths(base, search_dir)}
+        ed_teachers = {k: p for k, p in teachers.items() if k in teacher_paths(base, search_dir)}
+        trials_dir = join(out.location, "trials")
         if base.teachers.soft_labels == "cache":
-            shared_soft_labels(base, data, ed_teachers, search_dir / "trials", log)
+            shared_soft_labels(base, data, ed_teachers, trials_dir, log)
         cpus_per_worker, concurrent, trial_cpus = _resources(base, max_concurrent or space.max_concurrent)
         log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each")
-        (search_dir / "space.json").write_text(json.dumps(fingerprint, indent=1))   # what a resume must match
-        results = _run_tuner(space, candidates, concurrent, search_dir, {
+        out.write_text(SPACE_FILE, json.dumps(fingerprint, indent=1))   # what a resume must match
+        results = _run_tuner(space, candidates, concurrent, out, {
             "base": with_absolute_paths(base).to_dict(), "dimensions": space.dimensions,
-            "teachers": ed_teachers,
-            "trials_dir": str((search_dir / "trials").resolve()), "cpus_per_worker": cpus_per_worker},
+            "teachers": ed_teachers, "trials_dir": trials_dir, "cpus_per_worker": cpus_per_worker,
+            "storage_env": storage_env() if is_uri(out.location) else {}},
             trial_cpus)
         # run alone, baselines (and the exported best) get the whole cores the trial's torch threads used
         alone_cpus = float(max(1, int(cpus_per_worker)))
-        baseline_results = run_baselines(space, {k: str(Path(p).resolve()) for k, p in teachers.items()},
-                                         search_dir, alone_cpus, log)
+        baseline_results = run_baselines(space, teachers, search_dir, alone_cpus, log)
     finally:
         if started_ray:
             ray.shutdown()
@@ -123,34 +126,45 @@ def _trials(space: SearchSpace, candidates: list, results: list) -> list:
     return sorted(((r["index"], r["values"]) for r in results), key=lambda t: t[0])
 
 
-def shared_decoded_store(base, search_dir: Path):
+def search_storage(search_dir) -> RunDir:
+    """The search directory as a RunDir (absolute local path or URI), created; a SpaceError naming
+    `output` when it cannot be."""
+    try:
+        out = RunDir(absolute(str(search_dir)))
+        out.make()
+    except (OSError, ConfigError) as err:
+        raise SpaceError(f"output: cannot create the search directory {search_dir} ({err})") from None
+    return out
+
+
+def shared_decoded_store(base, search_dir):
     """`base` with `data.cache_dir` set (unless given) to one decoded-shard store in the search
-    directory, so this process decodes once and every trial (output.dir = trials/) loads the shards."""
+    directory, so this process decodes once and every trial (output.dir = trials/) loads the shards
+    (behind a URI: each node keeps a local mirror of the stored shards)."""
     if base.data.cache_dir is None:
-        base.data.cache_dir = str((Path(search_dir) / "decoded").resolve())
+        base.data.cache_dir = join(absolute(str(search_dir)), "decoded")
     return base
 
 
-def shared_soft_labels(base, data, teacher_paths: dict, trials_dir: Path, log) -> None:
+def shared_soft_labels(base, data, teacher_paths: dict, trials_dir, log) -> None:
     """One soft-label cache for all trials, built here before they start, where every trial's run
     looks for it (teachers.cache_dir, else <trials' output.dir>/softlabels): trials only load it,
     and never race to build the same cache."""
     from raydistill.softlabels import ensure_soft_label_cache
     from raydistill.teachers import load_teacher
     frozen = {key: load_teacher(path, **base.serving_options()) for key, path in teacher_paths.items()}
-    root = Path(base.teachers.cache_dir).expanduser() if base.teachers.cache_dir else trials_dir / "softlabels"
+    root = absolute(base.teachers.cache_dir) if base.teachers.cache_dir else join(str(trials_dir), "softlabels")
     ensure_soft_label_cache(base, data, frozen, root=root, log=log)
 
 
-def _check_same_search(search_dir: Path, fingerprint: dict, scheduler: str) -> dict:
+def _check_same_search(out: RunDir, fingerprint: dict, scheduler: str) -> dict:
     """A resumed search must be the same search: same base, candidates and scheduler."""
     fingerprint = json.loads(json.dumps({**fingerprint, "scheduler": scheduler}))
-    path = search_dir / "space.json"
-    if path.is_file():
-        before = json.loads(path.read_text())
+    if out.is_file(SPACE_FILE):
+        before = out.read_json(SPACE_FILE)
         if before != fingerprint:
             changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
-            raise SpaceError(f"search directory {search_dir} holds a different search (changed: "
+            raise SpaceError(f"search directory {out} holds a different search (changed: "
                              f"{', '.join(changed)}); resume with the same space and options, or use --output "
                              f"for a new search")
     return fingerprint
@@ -218,21 +232,24 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
                                         max_concurrent_trials=concurrent)
 
 
-def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir: Path, setup: dict,
+def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, out: RunDir, setup: dict,
                trial_cpus: float = TRIAL_CPU) -> list:
-    """Fit (or restore and finish) the Tuner; returns one plain dict per trial: index, values,
-    metrics of its last report, error, done."""
+    """Fit (or restore and finish) the Tuner, its state in <search dir>/tuner (through the search
+    directory's pyarrow filesystem: a local disk or the URI's object store); returns one plain dict
+    per trial: index, values, metrics of its last report, error, done."""
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": trial_cpus})
-    storage = str(search_dir.resolve())
-    path = os.path.join(storage, TUNER_DIR)
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+    storage_fs = out.fs if out.local_path is None else None
+    path = f"{out.root}/{TUNER_DIR}"
+    if tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True,
+                                   storage_filesystem=storage_fs)
     else:
         param_space, tune_config = search_setup(space, candidates, concurrent)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=TUNER_DIR, storage_path=storage, verbose=1,
+                           run_config=tune.RunConfig(name=TUNER_DIR, storage_path=out.root,
+                                                     storage_filesystem=storage_fs, verbose=1,
                                                      failure_config=tune.FailureConfig(max_failures=space.max_failures),
                                                      callbacks=tune_callbacks(space.base)))
     grid = tuner.fit()
@@ -252,18 +269,19 @@ def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, search_dir
 
 
 def load_search(search_dir) -> SearchResult:
-    """A finished (or interrupted) search read back from its directory: trials.parquet and best.yaml."""
+    """A finished (or interrupted) search read back from its directory (a local path or a URI):
+    trials.parquet and best.yaml."""
+    import io
     import pandas as pd
-    from raydistill.search.results import TABLE_FILE
-    search_dir = Path(search_dir)
-    table_path = search_dir / TABLE_FILE
-    if not table_path.is_file():
+    from raydistill.search.results import TABLE_FILE, located
+    search_dir = search_dir if is_uri(str(search_dir)) else Path(search_dir)
+    out = RunDir(search_dir)
+    if not out.is_file(TABLE_FILE):
         raise SpaceError(f"{search_dir}: no {TABLE_FILE} (not a search directory, or the search has not "
                          f"written its results yet)")
-    table = pd.read_parquet(table_path)
-    best_config = search_dir / BEST_FILE
+    table = pd.read_parquet(io.BytesIO(out.read_bytes(TABLE_FILE)))
     rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
             for r in table.to_dict("records")]
-    best = best_row(rows) if best_config.is_file() else None
-    return SearchResult(search_dir, table, best, best_config if best_config.is_file() else None,
-                        read_baselines(search_dir))
+    has_best = out.is_file(BEST_FILE)
+    return SearchResult(search_dir, table, best_row(rows) if has_best else None,
+                        located(search_dir, BEST_FILE) if has_best else None, read_baselines(search_dir))

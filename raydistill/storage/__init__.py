@@ -60,6 +60,14 @@ def join(location: str, name: str) -> str:
     return str(Path(location).expanduser() / name)
 
 
+def absolute(location):
+    """A local path made absolute (other processes run in other working directories); a URI, or
+    nothing, as it is."""
+    if not location or is_uri(location):
+        return location
+    return str(Path(location).expanduser().resolve())
+
+
 def split(location) -> tuple:
     """(RunDir of the parent, file name) of a local path or a URI to a file."""
     location = str(location)
