@@ -99,3 +99,12 @@ def test_curve_covers_three_budgets_and_equal_images_holds():
         # the equal-images row: within half an epoch of the baselines' images (whole epochs only)
         assert abs(rows["ed_equal_images"]["train_images"] - base) <= base / b / 2
         assert rows["ed"]["train_flops"] < rows["scratch"]["train_flops"]
+
+
+def test_largest_budget_has_three_seeds_of_every_curve_and_claim_variant():
+    """Issue 25: the curve's largest budget and the "ED + X vs X" rows at 3 seeds."""
+    agg = curve.aggregate(RESULTS)
+    largest = max(agg["budgets"], key=int)
+    rows = agg["budgets"][largest]
+    for v in (*curve.CURVE_VARIANTS, *curve.CLAIM_VARIANTS):
+        assert len(rows[v]["runs"]) >= 3, (largest, v, rows[v]["runs"])

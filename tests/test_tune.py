@@ -105,6 +105,25 @@ def test_invalid_spaces_fail_with_clear_messages_before_ray_starts(tmp_path):
         assert re.search(pattern, line), line
 
 
+def test_an_unusable_output_or_another_search_in_its_directory_is_refused_before_ray(tmp_path):
+    """`output` that cannot hold the search directory, and a directory holding another search
+    (its space.json differs), each fail with one SpaceError before Ray is started; the other
+    search's files are left as they were."""
+    from raydistill.search.space import SpaceError
+    from raydistill.search.tuner import tune
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SpaceError, match=f"output: cannot create the search directory {blocker}/smoke"):
+        tune("smoke", output=str(blocker), progress=None)
+    other = tmp_path / "tune" / "smoke"
+    other.mkdir(parents=True)
+    (other / "space.json").write_text(json.dumps({"base": {"name": "another"}}))
+    with pytest.raises(SpaceError, match=f"search directory {other} holds a different search .changed: "):
+        tune("smoke", output=str(tmp_path / "tune"), progress=None)
+    assert json.loads((other / "space.json").read_text()) == {"base": {"name": "another"}}
+    assert sorted(p.name for p in other.iterdir()) == ["space.json"]
+
+
 def test_valid_splits_impossible_and_unsearchable_fields(tmp_path):
     from raydistill.search import SpaceError
     from raydistill.search.space import space_from_dict, valid_splits
