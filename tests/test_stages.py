@@ -165,9 +165,11 @@ STAGES_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.cluster
 def test_concurrent_stages_overlap_and_match_the_sequential_mode(tmp_path):
-    """Cluster of 2 nodes x 2 CPUs: in concurrent mode the three teachers train at the same time
-    (their intervals share a moment), and with one worker per stage, in-process teachers and the
-    same threads per worker the accuracies equal the sequential mode's for the same seed."""
+    """Cluster of 2 nodes x 2 CPUs: in concurrent mode the three teachers are launched together
+    (each before any of them ended) and train at the same time (teachers overlap; not necessarily all
+    three at one moment: a node's first, cold task starts seconds after the others, longer than a
+    tiny teacher trains), and with one worker per stage, in-process teachers and the same threads
+    per worker the accuracies equal the sequential mode's for the same seed."""
     exp = tiny_experiment(tmp_path, **{"teachers.epochs": 4, "curriculum.grade_epochs": "[1,1,1]",
                                        "ray.cpus_per_worker": 1, "ray.teachers": "local"})
     config = tmp_path / "stages.yaml"
@@ -182,9 +184,13 @@ def test_concurrent_stages_overlap_and_match_the_sequential_mode(tmp_path):
     intervals = {}
     for log in sorted((concurrent / "epochs").glob("teacher-*.jsonl")):
         lines = [json.loads(line) for line in log.read_text().splitlines()]
-        intervals[lines[0]["stage"]] = (lines[0]["started"], lines[-1]["time"])
+        intervals[lines[0]["stage"]] = (lines[0]["launched"], lines[0]["started"], lines[-1]["time"])
     assert sorted(intervals) == ["teacher:group0", "teacher:group1", "teacher:group2"]
-    assert max(start for start, _ in intervals.values()) < min(end for _, end in intervals.values()), intervals
+    assert max(launched for launched, _, _ in intervals.values()) < min(end for _, _, end in intervals.values()), \
+        intervals
+    overlapping = [(a, b) for a in intervals for b in intervals
+                   if a < b and max(intervals[a][1], intervals[b][1]) < min(intervals[a][2], intervals[b][2])]
+    assert overlapping, intervals
     assert sorted(p.name for p in (concurrent / "ray").iterdir()) == [
         "stage-method-ed", "stage-teacher-group0", "stage-teacher-group1", "stage-teacher-group2"]
 

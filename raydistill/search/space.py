@@ -45,6 +45,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from raydistill.config import ConfigError, Experiment, load_yaml
+from raydistill.storage import is_uri, join
 
 SCHEDULERS = ("asha", "fifo", "hyperband")
 SEARCHERS = ("random", "grid", "optuna", "hyperopt", "bohb")
@@ -120,7 +121,6 @@ class SearchSpace:
     @property
     def search_dir(self) -> Union[Path, str]:
         """<output>/<name>: a local Path, or a URI (str) when `output` is a storage URI."""
-        from raydistill.storage import is_uri, join
         return join(self.output, self.name) if is_uri(self.output) else Path(self.output) / self.name
 
     @property
