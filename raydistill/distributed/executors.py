@@ -59,7 +59,7 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
         datasets=fit_datasets(ray.get(data_ref), workers),
         # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
         run_config=RunConfig(name=name, storage_path=ray_storage.root,
-                             storage_filesystem=ray_storage.fs if ray_storage.local_path is None else None,
+                             storage_filesystem=ray_storage.storage_filesystem,
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              callbacks=callbacks,

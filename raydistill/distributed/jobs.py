@@ -82,7 +82,7 @@ def _results(location: str):
     from raydistill.pipeline.report_files import load_run
     from raydistill.pipeline.results import RunResult
     summary, history = load_run(location)
-    return RunResult(run_dir=Path(location) if not _storage.is_uri(location) else location,
+    return RunResult(run_dir=_storage.located(location),
                      teachers=summary.get("teachers") or {}, methods=summary["methods"], history=history)
 
 

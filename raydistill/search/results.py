@@ -13,7 +13,8 @@ from typing import Optional, Union
 
 from raydistill.search.space import SearchSpace
 from raydistill.search.trainable import trial_experiment, trial_name
-from raydistill.storage import RunDir, absolute, is_uri, join
+from raydistill.storage import RunDir, absolute, join
+from raydistill.storage import located as storage_location
 
 TABLE_FILE = "trials.parquet"
 BEST_FILE = "best.yaml"
@@ -73,7 +74,7 @@ def write_table(frame, search_dir) -> Union[Path, str]:
 
 def located(search_dir, name: str) -> Union[Path, str]:
     """`name` in the search directory: a Path for a local one, a URI (str) otherwise."""
-    return join(str(search_dir), name) if is_uri(str(search_dir)) else Path(search_dir) / name
+    return storage_location(join(str(search_dir), name))
 
 
 def best_row(rows: list):

@@ -26,6 +26,7 @@ from raydistill.search.trainable import (SCHEDULE_METRIC, TRIAL_CPU, curriculum_
 from raydistill.search.tracking import tune_callbacks
 from raydistill.config import ConfigError
 from raydistill.storage import RunDir, absolute, is_uri, join, storage_env
+from raydistill.storage import located as storage_location
 
 TUNER_DIR = "tuner"
 SPACE_FILE = "space.json"   # the search's fingerprint, which a resume must match
@@ -240,7 +241,7 @@ def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, out: RunDi
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": trial_cpus})
-    storage_fs = out.fs if out.local_path is None else None
+    storage_fs = out.storage_filesystem
     path = f"{out.root}/{TUNER_DIR}"
     if tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True,
@@ -274,7 +275,7 @@ def load_search(search_dir) -> SearchResult:
     import io
     import pandas as pd
     from raydistill.search.results import TABLE_FILE, located
-    search_dir = search_dir if is_uri(str(search_dir)) else Path(search_dir)
+    search_dir = storage_location(str(search_dir))
     out = RunDir(search_dir)
     if not out.is_file(TABLE_FILE):
         raise SpaceError(f"{search_dir}: no {TABLE_FILE} (not a search directory, or the search has not "

@@ -68,6 +68,11 @@ def absolute(location):
     return str(Path(location).expanduser().resolve())
 
 
+def located(location):
+    """A location as callers hold it: a Path for a local one, the URI (str) otherwise."""
+    return location if is_uri(location) else Path(location)
+
+
 def split(location) -> tuple:
     """(RunDir of the parent, file name) of a local path or a URI to a file."""
     location = str(location)
@@ -109,6 +114,12 @@ class RunDir:
 
     def __str__(self) -> str:
         return self.location
+
+    @property
+    def storage_filesystem(self):
+        """What Ray Train and Tune take as `storage_filesystem` beside `storage_path=self.root`: this
+        filesystem behind a URI, None (their own local one) for a local directory."""
+        return self.fs if self.local_path is None else None
 
     @property
     def local_path(self) -> Optional[Path]:
