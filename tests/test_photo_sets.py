@@ -76,16 +76,8 @@ def test_missing_photo_sets_name_the_path(tmp_path):
         load_dataset("caltech256", root=root)
 
 
-def _needs_imagenet_students():
-    from raydistill.models import ARCHITECTURES
-    if "resnet18" not in ARCHITECTURES:
-        pytest.skip("the caltech256/food101 experiments name student resnet18 and tv:resnet50 teachers, which "
-                    "come with the ImageNet-style models (issue 13, models half); un-skip after that merge")
-
-
 @pytest.mark.parametrize("name, make", [("caltech256", caltech_folder), ("food101", food_folder)])
 def test_shipped_photo_experiments_validate_against_their_layout(tmp_path, name, make):
-    _needs_imagenet_students()
     from raydistill.pipeline.prepare import prepare_data
     root = make(tmp_path, np.random.default_rng(3), classes=tuple(f"c{i}" for i in range(6)))
     # the weights are checked offline by validate; this test is about the data, so they are left out
