@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     total = 0.0
     teachers = {}
-    for key in teachers_needed(exp.methods, len(data.groups)):
+    for key in teachers_needed(exp.methods, len(data.groups), exp.all_teacher_weights()):
         classes = teacher_classes(key, data)
         plan = teacher_plan(exp.teachers.arch, classes, exp.teachers.epochs)
         subsets = [d.of_classes(classes) for d in (data.train, data.val)]

@@ -7,6 +7,7 @@ a typo in a long cluster run fails in the first second, not after the teachers t
 from __future__ import annotations
 
 import copy
+import math
 import re
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -135,10 +136,18 @@ class CurriculumConfig:
     head_widths: Union[int, list] = 64  # teaching reference head width (one, or one per grade but the last)
     head_relu: bool = True              # ReLU in the teaching reference head
     order: Optional[list] = None        # teacher-addition order: a permutation of group indices
-    grade_epochs: Optional[list] = None # epochs per grade; baselines train sum(grade_epochs)
+    grade_epochs: Optional[list] = None # epochs per grade (0 before the last: no such grade); baselines train the sum
+    # share of total_epochs per grade, instead of grade_epochs: sums to 1, the last above 0; an early share
+    # of 0 leaves that fragment grade out (all early shares 0: no curriculum, the complete student throughout)
+    grade_fractions: Optional[list] = None
+    total_epochs: Optional[int] = None  # with grade_fractions: the fixed total the shares divide (whole epochs)
     pass_mode: str = "sequential"       # paper: one pass per group per epoch; or mixed batches
     temperature: float = 4.0            # KD temperature of every loss whose own block sets none
-    alpha: float = 0.3                  # weight of CE; (1 - alpha) weights the KD term
+    alpha: Union[float, list] = 0.3     # weight of CE, (1 - alpha) the KD term's; one, or one per grade (baselines: the last)
+    # ed's teacher signal: weight of the all-class teacher (kd's) on the logits of the classes seen so far,
+    # against the group teachers' 1 - weight; 0: group teachers only (the paper), 1: the all-class teacher
+    # only (ED's curriculum on KD's signal); one, or one per grade
+    all_teacher_weight: Union[float, list] = 0.0
     carry_head_rows: bool = False       # copy old reference-head rows into the new head
     keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
     bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass of the grade before eval/save
@@ -437,13 +446,16 @@ class Experiment:
             need(isinstance(w, int) and w >= 1, f"curriculum.head_widths[{i}]", "a positive integer", w)
         order = self.order()
         need(sorted(order) == list(range(k)), "curriculum.order", f"a permutation of {list(range(k))}", c.order)
-        epochs = self.grade_epochs()
-        need(len(epochs) == k, "curriculum.grade_epochs", f"{k} values (one per grade)", c.grade_epochs)
-        for i, e in enumerate(epochs):
-            need(isinstance(e, int) and e >= 1, f"curriculum.grade_epochs[{i}]", "a positive integer", e)
+        self._validate_grade_budget(need, k)
         need(c.pass_mode in PASS_MODES, "curriculum.pass_mode", f"one of {list(PASS_MODES)}", c.pass_mode)
         need(c.temperature > 0, "curriculum.temperature", "a positive number", c.temperature)
-        need(0 <= c.alpha <= 1, "curriculum.alpha", "a number in [0, 1]", c.alpha)
+        for name in ("alpha", "all_teacher_weight"):
+            values = self._per_grade(name)
+            need(len(values) == k, f"curriculum.{name}", f"one number or {k} (one per grade)", getattr(c, name))
+            for i, v in enumerate(values):
+                need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                     f"curriculum.{name}" + (f"[{i}]" if isinstance(getattr(c, name), list) else ""),
+                     "a number in [0, 1]", v)
 
         need(isinstance(self.test_every_epoch, bool), "test_every_epoch", "true or false", self.test_every_epoch)
         o = self.optimizer
@@ -484,6 +496,35 @@ class Experiment:
         need(bool(self.output.dir), "output.dir", "a directory path", self.output.dir)
         self._validate_tracking(need)
         return self
+
+    def _validate_grade_budget(self, need, k: int) -> None:
+        """grade_epochs, or grade_fractions of total_epochs: one per grade, early grades may be 0, the
+        last (the complete student) gets at least one epoch."""
+        c = self.curriculum
+        if c.grade_fractions is not None:
+            need(c.grade_epochs is None, "curriculum.grade_epochs", "null when curriculum.grade_fractions is set "
+                 "(the fractions of curriculum.total_epochs give each grade's epochs)", c.grade_epochs)
+            need(isinstance(c.total_epochs, int) and c.total_epochs >= 1, "curriculum.total_epochs",
+                 "a positive integer with curriculum.grade_fractions", c.total_epochs)
+            f = c.grade_fractions
+            need(isinstance(f, list) and len(f) == k, "curriculum.grade_fractions", f"{k} shares (one per grade)", f)
+            for i, v in enumerate(f):
+                need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                     f"curriculum.grade_fractions[{i}]", "a share in [0, 1]", v)
+            need(abs(sum(f) - 1) <= 1e-6, "curriculum.grade_fractions", f"shares that sum to 1 (sum {sum(f):g})", f)
+            need(f[-1] > 0 and self.grade_epochs()[-1] >= 1, "curriculum.grade_fractions",
+                 f"a last share that leaves the complete student at least one of {c.total_epochs} epochs", f)
+            return
+        need(c.total_epochs is None, "curriculum.total_epochs", "null unless curriculum.grade_fractions is set "
+             "(grade_epochs give the total)", c.total_epochs)
+        epochs = self.grade_epochs()
+        need(len(epochs) == k, "curriculum.grade_epochs", f"{k} values (one per grade)", c.grade_epochs)
+        for i, e in enumerate(epochs):
+            last = i == len(epochs) - 1
+            need(isinstance(e, int) and not isinstance(e, bool) and e >= (1 if last else 0),
+                 f"curriculum.grade_epochs[{i}]",
+                 "a positive integer (the complete student's grade)" if last else
+                 "a non-negative integer (0: no such fragment grade, its group joins the next)", e)
 
     def _validate_arch(self, section: str, staged: bool) -> None:
         """`<section>.arch` names a buildable network and `<section>.pretrained` weights present on this
@@ -633,8 +674,26 @@ class Experiment:
         return list(o) if o is not None else list(range(self.num_groups()))
 
     def grade_epochs(self) -> list:
-        e = self.curriculum.grade_epochs
+        """curriculum.grade_epochs; with grade_fractions, each early grade's share of total_epochs rounded
+        to whole epochs (halves up) and the rest to the last grade, so the total is exact."""
+        c = self.curriculum
+        if c.grade_fractions is not None and isinstance(c.total_epochs, int):
+            early = [int(math.floor(f * c.total_epochs + 0.5)) for f in c.grade_fractions[:-1]]
+            return [*early, c.total_epochs - sum(early)]
+        e = c.grade_epochs
         return list(e) if e is not None else [10] * self.num_groups()
+
+    def _per_grade(self, name: str) -> list:
+        value = getattr(self.curriculum, name)
+        return list(value) if isinstance(value, list) else [value] * self.num_groups()
+
+    def grade_alphas(self) -> list:
+        """curriculum.alpha per grade."""
+        return [float(a) for a in self._per_grade("alpha")]
+
+    def all_teacher_weights(self) -> list:
+        """curriculum.all_teacher_weight per grade (ed's teacher signal; see `teachers_needed`)."""
+        return [float(w) for w in self._per_grade("all_teacher_weight")]
 
     def total_epochs(self) -> int:
         return sum(self.grade_epochs())

@@ -36,6 +36,11 @@ class Grade:
     epochs: int
     first_epoch: int                # global epoch index where this grade starts (0-based)
     lessons: tuple                  # active groups, in student head order
+    alpha: Optional[float] = None   # CE weight of this grade; None: the run's curriculum.alpha
+    # the all-class teacher distilled on the logits of the classes seen so far (its lesson gives the
+    # teacher's column order), weighted all_teacher_weight against the group teachers' 1 - weight
+    all_teacher: Optional[Lesson] = None
+    all_teacher_weight: float = 0.0
 
     @property
     def class_ids(self) -> list:
@@ -60,6 +65,11 @@ class Plan:
     def total_epochs(self) -> int:
         return sum(g.epochs for g in self.grades)
 
+    @property
+    def distils(self) -> bool:
+        """Whether any grade calls a teacher (scratch does not)."""
+        return any(g.all_teacher is not None or any(lesson.teacher for lesson in g.lessons) for g in self.grades)
+
     def grade_at(self, epoch: int) -> Grade:
         for g in self.grades:
             if g.first_epoch <= epoch < g.first_epoch + g.epochs:
@@ -73,6 +83,8 @@ def group_key(index: int) -> str:
 
 def check_curriculum(num_blocks: int, num_groups: int, splits: Sequence[int], order: Sequence[int],
                      grade_epochs: Sequence[int], head_widths: Sequence[int]) -> None:
+    """A grade before the last may have 0 epochs (it is skipped: its group joins the next grade);
+    the last grade, the complete student, needs at least one."""
     """Reject impossible curricula with a message naming the offending value."""
     if len(splits) != num_groups:
         raise CurriculumError(f"splits {list(splits)}: expected {num_groups} split points, one per grade")
@@ -86,24 +98,42 @@ def check_curriculum(num_blocks: int, num_groups: int, splits: Sequence[int], or
                               "(the complete student)")
     if sorted(order) != list(range(num_groups)):
         raise CurriculumError(f"order {list(order)}: expected a permutation of {list(range(num_groups))}")
-    if len(grade_epochs) != num_groups or any(not isinstance(e, int) or e < 1 for e in grade_epochs):
-        raise CurriculumError(f"grade_epochs {list(grade_epochs)}: expected {num_groups} positive integers")
+    if (len(grade_epochs) != num_groups or any(not isinstance(e, int) or e < 0 for e in grade_epochs)
+            or grade_epochs[-1] < 1):
+        raise CurriculumError(f"grade_epochs {list(grade_epochs)}: expected {num_groups} non-negative integers, "
+                              "the last positive")
     if len(head_widths) != num_groups - 1 or any(not isinstance(w, int) or w < 1 for w in head_widths):
         raise CurriculumError(f"head_widths {list(head_widths)}: expected {num_groups - 1} positive integers")
 
 
 def plan_ed(arch: str, num_blocks: int, groups: Sequence[Sequence[int]], splits: Sequence[int],
             order: Sequence[int], grade_epochs: Sequence[int], head_widths: Sequence[int],
-            pass_mode: str = "sequential") -> Plan:
+            pass_mode: str = "sequential", alphas: Optional[Sequence[Optional[float]]] = None,
+            all_teacher_weights: Optional[Sequence[float]] = None) -> Plan:
+    """ED's grades. A grade of 0 epochs is left out and its group joins the next grade, so early
+    budgets of 0 give a plan without fragment grades (all of them 0: the complete student from epoch
+    1, i.e. multi_teacher, or kd with the all-class signal). `alphas`: CE weight per grade (None: the
+    run's). `all_teacher_weights`: per grade, the weight of the all-class teacher on the seen classes
+    (0: group teachers only, the paper; 1: the all-class teacher only, group teachers not called)."""
     check_curriculum(num_blocks, len(groups), splits, order, grade_epochs, head_widths)
     if pass_mode not in PASS_MODES:
         raise CurriculumError(f"pass_mode {pass_mode!r}: expected one of {list(PASS_MODES)}")
-    grades, start, lessons = [], 0, []
+    k = len(groups)
+    alphas = list(alphas) if alphas is not None else [None] * k
+    weights = list(all_teacher_weights) if all_teacher_weights is not None else [0.0] * k
+    if len(alphas) != k or len(weights) != k or any(not 0 <= w <= 1 for w in weights):
+        raise CurriculumError(f"alphas {alphas} / all_teacher_weights {weights}: expected {k} values, "
+                              "weights in [0, 1]")
+    everything = Lesson("all", tuple(c for group in groups for c in group), "all")
+    grades, start = [], 0
     for g, (split, epochs) in enumerate(zip(splits, grade_epochs)):
-        p = order[g]
-        lessons.append(Lesson(group_key(p), tuple(groups[p]), group_key(p)))
-        final = g == len(groups) - 1
-        grades.append(Grade(g, split, final, None if final else head_widths[g], epochs, start, tuple(lessons)))
+        if epochs == 0:
+            continue
+        w = float(weights[g])
+        lessons = tuple(Lesson(group_key(p), tuple(groups[p]), group_key(p) if w < 1 else None) for p in order[:g + 1])
+        final = g == k - 1
+        grades.append(Grade(len(grades), split, final, None if final else head_widths[g], epochs, start, lessons,
+                            alpha=alphas[g], all_teacher=everything if w > 0 else None, all_teacher_weight=w))
         start += epochs
     return Plan("ed", arch, tuple(grades), pass_mode)
 
@@ -136,7 +166,8 @@ def plan_for(method: str, experiment, groups: Sequence[Sequence[int]]) -> Plan:
         if c.equal_images:
             grade_epochs = equal_image_epochs(grade_epochs, [len(groups[p]) for p in experiment.order()])
         plan = plan_ed(arch, blocks, groups, experiment.splits(), experiment.order(), grade_epochs,
-                       experiment.head_widths(), c.pass_mode)
+                       experiment.head_widths(), c.pass_mode, experiment.grade_alphas(),
+                       experiment.all_teacher_weights())
     else:
         pass_mode = c.pass_mode if base == "multi_teacher" else "mixed"
         plan = plan_single_grade(base, arch, blocks, groups, experiment.total_epochs(), pass_mode)
@@ -157,11 +188,15 @@ def equal_image_epochs(grade_epochs: Sequence[int], group_classes: Sequence[int]
     return [*grade_epochs[:-1], grade_epochs[-1] + max(0, extra)]
 
 
-def teachers_needed(methods: Sequence[str], num_groups: int) -> list:
+def teachers_needed(methods: Sequence[str], num_groups: int, all_teacher_weights: Sequence[float] = (0.0,)) -> list:
+    """Teacher keys the methods train with. `ed` needs the group teachers unless every grade's
+    all-class weight is 1, and the all-class teacher when some grade's weight is above 0
+    (`Experiment.all_teacher_weights()`)."""
     bases = {split_method(m)[0] for m in methods}
+    ed = "ed" in bases
     keys = []
-    if bases & {"ed", "multi_teacher"}:
+    if "multi_teacher" in bases or (ed and min(all_teacher_weights) < 1):
         keys += [group_key(p) for p in range(num_groups)]
-    if "kd" in bases:
+    if "kd" in bases or (ed and max(all_teacher_weights) > 0):
         keys.append("all")
     return keys

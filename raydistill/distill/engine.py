@@ -261,6 +261,34 @@ class GradeTables:
             self.lesson[torch.tensor(lesson.classes)] = li
             self.in_slice[torch.tensor(lesson.classes)] = torch.arange(len(lesson.classes))
         self.slices = [self.position[torch.tensor(lesson.classes)].to(device) for lesson in grade.lessons]
+        # the all-class teacher's column of each student output (its logits on the classes seen so far)
+        self.all_teacher_columns = None
+        if grade.all_teacher is not None:
+            column = {c: j for j, c in enumerate(grade.all_teacher.classes)}
+            self.all_teacher_columns = torch.tensor([column[c] for c in ids]).to(device)
+
+
+ALL_TEACHER = "all"   # key of the all-class signal among a batch's teacher outputs (lessons are numbered)
+
+
+def kd_sum_of(logits: torch.Tensor, teacher_out: dict, grade: Grade, tables: GradeTables, labels: torch.Tensor,
+              targets: torch.Tensor, distill: Distillation, epoch: int, device) -> Optional[torch.Tensor]:
+    """The batch's summed per-sample distillation loss: each lesson's teacher on its slice of the
+    student's logits, weighted 1 - all_teacher_weight, plus the all-class teacher on every output of the
+    grade (the classes seen so far), weighted all_teacher_weight. None when no teacher spoke."""
+    w = grade.all_teacher_weight
+    total = None
+    for li, (rows, t_logits) in teacher_out.items():
+        if li == ALL_TEACHER:
+            term = w * distill(logits, t_logits.to(device).index_select(1, tables.all_teacher_columns), targets,
+                               epoch).sum()
+        else:
+            student = logits.index_select(0, rows.to(device)).index_select(1, tables.slices[li])
+            term = distill(student, t_logits.to(device), tables.in_slice[labels[rows]].to(device), epoch).sum()
+            if w:
+                term = (1 - w) * term
+        total = term if total is None else total + term
+    return total
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade, pass_mode: str,
@@ -289,13 +317,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, grade: Grade
             x = ctx.batch(images, s)
             targets = tables.position[labels].to(ctx.device)
             logits = ctx.amp.forward(model, x)
-            kd_sum = None
-            for li, (rows, t_logits) in teacher_out.items():
-                student = logits.index_select(0, rows.to(ctx.device)).index_select(1, tables.slices[li])
-                term = distill(student, t_logits.to(ctx.device), tables.in_slice[labels[rows]].to(ctx.device),
-                               epoch).sum()
-                kd_sum = term if kd_sum is None else kd_sum + term
-            terms = ed_loss(logits, targets, kd_sum, s.alpha, s.label_smoothing)
+            kd_sum = kd_sum_of(logits, teacher_out, grade, tables, labels, targets, distill, epoch, ctx.device)
+            terms = ed_loss(logits, targets, kd_sum, s.alpha if grade.alpha is None else grade.alpha,
+                            s.label_smoothing)
             # collective, so every worker stops at the same step instead of one of them hanging in DDP's all-reduce
             bad = ctx.all_reduce_sum((~torch.isfinite(terms["loss"].detach())).float().reshape(1))
             if bad.item() > 0:   # the one host sync per step
@@ -346,6 +370,11 @@ def _prefetched(batches, num_samples: int, grade: Grade, tables: GradeTables, te
                         calls[li] = (rows, teachers.submit(lesson.teacher, sub))
                     else:
                         calls[li] = (rows, teachers.submit(lesson.teacher, sub, index=index[rows], draw=draw[rows]))
+            if grade.all_teacher is not None:
+                every = torch.arange(len(labels))
+                key = grade.all_teacher.teacher
+                calls[ALL_TEACHER] = (every, teachers.submit(key, images) if replay is None else
+                                      teachers.submit(key, images, index=index, draw=draw))
         return (images, labels, lessons, n), calls
 
     pending = None

@@ -19,10 +19,11 @@ from raydistill.distill.curriculum import teachers_needed
 
 def stage_graph(exp: Experiment, num_groups: int) -> dict:
     """{stage: [stages it needs]} in run order: teachers first, then the methods."""
-    teachers = teachers_needed(exp.methods, num_groups)
+    weights = exp.all_teacher_weights()
+    teachers = teachers_needed(exp.methods, num_groups, weights)
     graph = {f"teacher:{key}": [] for key in teachers}
     for method in exp.methods:
-        graph[f"method:{method}"] = [f"teacher:{key}" for key in teachers_needed([method], num_groups)]
+        graph[f"method:{method}"] = [f"teacher:{key}" for key in teachers_needed([method], num_groups, weights)]
     return graph
 
 

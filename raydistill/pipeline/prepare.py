@@ -97,7 +97,7 @@ def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
     return TrainSettings(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, batch_size=o.batch_size,
                          schedule=o.schedule, milestones=tuple(o.milestones), gamma=o.gamma,
                          warmup_fraction=o.warmup_fraction, restart_per_grade=o.restart_per_grade,
-                         temperature=c.temperature, alpha=c.alpha,
+                         temperature=c.temperature, alpha=exp.grade_alphas()[-1],
                          losses=exp.loss_params(),
                          carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
                          bn_recalibrate=c.bn_recalibrate, test_every_epoch=exp.test_every_epoch,

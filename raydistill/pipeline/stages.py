@@ -106,7 +106,7 @@ def teacher_stage(exp: Experiment, data: PreparedData, out: RunDir, key: str, de
 def prepare_teachers(exp: Experiment, data: PreparedData, out: RunDir, device, log) -> tuple[dict, dict]:
     """Every teacher the methods need: {key: FrozenTeacher}, {key: info}."""
     frozen, info = {}, {}
-    for key in teachers_needed(exp.methods, len(data.groups)):
+    for key in teachers_needed(exp.methods, len(data.groups), exp.all_teacher_weights()):
         frozen[key], info[key] = teacher_stage(exp, data, out, key, device, log)
     return frozen, info
 
@@ -134,7 +134,7 @@ def method_stage(exp: Experiment, data: PreparedData, out: RunDir, method: str, 
                  train: TrainFn, write: bool = True, wall_offset: float = 0.0) -> tuple[list, dict]:
     """Train one method's plan; save its final model under out/checkpoints. Returns (history, summary)."""
     plan: Plan = plan_for(method, exp, data.groups)
-    if not any(lesson.teacher for grade in plan.grades for lesson in grade.lessons):
+    if not plan.distils:
         from raydistill.softlabels import teacherless_client
         client = teacherless_client(exp, data.train, client)   # scratch: no teacher calls; cache on: the same bank
     started = time.perf_counter()

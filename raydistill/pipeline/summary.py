@@ -15,7 +15,7 @@ def method_summary(plan, history: list, params: int, wall_s: float, budget: dict
         if rows:
             grades.append({"grade": g.index + 1, "blocks": g.split, "classes": g.num_classes, "epochs": g.epochs,
                            "val_acc": rows[-1]["val_acc"], "test_acc": rows[-1]["test_acc"]})
-    distils = any(lesson.teacher for g in plan.grades for lesson in g.lessons)
+    distils = plan.distils
     return {"final_test_acc": last["test_acc"], "final_val_acc": last["val_acc"], "params": params,
             "epochs": plan.total_epochs, "wall_s": wall_s, "grades": grades, "loss": plan.loss if distils else None,
             **(budget or {})}
