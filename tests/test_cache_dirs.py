@@ -54,22 +54,24 @@ class _Put(io.BytesIO):
 
 
 class ObjectStore(pafs.FileSystemHandler):
-    """A local directory behaving as an object store (objects appear whole when their upload ends;
-    shards take 0.3 s to upload, the small meta.json none), recording what was already stored each
-    time a meta.json appeared."""
+    """A local directory behaving as an object store (objects appear whole when their upload or
+    server-side copy ends; shards take 0.3 s to upload, the small meta.json none), recording what
+    was already stored each time a meta.json appeared."""
 
     def __init__(self):
         self.local, self.lock, self.markers = pafs.LocalFileSystem(), threading.Lock(), []
 
     def put(self, path: str, data: bytes) -> None:
-        name = path.rsplit("/", 1)[1]
-        if name != "meta.json":
+        if "meta.json" not in path.rsplit("/", 1)[1]:
             time.sleep(0.3)
+        self.stored(path, data)
+
+    def stored(self, path: str, data: bytes) -> None:
         with self.lock:
             parent = Path(path).parent
             parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_bytes(data)
-            if name == "meta.json":
+            if path.rsplit("/", 1)[1] == "meta.json":
                 self.markers.append((json.loads(data), sorted(p.name for p in parent.iterdir())))
 
     def get_type_name(self):
@@ -106,7 +108,7 @@ class ObjectStore(pafs.FileSystemHandler):
         raise NotImplementedError("an object store has no rename")
 
     def copy_file(self, src, dest):
-        self.local.copy_file(src, dest)
+        self.stored(dest, Path(src).read_bytes())
 
     def open_input_stream(self, path):
         return self.local.open_input_stream(path)
@@ -335,3 +337,17 @@ def test_a_complete_directory_is_never_replaced(tmp_path):
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()} == before
     assert np.allclose(store.read_labels(cache, store.read_meta(cache))["group0"].values.float().numpy(),
                        labels["group0"].values.float().numpy())
+
+
+def test_a_lock_where_no_cache_can_be_built_is_one_config_error(tmp_path):
+    """build_lock under a file (a cache root that is not a directory): a ConfigError naming the
+    directory, which the CLI prints as one line, not a FileExistsError/NotADirectoryError traceback."""
+    from raydistill.config import ConfigError
+    from raydistill.storage.cachedirs import build_lock
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for directory in (blocker / "key", blocker / "sub" / "key"):
+        with pytest.raises(ConfigError, match=rf"cache directory {directory.parent}: cannot build cache key there"):
+            with build_lock(directory):
+                pass
+    assert blocker.read_text() == "x"

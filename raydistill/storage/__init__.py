@@ -34,8 +34,9 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
 
 # pyarrow filesystems whose rename replaces a file at once (local disks and mounts, `file://`,
-# `hdfs://`): a crash mid-write must leave the old file, not half a new one, so files are written
-# under a temporary name and renamed. Object stores (s3, gs, abfs) publish a PUT whole already.
+# `hdfs://`). A crash mid-write must leave the old file, not half a new one, so every file is written
+# under a temporary name first: renamed into place here; on object stores (s3, gs, abfs), whose
+# streams publish what they hold when closed, even by an error, copied into place (server side).
 RENAMING = ("local", "hdfs")
 
 
@@ -96,9 +97,9 @@ def storage_env() -> dict:
 
 class RunDir:
     """A directory on a local disk or a pyarrow filesystem, addressed by relative names
-    (`teachers/group0.pt`). Writes are whole objects (on a filesystem that can rename, a file is
-    written under a temporary name and renamed), so neither a reader nor a crash ever leaves half a
-    file; there is no append on object stores."""
+    (`teachers/group0.pt`). Writes are whole objects (a file is written under a temporary name, then
+    renamed or copied into place), so neither a reader nor a crash ever leaves half a file or loses
+    the old one; there is no append on object stores."""
 
     def __init__(self, location):
         from pyarrow import fs
@@ -167,28 +168,34 @@ class RunDir:
         self._write(name, lambda f: f.write(data))
 
     def _write(self, name: str, fill) -> None:
-        """Store `name` whole, `fill(stream)` writing its content: under a hidden temporary name renamed
-        into place where the filesystem can rename (RENAMING), else one PUT. If `fill` fails, the
-        temporary file (or the object store's partial object, which closing the stream published) is
-        removed: the old file, or none, stays."""
+        """Store `name` whole, `fill(stream)` writing its content under a hidden temporary name that
+        then replaces it: renamed where the filesystem can rename (RENAMING); on an object store copied
+        (a copy replaces the object at once) and the temporary object deleted. Never the real name
+        first: closing an object store's stream publishes whatever was written, even after an error.
+        If anything fails (an error, Ctrl-C) only the temporary name is removed: the old file, or
+        none, stays."""
         path = self.path(name)
         parent, base = path.rsplit("/", 1)
         self.fs.create_dir(parent, recursive=True)
-        target = f"{parent}/.{base}.{uuid.uuid4().hex[:8]}.tmp" if self.fs.type_name in RENAMING else path
-        opened = False
+        tmp = f"{parent}/.{base}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            with self.fs.open_output_stream(target) as f:
-                opened = True
+            with self.fs.open_output_stream(tmp) as f:
                 fill(f)
-            if target != path:
-                self.fs.move(target, path)
+            if self.fs.type_name in RENAMING:
+                self.fs.move(tmp, path)
+                return
+            self.fs.copy_file(tmp, path)
         except BaseException:
-            if opened:
-                try:
-                    self.fs.delete_file(target)
-                except OSError:
-                    pass
+            self._discard(tmp)
             raise
+        self._discard(tmp)
+
+    def _discard(self, path: str) -> None:
+        """Delete file `path` if it is there (a temporary name: nothing to report when it is not)."""
+        try:
+            self.fs.delete_file(path)
+        except OSError:
+            pass
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode()
