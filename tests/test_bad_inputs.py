@@ -313,6 +313,79 @@ def test_output_dir_under_a_regular_file(tmp_path):
         check_output_dir(exp)
 
 
+# ---------------------------------------------------------------- cache directories
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("field, under, expected", [
+    ("data.cache_dir", "", "{root} is a file, expected a directory"),
+    ("data.cache_dir", "cache", "{root}/cache lies under {root}, which is a file, not a directory"),
+    ("teachers.cache_dir", "", "{root} is a file, expected a directory"),
+    ("output.dir", "runs", "{root}/runs lies under {root}, which is a file, not a directory"),
+])
+def test_cache_dir_that_cannot_be_one_is_named_before_any_work(tmp_path, capsys, monkeypatch, good_parquet,
+                                                             command, field, under, expected):
+    """A cache root that is a file, or lies under one (data.cache_dir: the decoded shards of this
+    parquet source; teachers.cache_dir: soft labels; output.dir, under which both default): one line
+    naming the field from `validate` and from `run`, before the data is decoded or Ray started —
+    not a FileExistsError traceback from the first cache lock."""
+    _no_ray(monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    path = tmp_path / "exp.yaml"
+    path.write_text(_parquet_exp(tmp_path, good_parquet, good_parquet).to_yaml())
+    target = blocker / under if under else blocker
+    err = _cli(capsys, command, "--config", str(path), "--set", f"{field}={target}")
+    assert f"{field}: {expected.format(root=blocker)}" in err
+    assert not (tmp_path / "runs").exists() and blocker.read_text() == "not a directory"
+
+
+def _read_only_cli(tmp_path, read_only, *argv):
+    """`raydistill *argv` in a subprocess that sees directory `read_only` on a read-only mount (its
+    own mount namespace: `unshare -m`), so even root cannot write there; (exit code, stderr)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a read-only mount")
+    ro = str(read_only)
+    cli = " ".join(f"'{a}'" for a in [sys.executable, "-m", "raydistill.cli", *argv])
+    script = f"mount --bind '{ro}' '{ro}' && mount -o remount,bind,ro '{ro}' && exec {cli}"
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 2 and "mount" in proc.stderr and "raydistill" not in proc.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {proc.stderr.strip()}")
+    return proc.returncode, proc.stderr
+
+
+def test_cache_dir_that_cannot_be_created_is_named_before_any_work(tmp_path, good_parquet):
+    """data.cache_dir to be made inside a read-only directory: one line naming data.cache_dir (exit 2),
+    not a PermissionError/OSError traceback from the decoded-shard lock."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    path = tmp_path / "exp.yaml"
+    path.write_text(_parquet_exp(tmp_path, good_parquet, good_parquet).to_yaml())
+    code, err = _read_only_cli(tmp_path, locked, "validate", "--config", str(path),
+                               "--set", f"data.cache_dir={locked / 'cache'}")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"raydistill: error: data.cache_dir: cannot create {locked / 'cache'}: {locked} is not writable" in err
+
+
+def test_read_only_cache_dir_without_the_cache_is_one_line(tmp_path, good_parquet):
+    """An existing read-only data.cache_dir may hold complete caches (read without a lock), so it is
+    accepted up front; when the cache is missing and has to be built there, the lock says so in one
+    line naming the directory (exit 2), not an OSError traceback."""
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    path = tmp_path / "exp.yaml"
+    path.write_text(_parquet_exp(tmp_path, good_parquet, good_parquet).to_yaml())
+    code, err = _read_only_cli(tmp_path, shared, "validate", "--config", str(path),
+                               "--set", f"data.cache_dir={shared}")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"raydistill: error: cache directory {shared}: cannot build cache " in err
+    assert "Read-only file system" in err
+
+
 # ---------------------------------------------------------------- teacher checkpoints
 def _teacher(path, arch="resnet8", classes=2):
     save_teacher(path, build_model(arch, classes), mean=[0.5] * 3, std=[0.25] * 3)

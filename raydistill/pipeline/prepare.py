@@ -47,6 +47,8 @@ def prepare_data(exp: Experiment, log: Optional[Callable[[str], None]] = None) -
     square the preset crops from; in memory mode validation and test images are stored as their
     evaluation view (the centre image_size crop), the same for every method (streamed ones are
     centre-cropped by the engine's evaluation)."""
+    from raydistill.storage.cachedirs import check_cache_roots
+    check_cache_roots(exp)   # a cache root that cannot be one: named here, not a traceback from its lock
     d = exp.data
     size = exp.image_size()
     streaming = choose_loader(exp, log or (lambda _msg: None)) == "stream"

@@ -15,6 +15,9 @@ A mirror of a URI is downloaded into a temporary directory and renamed into plac
 complete, and checked again before every use: a half copy (one that older code left) is
 downloaded again, never trusted. A stored copy that is itself incomplete is an error for a reader
 and is rebuilt (and published over) by a builder.
+
+A local cache root that cannot hold caches (a file, under a file, not creatable) is a ConfigError
+naming its config field before any work (`check_cache_roots`, called by `prepare_data`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from raydistill.config import ConfigError
 from raydistill.storage import RunDir, is_uri
 
 META_FILE = "meta.json"
@@ -81,12 +85,54 @@ def incomplete(where, name: str = "") -> Optional[str]:
     return None
 
 
+def unusable_root(location) -> Optional[str]:
+    """Why the local cache root `location` cannot hold caches (it is a file, lies under one, or
+    cannot be created), or None. A URI (mirrored under the temp dir) passes, and so does an existing
+    directory even when read-only: it may hold complete caches, which are read without a lock."""
+    if not location or is_uri(location):
+        return None
+    path = Path(location).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path:
+        return None if path.is_dir() else f"{path} is a file, expected a directory"
+    if not existing.is_dir():
+        return f"{path} lies under {existing}, which is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {existing} is not writable"
+    return None
+
+
+def check_cache_roots(exp) -> None:
+    """Before any work: data.cache_dir (decoded shards) and teachers.cache_dir (soft labels), and
+    output.dir where either defaults under it, must be usable cache roots; ConfigError naming the
+    field otherwise, rather than a traceback from the first cache lock (see `unusable_root`)."""
+    roots = [(exp.data.cache_dir, "data.cache_dir"), (exp.teachers.cache_dir, "teachers.cache_dir")]
+    if not (exp.data.cache_dir and exp.teachers.cache_dir):
+        roots.append((exp.output.dir, "output.dir"))
+    for location, field in roots:
+        problem = unusable_root(location)
+        if problem:
+            raise ConfigError(f"{field}: {problem}")
+
+
+class CacheDirError(ConfigError):
+    """A cache that has to be built where it cannot be (the directory is read-only, or not one)."""
+
+
 @contextmanager
 def build_lock(directory, log: Optional[Callable[[str], None]] = None) -> Iterator[None]:
-    """Hold the lock of cache directory `directory` (a local path) while building or repairing it."""
+    """Hold the lock of cache directory `directory` (a local path) while building or repairing it;
+    CacheDirError, one line naming the directory, when its parent cannot hold the lock."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.parent / f".{directory.name}.lock", "a") as handle:
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(directory.parent / f".{directory.name}.lock", "a")
+    except OSError as err:   # a file in the way, a read-only directory
+        raise CacheDirError(f"cache directory {directory.parent}: cannot build cache {directory.name} there "
+                            f"({type(err).__name__}: {err.strerror or err})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
