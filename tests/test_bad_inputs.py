@@ -72,8 +72,10 @@ def test_teacher_epochs_not_positive(tmp_path, epochs):
 
 
 def test_grade_epochs_not_positive(tmp_path):
-    _invalid(tmp_path, r"curriculum\.grade_epochs\[1\]: expected a positive integer, got 0",
-             **{"curriculum.grade_epochs": "[2, 0, 2]"})
+    # an early grade may have 0 epochs (no such fragment grade); the complete student's may not
+    _invalid(tmp_path, r"curriculum\.grade_epochs\[2\]: expected a positive integer \(the complete student's grade\), "
+             r"got 0", **{"curriculum.grade_epochs": "[2, 2, 0]"})
+    _invalid(tmp_path, r"curriculum\.grade_epochs\[1\]: expected a non-negative integer", **{"curriculum.grade_epochs": "[2, -1, 2]"})
 
 
 def test_splits_out_of_range(tmp_path):
