@@ -12,6 +12,7 @@ the same stage bodies of `pipeline.stages`) and writes the same checkpoints:
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Optional
 
@@ -34,7 +35,8 @@ def stage_config(exp: Experiment, out: RunDir, data_ref, name: str, stages: Opti
             "storage": join(out.child("ray").location, name), "stages": stages, "ready": list(ready),
             "fail_once_at": list(fail_once_at) if fail_once_at else None,
             "driver_bar": driver_bar or bar_queue is not None, "bar_queue": bar_queue,
-            "launched": time.time()}   # a stage's start-up: its first epoch's `started` minus this
+            "launched": time.time(),   # a stage's start-up: its first epoch's `started` minus this
+            "driver_pid": os.getpid()}   # the process that started the stage and waits for it
 
 
 def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, *, stages: Optional[list] = None,
@@ -170,9 +172,23 @@ def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, stre
 
     def finished(refs):
         ready, _ = ray.wait(refs, num_returns=1)
-        return {ref: ray.get(ref) for ref in ready}
+        return {ref: _driver_outcome(ref) for ref in ready}
 
     return _drive(exp, out, graph, launch, finished, log)
+
+
+def _driver_outcome(ref) -> StageOutcome:
+    """What a stage driver returned; a driver lost with its node or process (it has no retries: the
+    stage's own task or fit is owned by it and goes with it) is a failed stage, which a re-run
+    resumes from its last epoch checkpoint like any other."""
+    import ray
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:   # the driver raised: its error's last line says what
+        return StageOutcome.failed((str(err).strip().splitlines() or [type(err).__name__])[-1])
+    except ray.exceptions.RayError as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        return StageOutcome.failed(f"its driver task was lost ({type(err).__name__}: {first})")
 
 
 def run_in_order(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,

@@ -25,16 +25,14 @@ from raydistill.distill.curriculum import teachers_needed
 from raydistill.distributed.consistency import ddp_context, plain_model, same_teacher_on_every_rank
 from raydistill.distributed.data_transfer import unpack_data
 from raydistill.distributed.driver_bar import forward_epoch
-from raydistill.pipeline.checkpoints import STATE_FILE, latest_progress, run_progress
+from raydistill.pipeline.checkpoints import (STATE_FILE, TASK_CHECKPOINTS_KEPT, TASK_PREFIX, latest_progress,
+                                              resume_point)
 from raydistill.pipeline.graph import run_stages
 from raydistill.pipeline.prepare import PreparedData
 from raydistill.pipeline.results import result_from_progress, write_metrics
 from raydistill.pipeline.stages import epoch_watchers, method_stage, teacher_stage
 from raydistill.storage import RunDir, join
 from raydistill.teachers import FrozenTeacher, LocalTeachers, classes_of, load_teacher
-
-TASK_CHECKPOINTS_KEPT = 2
-
 
 class TrainSession:
     """A Ray Train worker: its rank in the fit's process group, checkpoints through `ray.train.report`."""
@@ -74,8 +72,8 @@ class SoloSession:
 
     def report(self, metrics: dict, directory: Optional[str], seq: int) -> None:
         if directory is not None:
-            self.store.upload(directory, f"checkpoint_task-{seq:09d}")
-            mine = sorted(n for n in self.store.listdir() if n.startswith("checkpoint_task-"))
+            self.store.upload(directory, f"{TASK_PREFIX}{seq:09d}")
+            mine = sorted(n for n in self.store.listdir() if n.startswith(TASK_PREFIX))
             for old in mine[:-TASK_CHECKPOINTS_KEPT]:
                 self.store.delete(old)
         if self.on_report is not None:
@@ -151,17 +149,16 @@ def run_worker(config: dict, session, packed: dict) -> None:
     attempt = _broadcast(uuid.uuid4().hex[:8], ctx)
 
     progress = latest_progress(session.restored(), RunDir(config["storage"]))
-    done_elsewhere, partial = run_progress(out)   # every executor's stores: resume across them
+    progress["aborted"] = None   # a re-run after a stop tries again from the last good epoch
+    # every executor's stores, this one's as one of them: the most advanced epoch of a stage wins
+    completed, partial = resume_point(progress, out)
     stages = config.get("stages")   # None: every stage in this fit (sequential mode)
     epochs_log = "epochs.jsonl" if stages is None else f"epochs/{'+'.join(stages).replace(':', '-')}.jsonl"
-    progress["aborted"] = None   # a re-run after a stop tries again from the last good epoch
-    completed = {**done_elsewhere, **progress["completed"]}
-    if progress["stage"] and progress["train_state"] is not None and progress["stage"] not in completed:
-        partial[progress["stage"]] = (progress["train_state"], progress["elapsed"])
-    if completed or partial:
-        log(f"resuming: {len(completed)} stage(s) done"
-            + "".join(f", {s} at epoch {state['epoch']}" for s, (state, _) in partial.items()
-                      if stages is None or s in stages))
+    # the stages done before this worker: a fresh run's earlier stages too, so no "resuming" here
+    said = ([f"{len(completed)} earlier stage(s) done"] if completed else []) + [
+        f"resuming {s} at epoch {state['epoch']}" for s, (state, _) in partial.items() if stages is None or s in stages]
+    if said:
+        log("; ".join(said))
     fail_once_at = tuple(config["fail_once_at"]) if config.get("fail_once_at") else None
 
     def checkpoint(metrics: dict, **state) -> None:
@@ -183,6 +180,7 @@ def run_worker(config: dict, session, packed: dict) -> None:
             out.append_line(epochs_log, json.dumps({"stage": stage, "epoch": metrics["epoch"], "attempt": attempt,
                                                     "rank0_pid": os.getpid(), "started": stage_started,
                                                     "launched": config.get("launched"),
+                                                    "driver_pid": config.get("driver_pid"),
                                                     "time": time.time(), "node": _node_id()}))
         if writer and fail_once_at is not None and state is not None \
                 and (stage, metrics["epoch"]) == fail_once_at:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raydistill.config import Experiment
+from raydistill.distill.curriculum import teachers_needed
 from raydistill.pipeline.report_files import safe_dir_name, write_report_files
 from raydistill.pipeline.summary import format_table
 from raydistill.storage import RunDir
@@ -46,11 +47,13 @@ def run_result(out: RunDir) -> RunResult:
 
 
 def result_from_progress(exp: Experiment, out: RunDir, completed: dict) -> RunResult:
-    """The RunResult (same structure as the local backend's) of the completed stages."""
+    """The RunResult (same structure as the local backend's) of the completed stages, teachers and
+    methods in the order the run needs them (as a fresh in-process run lists them), whatever order
+    the stores were listed or the stages completed in."""
     result = run_result(out)
-    for name, record in completed.items():
-        kind, key = name.split(":", 1)
-        if kind == "teacher":
+    for key in teachers_needed(exp.methods, exp.num_groups()):
+        record = completed.get(f"teacher:{key}")
+        if record is not None:
             result.teachers[key] = record["info"]
     for method in exp.methods:
         record = completed.get(f"method:{method}")

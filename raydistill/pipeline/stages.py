@@ -35,17 +35,25 @@ def teacher_classes(key: str, data: PreparedData) -> list:
     return classes_of(key, data.groups)
 
 
-def local_train(device, exp: Optional[Experiment] = None, out: Optional[RunDir] = None, **context) -> TrainFn:
+def local_train(device, exp: Optional[Experiment] = None, out: Optional[RunDir] = None, checkpoints=None,
+                **context) -> TrainFn:
     """`context`: TrainContext options (`Experiment.context_options()`). With `exp` and `out`, every
-    epoch goes to the live trackers (`tracking.LiveMetrics`); on a terminal a bar replaces the lines."""
+    epoch goes to the live trackers (`tracking.LiveMetrics`); on a terminal a bar replaces the lines.
+    `checkpoints` (`pipeline.local.LocalCheckpoints`): a stage begun before resumes at its most
+    advanced epoch checkpoint, and every epoch is checkpointed as a Ray worker's is."""
     ctx = TrainContext(device=device, **context)
 
     def train(plan, train_set, val_set, test_set, client, settings, log=None, stage=None):
+        resume = checkpoints.resume(stage) if checkpoints is not None and stage else None
         with ExitStack() as stack:
             on_epoch = epoch_watchers(stack, exp, out, stage or plan.method, plan, log, bar=interactive())
-            return train_plan(plan, train_set, val_set, test_set, client, settings, ctx,
-                              on_epoch_end=lambda metrics, _state: on_epoch(metrics),
-                              progress=None if on_epoch.bar else log)
+
+            def on_epoch_end(metrics, make_state):
+                on_epoch(metrics)   # before the checkpoint: a crash may repeat an epoch there, never drop one
+                if checkpoints is not None and stage:
+                    checkpoints.epoch(stage, make_state())
+            return train_plan(plan, train_set, val_set, test_set, client, settings, ctx, resume=resume,
+                              on_epoch_end=on_epoch_end, progress=None if on_epoch.bar else log)
     return train
 
 
