@@ -118,7 +118,8 @@ def cmd_tune(args) -> int:
     from raydistill.search.tuner import tune
     result = tune(args.space, samples=args.samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
                   output=args.output, top=args.top, searcher=args.searcher, baselines=args.baselines)
-    return 0 if result.best is not None else 1
+    # a failed baselines run was reported in one line by `tune`; the search's results stand
+    return 0 if result.best is not None and result.baseline_error is None else 1
 
 
 def cmd_experiments(_args) -> int:

@@ -108,8 +108,10 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     """Run (or resume) an experiment on Ray (see the module's docstring for `ray.stages`).
     `fail_once_at=(stage, epoch)` kills rank 0 right after that epoch's checkpoint, once per run
     directory (for tests of recovery). `callbacks`: Ray Train UserCallbacks of a whole-graph fit.
-    `in_process`: one-worker stages run in this process instead of a Ray task (a Tune trial that
-    holds the worker's resources itself); `on_report` then sees every epoch report."""
+    `in_process`: every stage runs in this process, one after another, instead of in a Ray task (a
+    Tune trial that holds the worker's resources itself); `on_report` then sees every epoch report.
+    A stage that needs a Ray Train fit is refused there (its workers would need resources this
+    process does not hold, and its epochs would not reach `on_report`)."""
     import ray
 
     log = progress or (lambda _msg: None)
@@ -117,6 +119,8 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     exp.check_devices("cuda" if exp.ray.use_gpu else "cpu", "ray")
     exp = with_absolute_paths(exp)
     data, out = start_run(exp, log)
+    if in_process:
+        check_in_process(exp, len(data.groups), data.streaming)
     # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
     check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
     groups = len(data.groups)
@@ -126,7 +130,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
         data_ref = ray.put(pack_data(data))
         # in this process: what holds the resources is this process, so its stages run one at a time
         mode = "sequential" if in_process else choose_mode(exp, ray.cluster_resources().get("CPU", 0))
-        one_fit = mode == "sequential" and needs_one_fit(exp, groups, data.streaming)
+        one_fit = not in_process and mode == "sequential" and needs_one_fit(exp, groups, data.streaming)
         executor = "one Ray Train fit" if one_fit else "Ray Train fit per stage" if exp.ray.executor == "fit" \
             else "task per one-worker stage" + (" (in this process)" if in_process else "")
         log(f"ray: stages {mode}, {exp.ray.workers} worker(s), {executor}, teachers {exp.ray.teachers}, "
@@ -148,6 +152,21 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def check_in_process(exp: Experiment, num_groups: int, streaming: bool) -> None:
+    """An in-process run trains every stage here, as one worker: a stage that needs a Ray Train fit
+    (several workers, streamed data, `ray.executor: fit`) is a ConfigError naming why, before Ray."""
+    from raydistill.config import ConfigError
+    from raydistill.pipeline.graph import FIT, stage_executor, stage_graph, stage_workers
+    for stage in stage_graph(exp, num_groups):
+        if stage_executor(exp, stage, streaming) == FIT:
+            workers = stage_workers(exp, stage)
+            why = ("streamed data (data.loader stream)" if streaming else f"ray.executor {exp.ray.executor}"
+                   if exp.ray.executor != "auto" else
+                   f"{'ray.teacher_workers' if stage.startswith('teacher:') else 'ray.workers'} {workers}")
+            raise ConfigError(f"stage {stage} needs a Ray Train fit ({why}), which a run in this process "
+                              f"(a one-worker Tune trial) cannot start; run it without in_process")
 
 
 def _run_one_fit(exp: Experiment, out: RunDir, data_ref, progress, log, fail_once_at, callbacks) -> dict:

@@ -45,6 +45,18 @@ def run_baselines(space: SearchSpace, teachers: dict, search_dir, cpus_per_worke
     return read_baselines(search_dir)
 
 
+def baseline_failure(err: BaseException, search_dir) -> str:
+    """One line for a baselines run that raised (interrupted, a non-finite loss, ...), with the run's
+    own advice (resume, or change the learning rate): the search's own results are already written,
+    and re-running the same command runs (resumes) only the baselines."""
+    message = ""
+    for line in filter(None, (part.strip() for part in str(err).splitlines())):   # "stages ...:\n  <stage>: ..."
+        message += ((" " if message.endswith(":") else "; ") if message else "") + line
+    message = message or type(err).__name__
+    return (f"baselines: failed in {join(str(search_dir), BASELINES_DIR)} ({type(err).__name__}: {message[:600]}); "
+            f"the search's results are written")
+
+
 def read_baselines(search_dir) -> dict:
     out, name = RunDir(search_dir), f"{BASELINES_DIR}/summary.json"
     if not out.is_file(name):

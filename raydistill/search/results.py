@@ -19,6 +19,9 @@ from raydistill.storage import located as storage_location
 TABLE_FILE = "trials.parquet"
 BEST_FILE = "best.yaml"
 COMPLETED = "completed"
+# the columns of a trial's row besides its searched values (see trial_rows)
+ROW_FIELDS = ("trial", "val_acc", "test_acc", "grade", "epochs_run", "epochs_planned", "stop_reason", "wall_s")
+INTEGER_FIELDS = ("grade", "epochs_run", "epochs_planned")   # a column with a missing value reads back as floats
 
 
 def trial_rows(space: SearchSpace, results, trials: list, scheduler: str) -> list:
@@ -61,6 +64,25 @@ def table_frame(rows: list, dimensions: list):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column):
             frame[d.path] = [json.dumps(v) for v in column]
     return frame
+
+
+def table_rows(frame) -> list:
+    """The rows of `trial_rows` read back from a table (trials.parquet): missing values None, searched
+    values that `table_frame` wrote as JSON text decoded, integer fields integers again; so a loaded
+    search's best equals the best `tune` returned."""
+    rows = []
+    for record in frame.to_dict("records"):
+        row = {}
+        for key, value in record.items():
+            if isinstance(value, float) and value != value:
+                value = None
+            elif key not in ROW_FIELDS and isinstance(value, str):
+                value = json.loads(value)
+            elif key in INTEGER_FIELDS:
+                value = int(value)
+            row[key] = value
+        rows.append(row)
+    return rows
 
 
 def write_table(frame, search_dir) -> Union[Path, str]:
@@ -118,6 +140,7 @@ class SearchResult:
     best: Optional[dict]           # the best trial's row (chosen on val_acc), None if none completed
     best_config: Optional[Union[Path, str]]    # best.yaml (a URI for a search stored behind one)
     baselines: dict = field(default_factory=dict)   # method -> {val_acc, test_acc, epochs}
+    baseline_error: Optional[str] = None   # one line when the baselines' run failed (the search stands)
 
     def summary(self, top: int = 5) -> str:
         from raydistill.search.baselines import comparison

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import teachers_needed
@@ -46,19 +46,42 @@ def prepare_search_teachers(exp: Experiment, search_dir, log: Callable[[str], No
             log(f"teacher {key}: reusing {paths[key]}")
     if missing and ray.is_initialized():
         cpus = min(exp.worker_cpus(), ray.cluster_resources().get("CPU", 1.0))   # never more than there is
-        task = ray.remote(num_cpus=cpus, num_gpus=1 if exp.ray.use_gpu else 0, max_retries=0,
+        task = ray.remote(num_cpus=cpus, num_gpus=exp.ray.gpus_per_worker if exp.ray.use_gpu else 0, max_retries=0,
                           runtime_env={"env_vars": storage_env()})(_train_missing)
-        records = [r for rs in ray.get([task.remote(exp.to_dict(), out.location, [key]) for key in missing])
-                   for r in rs]
-    else:
-        records = _train_missing(exp.to_dict(), out.location, missing, log) if missing else []
-    for record in records:   # one writer of the log: the tasks return their records
-        out.append_line(f"teachers/{TRAINED_LOG}", json.dumps(record))
+        _collect([task.remote(exp.to_dict(), out.location, [key]) for key in missing], out)
+    elif missing:   # one after another here, each record logged as its teacher is trained
+        _train_missing(exp.to_dict(), out.location, missing, log, on_record=lambda r: _record(out, [r]))
     return paths
 
 
-def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[str], None] = print) -> list:
-    """Train or load `keys` into `<search_dir>/teachers/`; the records of those actually trained."""
+def _collect(refs: list, out: RunDir) -> None:
+    """Each teacher task's records logged as soon as it ends, every task waited for: one failed
+    teacher must not drop the records of those trained beside it (their files are kept and reused,
+    so an unlogged one would never be counted). Then the first failure is raised as its own error
+    (e.g. a TeacherError naming the checkpoint), not Ray's wrapper."""
+    import ray
+    failures, pending = [], list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            _record(out, ray.get(ready[0]))
+        except ray.exceptions.RayTaskError as err:
+            failures.append(err.cause if isinstance(err.cause, Exception) else err)
+        except ray.exceptions.RayError as err:   # the worker died, the task was cancelled, ...
+            failures.append(err)
+    if failures:
+        raise failures[0]
+
+
+def _record(out: RunDir, records: list) -> None:
+    for record in records:   # one writer of the log: the tasks return their records
+        out.append_line(f"teachers/{TRAINED_LOG}", json.dumps(record))
+
+
+def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[str], None] = print,
+                   on_record: Optional[Callable[[dict], None]] = None) -> list:
+    """Train or load `keys` into `<search_dir>/teachers/`; the records of those actually trained
+    (each also handed to `on_record` as soon as it exists)."""
     from raydistill.pipeline.prepare import pick_device, prepare_data
     from raydistill.pipeline.stages import teacher_stage
     exp = Experiment.from_dict(exp_dict)
@@ -72,4 +95,6 @@ def _train_missing(exp_dict: dict, search_dir: str, keys: list, log: Callable[[s
         if info["source"] == "trained":
             records.append({"key": key, "arch": info["arch"], "test_acc": info["test_acc"],
                             "seconds": round(time.time() - started, 2)})
+            if on_record is not None:
+                on_record(records[-1])
     return records

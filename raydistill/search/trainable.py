@@ -1,10 +1,11 @@
 """One Tune trial = one run (`run_distributed`) of the ed curriculum with the trial's values.
 
-A one-worker trial trains in the trial's own process (which then holds the worker's CPUs): no
-TorchTrainer, no Ray Train start-up, on the same stage executor as a run's one-worker stages. A
-trial of several workers is a driver that holds almost no CPU (TRIAL_CPU) and one Ray Train fit
-whose workers hold the cores. Either way every ed epoch is forwarded to Tune, so ASHA can stop a
-weak curriculum after any epoch; the final "done" report of the run (no accuracy) is not.
+A one-worker trial trains in the trial's own process (which then holds the worker's CPUs, and its
+GPUs with `ray.use_gpu`): no TorchTrainer, no Ray Train start-up, on the same stage executor as a
+run's one-worker stages. A trial of several workers is a driver that holds almost no CPU
+(TRIAL_CPU) and one Ray Train fit whose workers hold the cores. Either way every ed epoch is
+forwarded to Tune, so ASHA can stop a weak curriculum after any epoch; the final "done" report of
+the run (no accuracy) is not.
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ FORWARDED = ("epoch", "grade", "num_classes", "blocks", "lr", "loss", "train_acc
 # groups (searched order) would be ranked on different questions. At the last epoch both are equal.
 SCHEDULE_METRIC = "val_acc_all_classes"
 TRIAL_CPU = 0.01   # the trial driver only waits on its TorchTrainer; the workers need the cores
+# How every trial is placed, whatever the base says: its teacher stages only load the search's
+# teachers (trained once, before the trials, one task each), so they are one-worker stages, and
+# its stages run in order (the epoch reports reach Tune from that one executor, not from a
+# concurrent stage driver's). Without these, `ray.teacher_workers > 1` made a one-worker trial
+# start a Ray Train fit its own reservation had no room for.
+TRIAL_PLACEMENT = ("methods=[ed]", "ray.teacher_workers=1", "ray.stages=sequential")
 
 
 def trial_name(index: int) -> str:
@@ -34,7 +41,7 @@ def trial_experiment(base: dict, values: dict, teachers: dict, trials_dir: str, 
     """The complete experiment a trial runs: base + searched values, ed only, the search's teachers."""
     exp = apply_values(Experiment.from_dict(base), values)
     return exp.with_overrides([
-        "methods=[ed]",
+        *TRIAL_PLACEMENT,
         f"teachers.checkpoints={flow_yaml(teachers)}",
         f"output.dir={flow_yaml(trials_dir)}",
         f"output.name={trial_name(index)}",
@@ -68,7 +75,7 @@ def trial_values(config: dict, setup: dict) -> tuple:
 def run_trial(config: dict, setup: dict) -> None:
     """Tune function trainable. config: {"candidate": {"index", "values"}} or a model-based searcher's
     {path: encoded value}; setup (tune.with_parameters): the base experiment, the dimensions, teacher
-    paths, trials directory and CPUs per worker."""
+    paths, trials directory, CPUs per worker and whether the trial trains in its own process."""
     import os
     from raydistill.distributed.trainer import run_distributed
 
@@ -78,17 +85,32 @@ def run_trial(config: dict, setup: dict) -> None:
     index, values = trial_values(config, setup)
     exp = trial_experiment(setup["base"], values, setup["teachers"], setup["trials_dir"], index,
                            setup["cpus_per_worker"])
-    if trains_in_trial(exp):
+    # where the search reserved room for it (tuner._resources): in this process, or a driver of a fit
+    if setup.get("in_process", trains_in_trial(exp)):
         run_distributed(exp, progress=print, in_process=True, on_report=epoch_reporter(exp.total_epochs()))
     else:
         run_distributed(exp, progress=print, callbacks=[epoch_report_callback(exp.total_epochs())])
 
 
-def trains_in_trial(exp: Experiment) -> bool:
-    """A trial's ed stage runs in the trial's own process when it is a one-worker task (see
-    `pipeline.graph.stage_executor`; streamed data always goes through a Ray Train fit)."""
-    from raydistill.pipeline.graph import TASK, stage_executor
-    return exp.data.loader != "stream" and stage_executor(exp, "method:ed") == TASK
+def trains_in_trial(exp: Experiment, streaming: bool = False) -> bool:
+    """A trial runs in the trial's own process when every stage of its run is a one-worker task (see
+    `pipeline.graph.stage_executor`; streamed data, `streaming` as the search's data preparation
+    resolved it, always goes through a Ray Train fit). Given the base experiment, it answers for
+    the trials (TRIAL_PLACEMENT applied)."""
+    from raydistill.pipeline.graph import TASK, stage_executor, stage_graph
+    exp = exp.with_overrides(list(TRIAL_PLACEMENT))
+    streaming = streaming or exp.data.loader == "stream"
+    return all(stage_executor(exp, stage, streaming) == TASK for stage in stage_graph(exp, exp.num_groups()))
+
+
+def trial_resources(exp: Experiment, cpus_per_worker: float, streaming: bool = False) -> dict:
+    """What each trial reserves (tune.with_resources): a trial that trains in its own process holds
+    its worker's CPUs and, with `ray.use_gpu`, its GPUs (Ray shows a task only the GPUs it
+    reserved: without them the trial sees none, or every trial lands on the same one); a trial
+    driving a Ray Train fit holds TRIAL_CPU, the fit's workers hold the rest."""
+    if not trains_in_trial(exp, streaming):
+        return {"cpu": TRIAL_CPU}
+    return {"cpu": cpus_per_worker, **({"gpu": exp.ray.gpus_per_worker} if exp.ray.use_gpu else {})}
 
 
 def forwarded(report: dict, epochs_planned: int) -> Optional[dict]:

@@ -16,13 +16,13 @@ from raydistill.distributed.trainer import LOCAL_ENV as TRAIN_LOCAL_ENV
 from raydistill.search.results import (BEST_FILE, SearchResult, best_row, export_best, format_best, table_frame, trial_rows,
                                        write_table)
 from raydistill.search import searchers
-from raydistill.search.baselines import comparison, read_baselines, run_baselines
+from raydistill.search.baselines import baseline_failure, comparison, read_baselines, run_baselines
 from raydistill.search.space import (BASELINES, SEARCHERS, SearchSpace, SpaceError, check_scheduler, check_searcher,
                                      load_space, space_fingerprint)
 from raydistill.search.teachers import prepare_search_teachers, teacher_paths
 from raydistill.pipeline.prepare import with_absolute_paths
 from raydistill.search.trainable import (SCHEDULE_METRIC, TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband,
-                                         name_by_creation, run_trial, trains_in_trial)
+                                         name_by_creation, run_trial, trains_in_trial, trial_resources)
 from raydistill.search.tracking import tune_callbacks
 from raydistill.config import ConfigError
 from raydistill.storage import RunDir, absolute, is_uri, join, storage_env
@@ -74,26 +74,47 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
     import ray
     started_ray = _init_ray(base)
     try:
+        # trial resources first: a spec the cluster cannot place is refused before any teacher trains
+        cpus_per_worker, concurrent, resources = _resources(base, max_concurrent or space.max_concurrent,
+                                                            ray.cluster_resources(), data.streaming)
         teachers = prepare_search_teachers(base, search_dir, log, methods=["ed", *space.baselines])
         ed_teachers = {k: p for k, p in teachers.items() if k in teacher_paths(base, search_dir)}
         trials_dir = join(out.location, "trials")
         if base.teachers.soft_labels == "cache":
             shared_soft_labels(base, data, ed_teachers, trials_dir, log)
-        cpus_per_worker, concurrent, trial_cpus = _resources(base, max_concurrent or space.max_concurrent)
-        log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each")
+        log(f"trials: {concurrent} at a time, {base.ray.workers} worker(s) x {cpus_per_worker} CPU each"
+            + (f" + {base.ray.gpus_per_worker:g} GPU each" if base.ray.use_gpu else ""))
         out.write_text(SPACE_FILE, json.dumps(fingerprint, indent=1))   # what a resume must match
         results = _run_tuner(space, candidates, concurrent, out, {
             "base": with_absolute_paths(base).to_dict(), "dimensions": space.dimensions,
             "teachers": ed_teachers, "trials_dir": trials_dir, "cpus_per_worker": cpus_per_worker,
+            "in_process": trains_in_trial(base, data.streaming),
             "storage_env": storage_env() if is_uri(out.location) else {}},
-            trial_cpus)
+            resources)
         # run alone, baselines (and the exported best) get the whole cores the trial's torch threads used
         alone_cpus = float(max(1, int(cpus_per_worker)))
-        baseline_results = run_baselines(space, teachers, search_dir, alone_cpus, log)
+        # the search's own results are written before the baselines run: a failing baseline loses none
+        frame, best, best_path = _write_results(space, candidates, results, scheduler, trials, ed_teachers,
+                                                search_dir, alone_cpus, top, log)
+        baseline_results, baseline_error = {}, None
+        try:
+            baseline_results = run_baselines(space, teachers, search_dir, alone_cpus, log)
+        except Exception as err:   # noqa: BLE001 - any failure of the baselines' run: the search stands
+            baseline_error = baseline_failure(err, search_dir)
+            log(baseline_error)
     finally:
         if started_ray:
             ray.shutdown()
 
+    if baseline_results:
+        log(comparison(best, baseline_results))
+    return SearchResult(search_dir, frame, best, best_path, baseline_results, baseline_error)
+
+
+def _write_results(space: SearchSpace, candidates: list, results: list, scheduler: str, trials: int,
+                   ed_teachers: dict, search_dir, alone_cpus: float, top: int, log) -> tuple:
+    """trials.parquet and (when every trial ended and one completed) best.yaml; the table logged.
+    Returns (frame, best row, best.yaml)."""
     run_trials = _trials(space, candidates, results)
     rows = trial_rows(space, results, run_trials, scheduler)
     frame = table_frame(rows, space.dimensions)
@@ -115,9 +136,7 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         log(f"best: {best['trial']} -> {best_path}")
     elif not unfinished:
         log("no trial completed its curriculum: nothing exported")
-    if baseline_results:
-        log(comparison(best, baseline_results))
-    return SearchResult(search_dir, frame, best, best_path, baseline_results)
+    return frame, best, best_path
 
 
 def _trials(space: SearchSpace, candidates: list, results: list) -> list:
@@ -186,22 +205,27 @@ def _init_ray(base) -> bool:
     return True
 
 
-def _resources(base, max_concurrent: Optional[int]) -> tuple:
-    """(CPUs per worker, concurrent trials, CPUs of each trial's own process) such that every running
-    trial's driver and workers fit at once: a trial whose workers cannot be placed would wait
-    forever while holding its slot. A one-worker trial trains in its own process, which holds the
-    worker's CPUs; a trial driving a Ray Train fit holds TRIAL_CPU, so on N cores its workers get
-    slightly under N/concurrent (e.g. 0.99: Ray schedules the fraction, torch still runs one thread)."""
-    import ray
-    available = ray.cluster_resources()
+def _resources(base, max_concurrent: Optional[int], available: dict, streaming: bool = False) -> tuple:
+    """(CPUs per worker, concurrent trials, what each trial reserves) on a cluster of `available`
+    resources (ray.cluster_resources()) for trials on streamed data or not, such that every running trial's driver and workers fit at
+    once: a trial whose workers cannot be placed would wait forever while holding its slot. A
+    one-worker trial trains in its own process, which holds the worker's CPUs (and GPUs); a trial
+    driving a Ray Train fit holds TRIAL_CPU, so on N cores its workers get slightly under
+    N/concurrent (e.g. 0.99: Ray schedules the fraction, torch still runs one thread)."""
     cpus = float(available.get("CPU", 1))
     r = base.ray
     workers, per_worker = r.workers, r.cpus_per_worker
     actors = r.teacher_cpus * base.num_groups() if r.teachers == "actors" else 0.0   # per trial
-    driver = 0.0 if trains_in_trial(base.with_overrides(["methods=[ed]"])) else TRIAL_CPU
+    driver = 0.0 if trains_in_trial(base, streaming) else TRIAL_CPU
     concurrent = max_concurrent or max(1, int(cpus // (workers * (per_worker or 1) + actors)))
-    if r.use_gpu and not max_concurrent:
-        concurrent = max(1, min(concurrent, int(available.get("GPU", 0) // workers)))
+    if r.use_gpu:
+        gpus, per_trial = float(available.get("GPU", 0)), workers * r.gpus_per_worker
+        if gpus < per_trial and not r.address:   # a local instance never gains a GPU (a cluster may scale)
+            raise SpaceError(f"ray.use_gpu: each trial needs {per_trial:g} GPU(s) ({workers} worker(s) x "
+                             f"ray.gpus_per_worker {r.gpus_per_worker:g}), this machine's Ray instance has "
+                             f"{gpus:g}; set ray.use_gpu: false or ray.gpus_per_worker lower")
+        if not max_concurrent:
+            concurrent = max(1, min(concurrent, int(gpus / per_trial + 1e-9)))
     if per_worker is None:
         per_worker = math.floor(100 * (cpus - concurrent * (driver + actors)) / (concurrent * workers)) / 100
     need = concurrent * (workers * per_worker + driver + actors)
@@ -209,7 +233,7 @@ def _resources(base, max_concurrent: Optional[int]) -> tuple:
         raise SpaceError(f"max_concurrent: {concurrent} trials x ({workers} worker(s) x {per_worker} CPU + "
                          f"{driver} for the trial driver + {actors} for teacher actors) need {need:.2f} CPUs, the cluster has {cpus:g}; lower "
                          f"--max-concurrent (or ray.workers / ray.cpus_per_worker in the base experiment)")
-    return per_worker, concurrent, (per_worker if driver == 0.0 else TRIAL_CPU)
+    return per_worker, concurrent, trial_resources(base, per_worker, streaming)
 
 
 def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
@@ -233,14 +257,21 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
                                         max_concurrent_trials=concurrent)
 
 
+def search_trainable(setup: dict, resources: dict):
+    """`run_trial` as Tune's trainable: the search's setup bound, each trial reserving `resources`
+    (trainable.trial_resources)."""
+    from ray import tune
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+
+
 def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, out: RunDir, setup: dict,
-               trial_cpus: float = TRIAL_CPU) -> list:
+               resources: Optional[dict] = None) -> list:
     """Fit (or restore and finish) the Tuner, its state in <search dir>/tuner (through the search
     directory's pyarrow filesystem: a local disk or the URI's object store); returns one plain dict
     per trial: index, values, metrics of its last report, error, done."""
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": trial_cpus})
+    trainable = search_trainable(setup, resources or {"cpu": TRIAL_CPU})
     storage_fs = out.storage_filesystem
     path = f"{out.root}/{TUNER_DIR}"
     if tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
@@ -274,15 +305,14 @@ def load_search(search_dir) -> SearchResult:
     trials.parquet and best.yaml."""
     import io
     import pandas as pd
-    from raydistill.search.results import TABLE_FILE, located
+    from raydistill.search.results import TABLE_FILE, located, table_rows
     search_dir = storage_location(str(search_dir))
     out = RunDir(search_dir)
     if not out.is_file(TABLE_FILE):
         raise SpaceError(f"{search_dir}: no {TABLE_FILE} (not a search directory, or the search has not "
                          f"written its results yet)")
     table = pd.read_parquet(io.BytesIO(out.read_bytes(TABLE_FILE)))
-    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in table.to_dict("records")]
+    rows = table_rows(table)
     has_best = out.is_file(BEST_FILE)
     return SearchResult(search_dir, table, best_row(rows) if has_best else None,
                         located(search_dir, BEST_FILE) if has_best else None, read_baselines(search_dir))
