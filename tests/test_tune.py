@@ -489,7 +489,7 @@ def test_model_based_searcher_runs_a_3_trial_search_end_to_end(ray_session, tmp_
         summary = result.summary()
         for method in baselines:
             gap = 100 * (result.best["test_acc"] - result.baselines[method]["test_acc"])
-            assert f"ed - {method}: val" in summary and f"test {gap:+6.2f}" in summary, summary
+            assert f"best - {method}: val" in summary and f"test {gap:+6.2f}" in summary, summary
 
 
 def test_ablation_grid_and_its_table():

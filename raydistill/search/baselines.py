@@ -67,16 +67,17 @@ def read_baselines(search_dir) -> dict:
 
 
 def comparison(best: Optional[dict], baselines: dict) -> str:
-    """Where the best curriculum stands: its last-epoch val/test accuracy and the gap to each baseline
-    (positive: the curriculum is ahead). Chosen on validation; test only reported."""
+    """Where the search's best trial stands (a curriculum, or a searched baseline): its last-epoch
+    val/test accuracy and the gap to each baseline (positive: the best trial is ahead). Chosen on
+    validation; test only reported."""
     if not baselines:
         return ""
-    lines = ["best curriculum vs baselines (last epoch, %; + means the curriculum is ahead):"]
+    lines = ["best trial vs baselines (last epoch, %; + means the best trial is ahead):"]
     if best is not None:
-        lines.append(f"  {'ed (' + best['trial'] + ')':<22}{best['epochs_planned']:>4} epochs  "
+        lines.append(f"  {'best (' + best['trial'] + ')':<22}{best['epochs_planned']:>4} epochs  "
                      f"val {100 * best['val_acc']:6.2f}  test {100 * best['test_acc']:6.2f}")
     for method, b in baselines.items():
-        gap = ("" if best is None else f"   ed - {method}: val {100 * (best['val_acc'] - b['val_acc']):+6.2f}"
+        gap = ("" if best is None else f"   best - {method}: val {100 * (best['val_acc'] - b['val_acc']):+6.2f}"
                f"  test {100 * (best['test_acc'] - b['test_acc']):+6.2f}")
         lines.append(f"  {method:<22}{b['epochs']:>4} epochs  val {100 * b['val_acc']:6.2f}  "
                      f"test {100 * b['test_acc']:6.2f}{gap}")

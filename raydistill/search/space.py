@@ -9,6 +9,7 @@ File format (see tune_spaces/*.yaml)::
 
     name: smoke                  # search directory name: <output>/<name>
     base: {...} | cifar10 | x.yaml   # the experiment every trial starts from
+    method: ed                   # what each trial runs: ed (the curriculum), or a baseline to search it too (kd, ...)
     set: {data.limit_per_class: 400} # dotted overrides applied to base
     search:                      # one entry per searched field (dotted path)
       curriculum.splits: {valid_splits: true}      # every strictly increasing tuple ending at the last block
@@ -44,7 +45,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from raydistill.config import ConfigError, Experiment, load_yaml
+from raydistill.config import METHODS, ConfigError, Experiment, load_yaml, split_method
 from raydistill.storage import is_uri, join
 
 SCHEDULERS = ("asha", "fifo", "hyperband")
@@ -52,14 +53,14 @@ SEARCHERS = ("random", "grid", "optuna", "hyperopt", "bohb")
 MODEL_BASED = ("optuna", "hyperopt", "bohb")   # searchers that propose trials from the results so far
 BASELINES = ("scratch", "kd", "multi_teacher")
 KINDS = ("choice", "uniform", "loguniform", "randint", "valid_splits", "permutations")
-SPACE_KEYS = ("name", "description", "base", "set", "search", "samples", "searcher", "points_to_evaluate",
+SPACE_KEYS = ("name", "description", "base", "set", "method", "search", "samples", "searcher", "points_to_evaluate",
               "baselines", "max_failures", "scheduler", "asha", "max_concurrent", "seed", "output")
 JOINT_CHECK_DRAWS = 256   # random combinations checked up front for a model-based searcher
 # Teachers are trained once per search from these fields, and Ray/output are set per trial:
 # searching them would silently make trials disagree with their teachers or their resources.
 NOT_SEARCHABLE = {"data": "teachers are trained once per search on the base experiment's data",
                   "teachers": "teachers are trained once per search with the base experiment's settings",
-                  "methods": "trials run the ed curriculum only",
+                  "methods": "every trial runs the space's `method` (ed unless the space names a baseline)",
                   "ray": "trial resources are set by the search (--max-concurrent, base ray section)",
                   "output": "trial run directories are set by the search",
                   "name": "trial names are set by the search",
@@ -116,6 +117,7 @@ class SearchSpace:
     seed: int = 0
     output: str = "runs/tune"
     description: str = ""
+    method: str = "ed"              # what every trial runs: the ed curriculum, or a baseline searched the same way
     _candidates: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -130,6 +132,16 @@ class SearchSpace:
     def experiment_for(self, values: dict) -> Experiment:
         """The base experiment with these searched values (validated)."""
         return apply_values(self.base, values).validate()
+
+    def all_teacher_weights(self) -> list:
+        """Every ed teacher-signal weight a trial may use (the base's, and a searched
+        curriculum.all_teacher_weight's candidates or range ends): which teachers the search prepares."""
+        weights = list(self.base.all_teacher_weights())
+        for d in self.dimensions:
+            if d.path == "curriculum.all_teacher_weight":
+                for v in (d.values if d.discrete else [d.low, d.high]):
+                    weights += [float(x) for x in (v if isinstance(v, list) else [v])]
+        return weights
 
     def longest_budget(self) -> dict:
         """{path: value} of the searched value with the most epochs ({} when epochs are not searched):
@@ -334,7 +346,13 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
         raise
     except ConfigError as err:
         raise SpaceError(f"{source}: the base experiment (with set) is invalid: {err}") from None
-    base = apply_values(base, {"methods": ["ed"]})
+    method = raw.get("method", "ed")
+    if not isinstance(method, str) or split_method(method)[0] not in METHODS:
+        raise fail("method", f"one of {list(METHODS)} (or method+loss, e.g. kd+dkd): what every trial runs", method)
+    try:
+        base = apply_values(base, {"methods": [method]}).validate()
+    except ConfigError as err:
+        raise SpaceError(f"{source}: method: {method!r} is invalid for the base experiment: {err}") from None
 
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
@@ -378,7 +396,7 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
     space = SearchSpace(name=name, source=source, base=base, dimensions=dims, samples=samples, searcher=searcher,
                         baselines=list(baselines), max_failures=max_failures, scheduler=scheduler,
                         grace_period=grace, reduction_factor=factor, max_concurrent=max_concurrent, seed=seed,
-                        output=output, description=str(raw.get("description") or ""))
+                        output=output, description=str(raw.get("description") or ""), method=method)
     space.points = _points(raw.get("points_to_evaluate") or [], space)
     check_searcher(space)
     return space
@@ -502,7 +520,9 @@ def space_fingerprint(space: SearchSpace, candidates: list) -> dict:
     return {"space": space.name, "base": space.base.to_dict(), "candidates": candidates,
             "searcher": space.searcher, "samples": space.samples, "seed": space.seed,
             "scheduler": space.scheduler, "grace_period": space.grace_period,
-            "reduction_factor": space.reduction_factor, "baselines": space.baselines}
+            "reduction_factor": space.reduction_factor, "baselines": space.baselines,
+            # named only when not ed: a search directory made before spaces had a method stays resumable
+            **({"method": space.method} if space.method != "ed" else {})}
 
 
 def space_to_dict(space: SearchSpace) -> dict:
@@ -510,7 +530,8 @@ def space_to_dict(space: SearchSpace) -> dict:
     ranges): `space_from_dict` of it samples the same trials. Used to ship a search as a Ray Job."""
     search = {d.path: ({"choice": list(d.values)} if d.discrete and d.kind != "randint" else
                        {d.kind: [d.low, d.high]}) for d in space.dimensions}
-    return {"name": space.name, "base": space.base.to_dict(), "search": search, "samples": space.samples,
+    return {"name": space.name, "base": space.base.to_dict(), "method": space.method, "search": search,
+            "samples": space.samples,
             "searcher": space.searcher, "points_to_evaluate": space.points, "baselines": space.baselines,
             "max_failures": space.max_failures, "scheduler": space.scheduler,
             "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor},

@@ -17,11 +17,14 @@ from raydistill.storage import RunDir, absolute, join, storage_env
 TRAINED_LOG = "trained.jsonl"
 
 
-def teacher_paths(exp: Experiment, search_dir, methods: Sequence[str] = ("ed",)) -> dict:
-    """{key: location} of the teachers `methods` need (the ed curriculum's, and the baselines'), inside
-    the search directory (a local path, made absolute, or a URI)."""
+def teacher_paths(exp: Experiment, search_dir, methods: Sequence[str] = ("ed",),
+                  all_teacher_weights: Optional[Sequence[float]] = None) -> dict:
+    """{key: location} of the teachers `methods` need (the trials' method's, and the baselines'), inside
+    the search directory (a local path, made absolute, or a URI). `all_teacher_weights`: every ed
+    teacher-signal weight a trial may use (`SearchSpace.all_teacher_weights`; default the experiment's)."""
+    weights = list(all_teacher_weights) if all_teacher_weights is not None else exp.all_teacher_weights()
     return {key: join(absolute(str(search_dir)), f"teachers/{key}.pt")
-            for key in teachers_needed(list(methods), exp.num_groups())}
+            for key in teachers_needed(list(methods), exp.num_groups(), weights)}
 
 
 def training_events(search_dir) -> list:
@@ -31,7 +34,8 @@ def training_events(search_dir) -> list:
 
 
 def prepare_search_teachers(exp: Experiment, search_dir, log: Callable[[str], None],
-                            methods: Sequence[str] = ("ed",)) -> dict:
+                            methods: Sequence[str] = ("ed",),
+                            all_teacher_weights: Optional[Sequence[float]] = None) -> dict:
     """Train or load every missing teacher; reuse files already in the search directory. With Ray
     initialized, each missing teacher is its own Ray task (the stage graph's one-worker executor:
     the worker's CPUs, a GPU with `ray.use_gpu`), so independent teachers train at once where the
@@ -39,7 +43,7 @@ def prepare_search_teachers(exp: Experiment, search_dir, log: Callable[[str], No
     shared storage (a shared path or a URI). Without Ray they train one after another here."""
     import ray
     out = RunDir(absolute(str(search_dir)))
-    paths = teacher_paths(exp, search_dir, methods)
+    paths = teacher_paths(exp, search_dir, methods, all_teacher_weights)
     missing = [key for key in paths if not out.is_file(f"teachers/{key}.pt")]
     for key in paths:
         if key not in missing:

@@ -1,4 +1,5 @@
-"""One Tune trial = one run (`run_distributed`) of the ed curriculum with the trial's values.
+"""One Tune trial = one run (`run_distributed`) of the space's method (the ed curriculum, or a
+searched baseline) with the trial's values.
 
 A one-worker trial trains in the trial's own process (which then holds the worker's CPUs, and its
 GPUs with `ray.use_gpu`): no TorchTrainer, no Ray Train start-up, on the same stage executor as a
@@ -29,7 +30,8 @@ TRIAL_CPU = 0.01   # the trial driver only waits on its TorchTrainer; the worker
 # its stages run in order (the epoch reports reach Tune from that one executor, not from a
 # concurrent stage driver's). Without these, `ray.teacher_workers > 1` made a one-worker trial
 # start a Ray Train fit its own reservation had no room for.
-TRIAL_PLACEMENT = ("methods=[ed]", "ray.teacher_workers=1", "ray.stages=sequential")
+# (What a trial runs, `methods`, is the space's `method`, already in the base: space_from_dict.)
+TRIAL_PLACEMENT = ("ray.teacher_workers=1", "ray.stages=sequential")
 
 
 def trial_name(index: int) -> str:
@@ -38,7 +40,7 @@ def trial_name(index: int) -> str:
 
 def trial_experiment(base: dict, values: dict, teachers: dict, trials_dir: str, index: int,
                      cpus_per_worker: float) -> Experiment:
-    """The complete experiment a trial runs: base + searched values, ed only, the search's teachers."""
+    """The complete experiment a trial runs: base (its one method) + searched values, the search's teachers."""
     exp = apply_values(Experiment.from_dict(base), values)
     return exp.with_overrides([
         *TRIAL_PLACEMENT,
@@ -114,9 +116,9 @@ def trial_resources(exp: Experiment, cpus_per_worker: float, streaming: bool = F
 
 
 def forwarded(report: dict, epochs_planned: int) -> Optional[dict]:
-    """What Tune gets of one epoch report: the ed stage's epochs only (not teacher stages, none when
-    loaded, nor the final "done" report), with the trial's planned epochs."""
-    if report.get("stage") != "method:ed" or "val_acc" not in report:
+    """What Tune gets of one epoch report: the method stage's epochs only (a trial runs one method; not
+    teacher stages, none when loaded, nor the final "done" report), with the trial's planned epochs."""
+    if not str(report.get("stage", "")).startswith("method:") or "val_acc" not in report:
         return None
     return {**{k: report[k] for k in FORWARDED if k in report}, "epochs_planned": epochs_planned}
 

@@ -77,8 +77,11 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
         # trial resources first: a spec the cluster cannot place is refused before any teacher trains
         cpus_per_worker, concurrent, resources = _resources(base, max_concurrent or space.max_concurrent,
                                                             ray.cluster_resources(), data.streaming)
-        teachers = prepare_search_teachers(base, search_dir, log, methods=["ed", *space.baselines])
-        ed_teachers = {k: p for k, p in teachers.items() if k in teacher_paths(base, search_dir)}
+        # every teacher any trial may need (a searched teacher signal may need both kinds), and the baselines'
+        weights = space.all_teacher_weights()
+        teachers = prepare_search_teachers(base, search_dir, log, methods=[space.method, *space.baselines],
+                                           all_teacher_weights=weights)
+        ed_teachers = {k: p for k, p in teachers.items() if k in teacher_paths(base, search_dir, [space.method], weights)}
         trials_dir = join(out.location, "trials")
         if base.teachers.soft_labels == "cache":
             shared_soft_labels(base, data, ed_teachers, trials_dir, log)

@@ -1,0 +1,175 @@
+"""Can a searched curriculum beat KD? The 32-epoch confirmation of the two fair searches (issue 33).
+
+The searches (`tune_spaces/curricula_ed_cifar10.yaml`, `tune_spaces/curricula_kd_cifar10.yaml`)
+each export their best trial, chosen on validation, as `best.yaml`. This script re-runs, at 32 epochs
+and on 3 seeds that vary both the student's seed and `data.seed` (the validation split and the
+augmentation bank of the cached soft labels change with it):
+
+  ed_searched             the ED search's best curriculum (its grade shares of 32 epochs)
+  ed_searched_all_signal  the same curriculum on KD's signal (curriculum.all_teacher_weight: 1): the
+                          curriculum's own effect against kd_searched, with the teacher signal equal
+  kd_searched             the kd search's best lr, T and alpha
+  scratch                 the complete student alone (the shipped cifar10 settings)
+
+Every run is in-process (`raydistill.pipeline.local.run`), resumable per (seed, variant): a run whose
+summary is in --results is skipped; lanes (the same command in several processes) claim runs as
+benchmarks/curve.py's do. `--report` writes aggregate.json, table.md and search.png (each search's
+trials, validation accuracy vs trial, ED vs kd) from the committed files.
+
+    bash benchmarks/results/searched_curricula/commands.sh
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curve import COPIED, claim, mean_std  # noqa: E402  (benchmarks/ is not a package)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "searched_curricula"
+SEARCHES = {"ed": "curricula_ed_cifar10", "kd": "curricula_kd_cifar10"}
+VARIANTS = ("ed_searched", "ed_searched_all_signal", "kd_searched", "scratch")
+EPOCHS = 32
+SEEDS = (0, 1, 2)
+
+
+def best_config(results: Path, search: str) -> dict:
+    """The committed best.yaml of a search (copied from the search directory by commands.sh)."""
+    from raydistill.config import load_yaml
+    return load_yaml((results / f"search_{search}" / "best.yaml").read_text())
+
+
+def experiment(variant: str, seed: int, results: Path, work: Path):
+    """The experiment of one (variant, seed) at EPOCHS epochs: the search's best as exported, its
+    trial bookkeeping (output, name) replaced, the budget scaled, seeds varied."""
+    from raydistill.config import Experiment
+    source = {"ed_searched": "ed", "ed_searched_all_signal": "ed", "kd_searched": "kd", "scratch": "kd"}[variant]
+    raw = best_config(results, source)
+    exp = Experiment.from_dict(raw, source=f"{source} best.yaml")
+    overrides = [f"name={variant}", f"seed={seed}", f"data.seed={seed}", f"curriculum.total_epochs={EPOCHS}",
+                 f"output.dir={work / f'seed{seed}'}", f"output.name={variant}",
+                 f"teachers.cache_dir={work / 'softlabels'}", f"data.cache_dir={work / 'decoded'}",
+                 "tracking.tensorboard=false", "ray.cpus_per_worker=1"]   # one torch thread: one lane per core
+    if variant == "ed_searched_all_signal":
+        overrides.append("curriculum.all_teacher_weight=1.0")
+    if variant == "scratch":   # the shipped cifar10 student settings, not kd's searched ones
+        from raydistill.config import Experiment as E
+        shipped = E.load("cifar10")
+        overrides += ["methods=[scratch]", f"optimizer.lr={shipped.optimizer.lr}",
+                      f"curriculum.alpha={shipped.curriculum.alpha}", f"curriculum.temperature={shipped.curriculum.temperature}"]
+    return exp.with_overrides(overrides).validate()
+
+
+def run_jobs(args) -> None:
+    from raydistill.pipeline.local import run
+    for seed in args.seeds:
+        for variant in args.variants:
+            dest = args.results / f"e{EPOCHS}" / f"seed{seed}" / variant
+            if (dest / "summary.json").is_file() or not claim(args.work / "claims" / f"seed{seed}-{variant}"):
+                continue
+            started = time.perf_counter()
+            result = run(experiment(variant, seed, args.results, args.work))
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in COPIED:
+                shutil.copy2(Path(result.run_dir) / name, dest / name)
+            print(f"seed {seed} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+def search_trials(results: Path, search: str) -> list:
+    """Each trial of a search: {trial, val_acc, epochs, status, values} from its trials.parquet."""
+    import pyarrow.parquet as pq
+    table = pq.read_table(results / f"search_{search}" / "trials.parquet").to_pylist()
+    return sorted(table, key=lambda r: r["trial"])
+
+
+def aggregate(results: Path) -> dict:
+    runs: dict = {}
+    for path in sorted(results.glob(f"e{EPOCHS}/seed*/*/summary.json")):
+        seed, variant = int(path.parts[-3][4:]), path.parts[-2]
+        (summary,) = json.loads(path.read_text())["methods"].values()
+        runs.setdefault(variant, []).append((seed, summary))
+    rows = {}
+    for v in VARIANTS:
+        if v not in runs:
+            continue
+        done = sorted(runs[v], key=lambda r: r[0])
+        mean, std = mean_std([s["final_test_acc"] for _, s in done])
+        first = done[0][1]
+        rows[v] = {"mean": mean, "std": std, "runs": [s["final_test_acc"] for _, s in done],
+                   "val": [s["final_val_acc"] for _, s in done], "seeds": [seed for seed, _ in done],
+                   "epochs": first["epochs"], "train_images": first["train_images"],
+                   "train_flops": first["train_flops"], "grade_epochs": [g["epochs"] for g in first["grades"]]}
+    best = {k: best_config(results, k) for k in SEARCHES}
+    return {"epochs": EPOCHS, "variants": rows,
+            "best": {k: {"curriculum": b["curriculum"], "optimizer": {"lr": b["optimizer"]["lr"],
+                                                                    "restart_per_grade": b["optimizer"]["restart_per_grade"]}}
+                     for k, b in best.items()}}
+
+
+def table_markdown(agg: dict) -> str:
+    lines = ["| method | grade epochs | test top-1 % (mean ± std) | per seed (data seed = seed) | val top-1 % (mean) | "
+             "images seen | student train TFLOP |", "|---|---|---:|---|---:|---:|---:|"]
+    for v, r in agg["variants"].items():
+        per_seed = " / ".join(f"{100 * a:.2f}" for a in r["runs"])
+        val = 100 * sum(r["val"]) / len(r["val"])
+        lines.append(f"| `{v}` | {'/'.join(str(e) for e in r['grade_epochs'])} | {100 * r['mean']:.2f} ± "
+                     f"{100 * r['std']:.2f} | {per_seed} | {val:.2f} | {r['train_images']:,} | "
+                     f"{r['train_flops'] / 1e12:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results: Path, path: Path) -> None:
+    """Validation accuracy (all classes, the last epoch each trial reached) vs trial, ED and kd."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for search, marker in (("ed", "o"), ("kd", "s")):
+        trials = search_trials(results, search)
+        full = [t for t in trials if t.get("epochs") == max(x.get("epochs") or 0 for x in trials)]
+        ax.scatter([t["trial"] for t in trials], [100 * (t.get("val_acc_all_classes") or 0) for t in trials],
+                   marker=marker, facecolors="none", edgecolors=f"C{0 if search == 'ed' else 1}",
+                   label=f"{search}: stopped early")
+        ax.scatter([t["trial"] for t in full], [100 * (t.get("val_acc_all_classes") or 0) for t in full],
+                   marker=marker, color=f"C{0 if search == 'ed' else 1}", label=f"{search}: all 16 epochs")
+    ax.set_xlabel("trial (creation order)")
+    ax.set_ylabel("validation top-1 %, all classes (last epoch run)")
+    ax.set_title("curricula_ed_cifar10 (24 trials) vs curricula_kd_cifar10 (12 trials)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--work", type=Path, default=Path("runs/searched"))
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", action="store_true", help="only write aggregate.json, table.md, search.png")
+    args = p.parse_args(argv)
+    args.work = args.work.resolve()
+    import torch
+    torch.set_num_threads(args.threads)
+    if args.report:
+        agg = aggregate(args.results)
+        (args.results / "aggregate.json").write_text(json.dumps(agg, indent=2) + "\n")
+        (args.results / "table.md").write_text(table_markdown(agg) + "\n")
+        plot(args.results, args.results / "search.png")
+        print(table_markdown(agg))
+        return 0
+    run_jobs(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
