@@ -4,7 +4,8 @@ Every (budget, seed, variant) is one in-process run (`raydistill.pipeline.stages
 `cifar10` experiment (resnet8 student on the first 1,000 training images per class: 900 train +
 100 validation), loading the committed teachers of `benchmarks/teachers/cifar10/` (resnet20, full
 training set) and replaying cached soft labels with as many augmentation draws as the largest
-budget's epochs (epoch e uses draw e: no draw repeats in any run). Students run in bf16 autocast,
+budget's epochs (epoch e uses draw e mod draws: only ed_equal_images at the largest budget, which
+runs more epochs than that, repeats draws). Students run in bf16 autocast,
 like the teachers, and are tested at the last epoch of each grade only (`test_every_epoch: false`:
 the summaries report nothing else; validation runs every epoch). Variants at a budget of B epochs:
 
