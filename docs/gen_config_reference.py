@@ -1,12 +1,14 @@
-"""Generate the config reference (docs/reference/config.md at build time) from raydistill/config.py.
+"""Generate the config reference (docs/reference/config.md at build time) from raydistill/config/.
 
 Everything on the page is read from the code, so it cannot drift from it:
 - fields, types and defaults: the dataclasses under `Experiment` (`dataclasses.fields`);
-- the one-line meaning of a field: its comment in config.py (the trailing `# ...` on the field's
-  line, or the comment lines right above it);
-- allowed values: the constant a `need(<field> in CONSTANT, "<path>", ...)` check of `validate()`
-  compares against (and `raydistill.models.ARCHITECTURES` for the `arch` fields);
-- what `validate()` checks: the "expected ..." text of every `need(...)` call naming the field.
+- the one-line meaning of a field: its comment where its dataclass is defined (the trailing `# ...`
+  on the field's line, or the comment lines right above it);
+- allowed values: the constant a `need(<field> in CONSTANT, "<path>", ...)` check compares against
+  (and `raydistill.models.ARCHITECTURES` for the `arch` fields);
+- what `validate()` checks: the "expected ..." text of every `need(...)` call naming the field, in
+  the methods of each section's dataclass (its own checks) and of `Experiment` (the top level and
+  the rules that span sections).
 
 A field without a comment is an error (`MissingDescription`), so `mkdocs build` and the test
 suite (tests/test_docs.py) fail until it has one.
@@ -21,13 +23,14 @@ import importlib
 import inspect
 import io
 import re
+import sys
 import tokenize
 from dataclasses import MISSING, dataclass, is_dataclass
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 
 class MissingDescription(ValueError):
-    """Config fields that have no description (no comment in config.py)."""
+    """Config fields that have no description (no comment in raydistill/config/)."""
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Row:
     default: str           # YAML-ish rendering of the default
     allowed: str           # allowed values the code knows, or ""
     checked: str           # what validate() expects, or ""
-    description: str       # the field's comment in config.py
+    description: str       # the field's comment in raydistill/config/
     section: str           # top-level section ("" for top-level fields)
 
 
@@ -81,33 +84,45 @@ def _is_comment_line(source: str, line: int) -> bool:
 
 # ---- what validate() checks --------------------------------------------------------------------
 
-def validation_checks(module) -> dict:
-    """{dotted path: {"allowed": [values] or None, "expected": [texts]}} from every `need(...)` call
-    in the Experiment class's methods of `module` (raydistill.config)."""
-    source = inspect.getsource(module)
-    tree = ast.parse(source)
-    experiment = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Experiment")
+def validation_checks(experiment_cls) -> dict:
+    """{dotted path: {"allowed": [values] or None, "expected": [texts]}} from every `need(...)` call in
+    the methods of each section dataclass under `experiment_cls`, then of `experiment_cls` itself: a
+    field's own checks come before the rules that relate it to other sections."""
     out: dict = {}
-    for func in experiment.body:
-        if not isinstance(func, ast.FunctionDef):
-            continue
-        namespace = dict(vars(module))
-        for node in ast.walk(func):        # names a check imports inside the method (PRESETS, SOURCES, ...)
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported = importlib.import_module(node.module)
-                for alias in node.names:
-                    if hasattr(imported, alias.name):
-                        namespace[alias.asname or alias.name] = getattr(imported, alias.name)
-        for call, loops in _need_calls(func):
-            for path in _paths(call.args[1], loops):
-                entry = out.setdefault(path, {"allowed": None, "expected": []})
-                allowed = _allowed(call.args[0], namespace)
-                if allowed is not None and entry["allowed"] is None:
-                    entry["allowed"] = allowed
-                text = _text(call.args[2], namespace) if len(call.args) > 2 else ""
-                if text and text not in entry["expected"]:
-                    entry["expected"].append(text)
+    for cls in [*_sections(experiment_cls), experiment_cls]:
+        module = sys.modules[cls.__module__]
+        class_node = ast.parse(_dedent(inspect.getsource(cls))).body[0]
+        for func in class_node.body:
+            if not isinstance(func, ast.FunctionDef):
+                continue
+            namespace = dict(vars(module))
+            for node in ast.walk(func):        # names a check imports inside the method (PRESETS, SOURCES, ...)
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    imported = importlib.import_module(node.module)
+                    for alias in node.names:
+                        if hasattr(imported, alias.name):
+                            namespace[alias.asname or alias.name] = getattr(imported, alias.name)
+            for call, loops in _need_calls(func):
+                for path in _paths(call.args[1], loops):
+                    entry = out.setdefault(path, {"allowed": None, "expected": []})
+                    allowed = _allowed(call.args[0], namespace)
+                    if allowed is not None and entry["allowed"] is None:
+                        entry["allowed"] = allowed
+                    text = _text(call.args[2], namespace) if len(call.args) > 2 else ""
+                    if text and text not in entry["expected"]:
+                        entry["expected"].append(text)
     return out
+
+
+def _sections(cls) -> list:
+    """The section dataclasses under `cls` (optional ones included), depth first in field order."""
+    found = []
+    for f in dataclasses.fields(cls):
+        hint = get_type_hints(cls)[f.name]
+        nested = hint if is_dataclass(hint) else _optional_section(hint)
+        if nested is not None and nested not in found:
+            found += [nested, *(s for s in _sections(nested) if s not in found)]
+    return found
 
 
 def _need_calls(func):
@@ -257,8 +272,7 @@ def config_rows(experiment_cls=None, module=None) -> list:
         module = importlib.import_module("raydistill.config")
     if experiment_cls is None:
         experiment_cls = module.Experiment
-    checks = validation_checks(module) if any(
-        isinstance(n, ast.ClassDef) and n.name == "Experiment" for n in ast.parse(inspect.getsource(module)).body) else {}
+    checks = validation_checks(experiment_cls)
     rows, missing = [], []
 
     def walk(cls, prefix: str, section: str):
@@ -299,7 +313,7 @@ def config_rows(experiment_cls=None, module=None) -> list:
     if missing:
         raise MissingDescription(
             "config fields without a description (add a `# comment` on the field's line in "
-            f"raydistill/config.py): {', '.join(missing)}")
+            f"raydistill/config/): {', '.join(missing)}")
     return rows
 
 

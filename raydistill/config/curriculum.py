@@ -1,0 +1,44 @@
+"""The `curriculum` section: ED's grades (split points, heads, order, epochs) and the distillation mix.
+
+Most of its fields hold one entry per grade, and a grade is one group of data's classes ending at a
+block of the student: those are checked by `Experiment`, which sees all three sections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from raydistill.config.errors import need
+
+PASS_MODES = ("sequential", "mixed")
+
+
+@dataclass
+class CurriculumConfig:
+    """`curriculum`: ED's grades (split points, heads, order, epochs) and the distillation mix."""
+    splits: Optional[list] = None       # block index where each grade ends; last = all blocks
+    head_widths: Union[int, list] = 64  # teaching reference head width (one, or one per grade but the last)
+    head_relu: bool = True              # ReLU in the teaching reference head
+    order: Optional[list] = None        # teacher-addition order: a permutation of group indices
+    grade_epochs: Optional[list] = None # epochs per grade (0 before the last: no such grade); baselines train the sum
+    # share of total_epochs per grade, instead of grade_epochs: sums to 1, the last above 0; an early share
+    # of 0 leaves that fragment grade out (all early shares 0: no curriculum, the complete student throughout)
+    grade_fractions: Optional[list] = None
+    total_epochs: Optional[int] = None  # with grade_fractions: the fixed total the shares divide (whole epochs)
+    pass_mode: str = "sequential"       # paper: one pass per group per epoch; or mixed batches
+    temperature: float = 4.0            # KD temperature of every loss whose own block sets none
+    alpha: Union[float, list] = 0.3     # weight of CE, (1 - alpha) the KD term's; one, or one per grade (baselines: the last)
+    # ed's teacher signal: weight of the all-class teacher (kd's) on the logits of the classes seen so far,
+    # against the group teachers' 1 - weight; 0: group teachers only (the paper), 1: the all-class teacher
+    # only (ED's curriculum on KD's signal); one, or one per grade
+    all_teacher_weight: Union[float, list] = 0.0
+    carry_head_rows: bool = False       # copy old reference-head rows into the new head
+    keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
+    bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass of the grade before eval/save
+    equal_images: bool = False          # ed: extend the last grade so ED sees as many images as a baseline
+
+    def check(self) -> None:
+        """The fields that are not per grade (the per-grade ones are Experiment's: see the module)."""
+        c = self
+        need(c.pass_mode in PASS_MODES, "curriculum.pass_mode", f"one of {list(PASS_MODES)}", c.pass_mode)
+        need(c.temperature > 0, "curriculum.temperature", "a positive number", c.temperature)
