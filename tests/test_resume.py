@@ -133,6 +133,7 @@ def test_only_a_missing_or_truncated_checkpoint_counts_as_none(tmp_path):
     (store / "checkpoint_task-000000003" / "state.pt").write_bytes(_state_bytes(3, 3)[:-100])   # truncated
     (store / "checkpoint_task-000000004").mkdir()
     (store / "checkpoint_task-000000004" / "state.pt").write_bytes(b"")           # empty: truncated at 0
+    (store / "checkpoint_manager_snapshot.json").write_text("{}")   # Ray Train's own file: not a checkpoint
     assert latest_progress(None, RunDir(store))["train_state"] == {"epoch": 1}
 
     (store / "checkpoint_task-000000005" / "state.pt").mkdir(parents=True)        # unreadable

@@ -49,8 +49,8 @@ def _load_state(directory: RunDir, name: str) -> Optional[dict]:
     import torch
     try:
         data = directory.read_bytes(name)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):   # the latter: a file named checkpoint_* (Ray Train's
+        return None                                   # checkpoint_manager_snapshot.json), no folder
     except Exception as err:
         raise _unreadable(directory, name, err) from err
     try:
