@@ -39,13 +39,19 @@ def test_committed_teachers_match_their_hashes_and_the_experiment():
 @pytest.mark.skipif(not (SHARED_CIFAR10 / "test.parquet").is_file(), reason="needs ../shared/data/cifar10")
 def test_committed_teachers_reach_their_recorded_test_accuracy():
     """Re-measured here on the full test split of each teacher's classes, served as the students
-    are served (folded BN, the recorded precision)."""
+    are served (folded BN, the recorded precision where the CPU runs it natively). bf16 autocast on a
+    CPU without native bf16 (AVX2 only) is emulated and ~17x slower (a resnet8 epoch: 800 s vs 47 s
+    in fp32, measured on a 2-core AVX2 EPYC), so there the teachers are served in fp32, whose top-1
+    is the recorded one within the tolerance (94.8 / 84.2 / 96.4 / 86.0 % measured there)."""
+    import torch
     from raydistill.data.sources import load_parquet
     from raydistill.pipeline.stages import _accuracy
     from raydistill.teachers import load_teacher
     _, test = load_parquet(SHARED_CIFAR10 / "train.parquet", SHARED_CIFAR10 / "test.parquet", limit_per_class=1)
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     for key, t in recorded_teachers().items():
-        teacher = load_teacher(TEACHERS / t["file"], t["classes"], expected_arch=t["arch"], precision=t["precision"])
+        precision = t["precision"] if native_bf16 or t["precision"] != "bf16" else "fp32"
+        teacher = load_teacher(TEACHERS / t["file"], t["classes"], expected_arch=t["arch"], precision=precision)
         acc = _accuracy(teacher, test.of_classes(t["classes"]))
         assert acc == pytest.approx(t["test_acc"], abs=0.005), key
 
