@@ -8,17 +8,13 @@ import pytest
 
 
 def kd_space(**extra) -> dict:
-    """2 groups, resnet8, 2 epochs of kd on tiny built-in data: kd's lr and T searched."""
-    base = {"name": "kd_search", "seed": 0,
-            "data": {"source": "builtin", "num_classes": 4, "train_per_class": 60, "test_per_class": 30,
-                     "ratio": "1:1", "val_fraction": 0.2},
-            "teachers": {"arch": "resnet8", "epochs": 1, "batch_size": 32, "lr": 0.05},
-            "student": {"arch": "resnet8"},
-            "curriculum": {"grade_epochs": [1, 1], "head_widths": 16, "pass_mode": "mixed"},
-            "optimizer": {"lr": 0.05, "batch_size": 32}}
-    return {"base": base, "method": "kd", "samples": 2, "max_concurrent": 2, "seed": 0, "scheduler": "fifo",
-            "search": {"optimizer.lr": {"loguniform": [0.01, 0.1]}, "curriculum.temperature": {"uniform": [1.0, 8.0]}},
-            **extra}
+    """test_tune's tiny space (2 groups, resnet8, 1+1 epochs on tiny built-in data) running kd, kd's lr
+    and T searched."""
+    from test_tune import tiny_space
+    raw = tiny_space(method="kd", samples=2, scheduler="fifo", search={
+        "optimizer.lr": {"loguniform": [0.01, 0.1]}, "curriculum.temperature": {"uniform": [1.0, 8.0]}})
+    raw["base"]["name"] = "kd_search"
+    return {**raw, "name": "kd_search", **extra}
 
 
 def test_a_space_may_name_the_method_its_trials_run():
