@@ -65,7 +65,11 @@ def test_a_failing_baseline_keeps_the_search_results(ray_session, tmp_path, tiny
     capsys.readouterr()
     assert main(["tune", str(space_file)]) == 1   # the Tuner is restored; the baseline fails again
     out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
+    # no traceback of the search's own: a "--- Logging error ---" block of a Ray/Tune log handler left
+    # bound to an earlier test's closed capture stream (seen in the full suite) is not the CLI's
+    ours = [block for block in (out + err).split("--- Logging error ---") if "Traceback" in block
+            and "logging/__init__.py" not in block]
+    assert not ours, ours
     assert len([line for line in out.splitlines() if line.startswith("baselines: failed")]) == 1, out
     assert f"best: trial-000 -> {search_dir / 'best.yaml'}" in out
 
