@@ -58,8 +58,7 @@ def experiment(variant: str, seed: int, results: Path, work: Path):
     if variant == "ed_searched_all_signal":
         overrides.append("curriculum.all_teacher_weight=1.0")
     if variant == "scratch":   # the shipped cifar10 student settings, not kd's searched ones
-        from raydistill.config import Experiment as E
-        shipped = E.load("cifar10")
+        shipped = Experiment.load("cifar10")
         overrides += ["methods=[scratch]", f"optimizer.lr={shipped.optimizer.lr}",
                       f"curriculum.alpha={shipped.curriculum.alpha}", f"curriculum.temperature={shipped.curriculum.temperature}"]
     return exp.with_overrides(overrides).validate()
