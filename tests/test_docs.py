@@ -73,7 +73,9 @@ def test_config_reference_types_defaults_and_allowed_values_come_from_the_code()
     assert all(f"`{a}`" in rows["student.arch"].allowed for a in ARCHITECTURES)
     # what validate() checks, in its own words
     assert "strictly increasing" in rows["curriculum.splits"].checked
-    assert rows["data.val_fraction"].checked == "a number in [0, 1)"
+    assert rows["data.val_fraction"].checked == ("a number in [0, 1); a validation split (above 0) with "
+                                                 "curriculum.switch: plateau (grades end on validation accuracy)")
+    assert rows["curriculum.switch"].allowed == "`fixed`, `plateau`"
     assert "at least 2 samples per worker" in rows["teachers.batch_size"].checked
 
 

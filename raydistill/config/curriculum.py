@@ -11,6 +11,7 @@ from typing import Optional, Union
 from raydistill.config.errors import need
 
 PASS_MODES = ("sequential", "mixed")
+SWITCHES = ("fixed", "plateau")         # raydistill.distill.plateau
 
 
 @dataclass
@@ -36,9 +37,20 @@ class CurriculumConfig:
     keep_momentum: bool = False         # keep SGD momentum of carried parameters at a grade switch
     bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass of the grade before eval/save
     equal_images: bool = False          # ed: extend the last grade so ED sees as many images as a baseline
+    # when a grade ends: fixed (its epochs) or plateau (its epochs are a maximum: it ends once the validation
+    # accuracy on its classes has not improved by more than min_delta for patience epochs; the last grade takes
+    # the epochs left, so the total is unchanged)
+    switch: str = "fixed"
+    patience: int = 2                   # plateau: epochs without improvement that end a grade
+    min_delta: float = 0.0              # plateau: the improvement (validation accuracy, 0..1) that counts
 
     def check(self) -> None:
         """The fields that are not per grade (the per-grade ones are Experiment's: see the module)."""
         c = self
         need(c.pass_mode in PASS_MODES, "curriculum.pass_mode", f"one of {list(PASS_MODES)}", c.pass_mode)
         need(c.temperature > 0, "curriculum.temperature", "a positive number", c.temperature)
+        need(c.switch in SWITCHES, "curriculum.switch", f"one of {list(SWITCHES)}", c.switch)
+        need(isinstance(c.patience, int) and not isinstance(c.patience, bool) and c.patience >= 1,
+             "curriculum.patience", "a positive integer (epochs)", c.patience)
+        need(isinstance(c.min_delta, (int, float)) and not isinstance(c.min_delta, bool) and c.min_delta >= 0,
+             "curriculum.min_delta", "a non-negative number (validation accuracy, 0..1)", c.min_delta)

@@ -125,6 +125,9 @@ class Experiment:
              f"no duplicates (an entry without +loss uses distill.loss: {self.distill.loss})", self.methods)
         self._check_soft_label_cache()
         self._check_grades()
+        need(self.curriculum.switch == "fixed" or self.data.val_fraction > 0, "data.val_fraction",
+             "a validation split (above 0) with curriculum.switch: plateau (grades end on validation accuracy)",
+             self.data.val_fraction)
         # each global batch against ray.workers: split evenly, and enough per worker for BatchNorm
         o, t, r = self.optimizer, self.teachers, self.ray
         for field_path, batch in (("optimizer.batch_size", o.batch_size), ("teachers.batch_size", t.batch_size)):

@@ -23,6 +23,7 @@ from raydistill.data import ImageSet, augment_batch, center_crop, normalize, res
 from raydistill.data.augment import preset_name
 from raydistill.distill.curriculum import Grade, Plan
 from raydistill.distill.losses import Distillation, ed_loss
+from raydistill.distill.plateau import Plateau, ended_early, with_grade_epochs
 from raydistill.distill.precision import Precision
 from raydistill.models import build_grade_model, carry_over
 
@@ -87,6 +88,9 @@ class TrainSettings:
     eval_batch_size: int = 512
     bn_recalibrate: bool = False        # recompute BN statistics on a mixed pass before evaluating/saving
     test_every_epoch: bool = True       # false: test only at each grade's last epoch (NaN in the others)
+    switch: str = "fixed"               # fixed: the plan's grade epochs; plateau: they are maxima (plateau.py)
+    patience: int = 2                   # plateau: epochs without improvement of val_acc that end a grade
+    min_delta: float = 0.0              # plateau: an improvement is more than this (accuracy, 0..1)
 
     def __post_init__(self):
         self.augment = preset_name(self.augment)
@@ -444,14 +448,17 @@ class TrainState:
     model: dict                         # state_dict of the grade model (unwrapped)
     optimizer: dict
     history: list                       # metrics of completed epochs
+    grade_epochs: Optional[list] = None # the plan's epochs per grade as re-timed by plateau switches
+    plateau: Optional[dict] = None      # the current grade's plateau state (Plateau.to_dict)
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "grade": self.grade, "model": self.model, "optimizer": self.optimizer,
-                "history": self.history}
+                "history": self.history, "grade_epochs": self.grade_epochs, "plateau": self.plateau}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
-        return cls(d["epoch"], d["grade"], d["model"], d["optimizer"], d["history"])
+        return cls(d["epoch"], d["grade"], d["model"], d["optimizer"], d["history"], d.get("grade_epochs"),
+                   d.get("plateau"))
 
 
 def build_optimizer(model: nn.Module, s: TrainSettings, lr: float) -> torch.optim.SGD:
@@ -496,7 +503,12 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
     history = list(resume.history) if resume else []
     start_epoch = resume.epoch if resume else 0
     model = optimizer = wrapped = current_grade = None
+    plateau = Plateau(s.patience, s.min_delta) if s.switch == "plateau" else None
     if resume is not None:
+        if resume.grade_epochs is not None:
+            plan = with_grade_epochs(plan, resume.grade_epochs)
+        if plateau is not None and resume.plateau is not None:
+            plateau.restore(resume.plateau)
         current_grade = plan.grades[resume.grade]
         model = ctx.place(grade_model(plan, current_grade, train.num_classes, s))
         model.load_state_dict(resume.model)
@@ -516,6 +528,8 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
                     _carry_momentum(model, optimizer, new_model, new_opt, carried)
             model, optimizer, current_grade = new_model, new_opt, grade
             wrapped = ctx.train_model(model)
+            if plateau is not None:
+                plateau.reset()
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_lr = (lambda fraction, e=epoch: learning_rate(s, plan, e + fraction)) if per_step_schedule(s) else None
@@ -528,11 +542,15 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
             recalibrate_batchnorm(model, grade, train, s, ctx, epoch)
         ctx.sync_statistics(model)
         val_acc, val_acc_all = evaluate(model, val, grade.class_ids, s, ctx, plan.grades[-1].class_ids)
+        last_of_grade = epoch + 1 == grade.first_epoch + grade.epochs
+        can_end_early = plateau is not None and not last_of_grade and grade.index < len(plan.grades) - 1
+        if can_end_early and plateau.update(val_acc):
+            plan, last_of_grade = ended_early(plan, grade.index, epoch + 1 - grade.first_epoch), True
         metrics = {"method": plan.method, "grade": grade.index + 1, "epoch": epoch + 1, "lr": lr,
                    "num_classes": grade.num_classes, "blocks": grade.split, **metrics,
                    "val_acc": val_acc, "val_acc_all_classes": val_acc_all,
                    "test_acc": evaluate(model, test, grade.class_ids, s, ctx) if test is not None and (
-                       s.test_every_epoch or epoch + 1 == grade.first_epoch + grade.epochs) else float("nan")}
+                       s.test_every_epoch or last_of_grade) else float("nan")}
         history.append(metrics)
         if progress and ctx.rank == 0:
             progress(f"{plan.method:>13} grade {grade.index + 1}/{len(plan.grades)} epoch {epoch + 1:>3}/"
@@ -540,10 +558,20 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
                      f"train {metrics['train_acc']:.3f} val {metrics['val_acc']:.3f} "
                      f"({metrics['images_per_s']:.0f} img/s)")
         if on_epoch_end is not None:
-            on_epoch_end(metrics, lambda: TrainState(epoch + 1, grade.index, _cpu_state(model),
-                                                     optimizer.state_dict(), list(history)))
+            on_epoch_end(metrics, lambda: TrainState(
+                epoch + 1, grade.index, _cpu_state(model), _cpu_optimizer_state(optimizer), list(history),
+                [g.epochs for g in plan.grades], plateau.to_dict() if plateau is not None else None))
     return model, history
 
 
 def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _cpu_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """A copy: `state_dict()` holds the live momentum buffers, which the next step changes in place,
+    so a state kept in memory (not saved at once) would resume with a later epoch's momentum."""
+    state = optimizer.state_dict()
+    return {"state": {k: {n: v.detach().cpu().clone() if torch.is_tensor(v) else v for n, v in per.items()}
+                      for k, per in state["state"].items()},
+            "param_groups": [dict(g) for g in state["param_groups"]]}

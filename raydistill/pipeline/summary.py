@@ -6,14 +6,15 @@ import math
 
 def method_summary(plan, history: list, params: int, wall_s: float, budget: dict | None = None) -> dict:
     """Last-epoch numbers only: nothing is selected on test data. `budget`: images seen and
-    training FLOPs (`distill.budget.history_budget`)."""
+    training FLOPs (`distill.budget.history_budget`). A grade's epochs are the ones it trained
+    (with `curriculum.switch: plateau`, fewer than planned before the last, more in the last)."""
     mine = [h for h in history if h["method"] == plan.method]
     last = mine[-1]
     grades = []
     for g in plan.grades:
         rows = [h for h in mine if h["grade"] == g.index + 1]
         if rows:
-            grades.append({"grade": g.index + 1, "blocks": g.split, "classes": g.num_classes, "epochs": g.epochs,
+            grades.append({"grade": g.index + 1, "blocks": g.split, "classes": g.num_classes, "epochs": len(rows),
                            "val_acc": rows[-1]["val_acc"], "test_acc": rows[-1]["test_acc"]})
     distils = plan.distils
     return {"final_test_acc": last["test_acc"], "final_val_acc": last["val_acc"], "params": params,
