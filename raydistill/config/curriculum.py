@@ -12,6 +12,7 @@ from raydistill.config.errors import need
 
 PASS_MODES = ("sequential", "mixed")
 SWITCHES = ("fixed", "plateau")         # raydistill.distill.plateau
+REPLAY_KEYS = ("from_epoch", "lr", "alpha", "temperature", "all_teacher_weight")   # raydistill.distill.replay
 
 
 @dataclass
@@ -43,6 +44,10 @@ class CurriculumConfig:
     switch: str = "fixed"
     patience: int = 2                   # plateau: epochs without improvement that end a grade
     min_delta: float = 0.0              # plateau: the improvement (validation accuracy, 0..1) that counts
+    # ed's hyperparameters per epoch, as a schedule found by PBT exports it: a list of {from_epoch, and any of
+    # lr (optimizer.lr, the schedule's base), alpha, temperature, all_teacher_weight}, each value holding from
+    # that global epoch (0-based) until a later entry sets it; before the first entry the fields above hold
+    replay: Optional[list] = None
 
     def check(self) -> None:
         """The fields that are not per grade (the per-grade ones are Experiment's: see the module)."""
@@ -54,3 +59,35 @@ class CurriculumConfig:
              "curriculum.patience", "a positive integer (epochs)", c.patience)
         need(isinstance(c.min_delta, (int, float)) and not isinstance(c.min_delta, bool) and c.min_delta >= 0,
              "curriculum.min_delta", "a non-negative number (validation accuracy, 0..1)", c.min_delta)
+        if c.replay is not None:
+            self._check_replay()
+
+    def _check_replay(self) -> None:
+        """Entries in order of their first epoch, each value in its field's range; a replayed
+        all_teacher_weight needs both teacher signals in every grade (the plan's teachers are fixed)."""
+        c = self
+        need(isinstance(c.replay, list) and len(c.replay) > 0, "curriculum.replay",
+             "a non-empty list of {from_epoch, lr, alpha, temperature, all_teacher_weight} mappings", c.replay)
+        last = -1
+        for i, entry in enumerate(c.replay):
+            where = f"curriculum.replay[{i}]"
+            need(isinstance(entry, dict) and "from_epoch" in entry and set(entry) <= set(REPLAY_KEYS), where,
+                 f"a mapping with from_epoch and any of {list(REPLAY_KEYS[1:])}", entry)
+            e = entry["from_epoch"]
+            need(isinstance(e, int) and not isinstance(e, bool) and e > last, f"{where}.from_epoch",
+                 f"an integer epoch (0-based) above the previous entry's ({last})", e)
+            last = e
+            for key, ok, expected in (("lr", lambda v: v > 0, "a positive number"),
+                                      ("alpha", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                                      ("temperature", lambda v: v > 0, "a positive number"),
+                                      ("all_teacher_weight", lambda v: 0 <= v <= 1, "a number in [0, 1]")):
+                if key in entry:
+                    v = entry[key]
+                    need(isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v), f"{where}.{key}",
+                         expected, v)
+        if any("all_teacher_weight" in entry for entry in c.replay):
+            weights = c.all_teacher_weight if isinstance(c.all_teacher_weight, list) else [c.all_teacher_weight]
+            need(all(isinstance(w, (int, float)) and 0 < w < 1 for w in weights), "curriculum.all_teacher_weight",
+                 "weights strictly between 0 and 1 when curriculum.replay sets all_teacher_weight (every grade then "
+                 "has both the group teachers and the all-class teacher, whose mix the replay changes)",
+                 c.all_teacher_weight)

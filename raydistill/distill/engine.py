@@ -25,6 +25,7 @@ from raydistill.distill.curriculum import Grade, Plan
 from raydistill.distill.losses import Distillation, ed_loss
 from raydistill.distill.plateau import Plateau, ended_early, with_grade_epochs
 from raydistill.distill.precision import Precision
+from raydistill.distill.replay import at_epoch
 from raydistill.models import build_grade_model, carry_over
 
 
@@ -91,6 +92,7 @@ class TrainSettings:
     switch: str = "fixed"               # fixed: the plan's grade epochs; plateau: they are maxima (plateau.py)
     patience: int = 2                   # plateau: epochs without improvement of val_acc that end a grade
     min_delta: float = 0.0              # plateau: an improvement is more than this (accuracy, 0..1)
+    replay: tuple = ()                  # ed's per-epoch lr/alpha/temperature/all_teacher_weight (replay.py)
 
     def __post_init__(self):
         self.augment = preset_name(self.augment)
@@ -515,8 +517,12 @@ def train_plan(plan: Plan, train: ImageSet, val: ImageSet, test: Optional[ImageS
         optimizer = build_optimizer(model, s, s.lr)
         optimizer.load_state_dict(resume.optimizer)
         wrapped = ctx.train_model(model)
+    base_settings, replay = s, s.replay if plan.method.split("+")[0] == "ed" else ()
     for epoch in range(start_epoch, plan.total_epochs):
         grade = plan.grade_at(epoch)
+        if replay:   # curriculum.replay: this epoch's lr, T, alpha and teacher mix
+            s, grade = at_epoch(base_settings, grade, replay, epoch)
+            distill = distillation(plan.loss, s)
         # a per-step schedule sets every step's lr in train_epoch; the epoch's recorded lr is its middle's
         lr = learning_rate(s, plan, epoch + 0.5 if per_step_schedule(s) else epoch)
         if current_grade is None or grade.index != current_grade.index:

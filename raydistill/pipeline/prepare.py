@@ -104,6 +104,7 @@ def student_settings(exp: Experiment, data: PreparedData) -> TrainSettings:
                          carry_head_rows=c.carry_head_rows, keep_momentum=c.keep_momentum, head_relu=c.head_relu,
                          bn_recalibrate=c.bn_recalibrate, test_every_epoch=exp.test_every_epoch,
                          switch=c.switch, patience=c.patience, min_delta=float(c.min_delta),
+                         replay=tuple(dict(e) for e in c.replay or ()),
                          augment=exp.augment_preset(), image_size=exp.image_size(), **input_stats(exp.student, data),
                          seed=exp.seed)
 

@@ -24,8 +24,10 @@ File format (see tune_spaces/*.yaml)::
     points_to_evaluate: [{...}]  # complete points run first, exactly as given
     baselines: [scratch, kd, multi_teacher]   # run once beside the search, same teachers
     max_failures: 1              # restarts of a crashed trial (Tune's FailureConfig)
-    scheduler: asha              # asha | fifo | hyperband (bohb's; the default with bohb)
+    scheduler: asha              # asha | fifo | hyperband (bohb's; the default with bohb) | pbt
     asha: {grace_period: 2, reduction_factor: 2}
+    pbt: {perturbation_interval: 2, quantile_fraction: 0.25, resample_probability: 0.25,
+          mutations: {optimizer.lr: {loguniform: [0.01, 0.2]}}}   # scheduler pbt only: see search/pbt.py
     max_concurrent: 2            # trials at once (default: what the CPUs allow)
     seed: 0                      # sampling seed
     output: runs/tune            # a shared path, or a storage URI (s3://bucket/tune) like a run's output.dir
@@ -46,15 +48,16 @@ from typing import Any, Optional, Union
 import yaml
 
 from raydistill.config import METHODS, ConfigError, Experiment, load_yaml, split_method
+from raydistill.search.pbt import GRADE_SHARES, PBTSpec, parse_pbt
 from raydistill.storage import is_uri, join
 
-SCHEDULERS = ("asha", "fifo", "hyperband")
+SCHEDULERS = ("asha", "fifo", "hyperband", "pbt")
 SEARCHERS = ("random", "grid", "optuna", "hyperopt", "bohb")
 MODEL_BASED = ("optuna", "hyperopt", "bohb")   # searchers that propose trials from the results so far
 BASELINES = ("scratch", "kd", "multi_teacher")
 KINDS = ("choice", "uniform", "loguniform", "randint", "valid_splits", "permutations")
 SPACE_KEYS = ("name", "description", "base", "set", "method", "search", "samples", "searcher", "points_to_evaluate",
-              "baselines", "max_failures", "scheduler", "asha", "max_concurrent", "seed", "output")
+              "baselines", "max_failures", "scheduler", "asha", "pbt", "max_concurrent", "seed", "output")
 JOINT_CHECK_DRAWS = 256   # random combinations checked up front for a model-based searcher
 # Teachers are trained once per search from these fields, and Ray/output are set per trial:
 # searching them would silently make trials disagree with their teachers or their resources.
@@ -118,6 +121,7 @@ class SearchSpace:
     output: str = "runs/tune"
     description: str = ""
     method: str = "ed"              # what every trial runs: the ed curriculum, or a baseline searched the same way
+    pbt: Optional[PBTSpec] = None   # scheduler pbt: the population's perturbations (search/pbt.py)
     _candidates: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -355,9 +359,12 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
         raise SpaceError(f"{source}: method: {method!r} is invalid for the base experiment: {err}") from None
 
     search = raw.get("search")
-    if not isinstance(search, dict) or not search:
+    if search is None and raw.get("scheduler") == "pbt":
+        search = {}   # the mutations' ranges draw the initial population
+    if not isinstance(search, dict) or (not search and raw.get("scheduler") != "pbt"):
         raise fail("search", "a mapping of at least one dotted field to a dimension", search)
     dims = [_dimension(path, spec, base, source) for path, spec in search.items()]
+    pbt = _pbt(raw, base, dims, source)
 
     samples = raw.get("samples", 4)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
@@ -396,7 +403,7 @@ def space_from_dict(raw: Any, source: str = "space", base_dir: Path = Path("."))
     space = SearchSpace(name=name, source=source, base=base, dimensions=dims, samples=samples, searcher=searcher,
                         baselines=list(baselines), max_failures=max_failures, scheduler=scheduler,
                         grace_period=grace, reduction_factor=factor, max_concurrent=max_concurrent, seed=seed,
-                        output=output, description=str(raw.get("description") or ""), method=method)
+                        output=output, description=str(raw.get("description") or ""), method=method, pbt=pbt)
     space.points = _points(raw.get("points_to_evaluate") or [], space)
     check_searcher(space)
     return space
@@ -409,10 +416,34 @@ def check_searcher(space: SearchSpace) -> None:
         space.check_jointly_valid()
 
 
+def _pbt(raw: dict, base: Experiment, dims: list, source: str) -> Optional[PBTSpec]:
+    """The `pbt:` block (scheduler pbt only); each mutated field not searched joins the dimensions,
+    so the initial population is drawn from its range with the space's seed."""
+    if raw.get("scheduler") != "pbt":
+        if raw.get("pbt") is not None:
+            raise SpaceError(f"{source}: pbt: only with scheduler: pbt, got scheduler {raw.get('scheduler')!r}")
+        return None
+    try:
+        spec = parse_pbt(raw.get("pbt"), source, base, lambda path, s: _dimension(path, s, base, source))
+    except SpaceError:
+        raise
+    except ConfigError as err:
+        raise SpaceError(str(err)) from None
+    searched = {d.path for d in dims}
+    dims += [Dimension(d.path, d.kind, values=d.values, low=d.low, high=d.high) for d in spec.mutations
+             if d.path not in searched and d.path != GRADE_SHARES]
+    return spec
+
+
 def check_scheduler(scheduler, searcher: str, source: str) -> None:
-    """asha/fifo with any searcher but bohb; hyperband (HyperBandForBOHB) is bohb's, and bohb needs it."""
+    """asha/fifo with any searcher but bohb; hyperband (HyperBandForBOHB) is bohb's, and bohb needs it;
+    pbt perturbs a population of pre-drawn trials (random or grid), which a model-based searcher's
+    proposals would fight."""
     if scheduler not in SCHEDULERS:
         raise SpaceError(f"{source}: scheduler: expected one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if scheduler == "pbt" and searcher in MODEL_BASED:
+        raise SpaceError(f"{source}: searcher: scheduler pbt runs with searcher random or grid (PBT itself chooses "
+                         f"each trial's next values), got searcher {searcher!r}")
     if (scheduler == "hyperband") != (searcher == "bohb"):
         raise SpaceError(f"{source}: scheduler: searcher bohb runs with scheduler hyperband (Tune's HyperBandForBOHB) "
                          f"and hyperband only with bohb; got searcher {searcher!r} with scheduler {scheduler!r}")
@@ -521,6 +552,7 @@ def space_fingerprint(space: SearchSpace, candidates: list) -> dict:
             "searcher": space.searcher, "samples": space.samples, "seed": space.seed,
             "scheduler": space.scheduler, "grace_period": space.grace_period,
             "reduction_factor": space.reduction_factor, "baselines": space.baselines,
+            **({"pbt": space.pbt.to_dict()} if space.pbt is not None else {}),
             # named only when not ed: a search directory made before spaces had a method stays resumable
             **({"method": space.method} if space.method != "ed" else {})}
 
@@ -535,6 +567,7 @@ def space_to_dict(space: SearchSpace) -> dict:
             "searcher": space.searcher, "points_to_evaluate": space.points, "baselines": space.baselines,
             "max_failures": space.max_failures, "scheduler": space.scheduler,
             "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor},
+            **({"pbt": space.pbt.to_dict()} if space.pbt is not None and space.scheduler == "pbt" else {}),
             "max_concurrent": space.max_concurrent, "seed": space.seed, "output": space.output}
 
 

@@ -64,9 +64,21 @@ def name_by_creation(trial) -> str:
     return trial_name(int(trial.experiment_tag.split("_", 1)[0]) - 1)
 
 
+def name_by_candidate(trial) -> str:
+    """Tune's trial_name_creator under PBT: trial-NNN of the candidate the trial started as (an
+    exploit copies the donor's whole config, its candidate index too; the name stays)."""
+    return trial_name(int(trial.config["candidate"]["index"]))
+
+
 def trial_values(config: dict, setup: dict) -> tuple:
     """(index, {path: value}) of this trial: a pre-drawn candidate (random, grid) carries both; a
-    model-based searcher's config is decoded, and its index is in the trial's name (name_by_creation)."""
+    model-based searcher's config is decoded, and its index is in the trial's name (name_by_creation);
+    under PBT the values are the candidate's as Tune last perturbed them, the index the trial's name's."""
+    if setup.get("pbt"):
+        from ray import tune
+        from raydistill.search.pbt import resolve_values
+        return (int(tune.get_context().get_trial_name().split("-")[1]),
+                resolve_values(config["candidate"]["values"], setup["pbt"]["total_epochs"]))
     if "candidate" in config:
         return config["candidate"]["index"], config["candidate"]["values"]
     from ray import tune
@@ -88,10 +100,23 @@ def run_trial(config: dict, setup: dict) -> None:
     exp = trial_experiment(setup["base"], values, setup["teachers"], setup["trials_dir"], index,
                            setup["cpus_per_worker"])
     # where the search reserved room for it (tuner._resources): in this process, or a driver of a fit
-    if setup.get("in_process", trains_in_trial(exp)):
+    if setup.get("pbt"):
+        run_pbt_trial(exp, index, config["candidate"]["values"], setup["pbt"]["interval"])
+    elif setup.get("in_process", trains_in_trial(exp)):
         run_distributed(exp, progress=print, in_process=True, on_report=epoch_reporter(exp.total_epochs()))
     else:
         run_distributed(exp, progress=print, callbacks=[epoch_report_callback(exp.total_epochs())])
+
+
+def run_pbt_trial(exp: Experiment, index: int, values: dict, interval: int) -> None:
+    """A PBT trial: continue from Tune's checkpoint (an exploit: in the donor's grade, with its
+    state), train in this process, report a checkpoint every `interval` epochs (pbt_trial.py)."""
+    from ray import tune
+    from raydistill.distributed.trainer import run_distributed
+    from raydistill.search.pbt_trial import PBTTrial
+    trial = PBTTrial(exp, trial_name(index), values, interval)
+    trial.restore(tune.get_checkpoint())
+    run_distributed(exp, progress=print, in_process=True, on_report=trial.reporter(exp.total_epochs(), forwarded))
 
 
 def trains_in_trial(exp: Experiment, streaming: bool = False) -> bool:

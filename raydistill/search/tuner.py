@@ -22,7 +22,10 @@ from raydistill.search.space import (BASELINES, SEARCHERS, SearchSpace, SpaceErr
 from raydistill.search.teachers import prepare_search_teachers, teacher_paths
 from raydistill.pipeline.prepare import with_absolute_paths
 from raydistill.search.trainable import (SCHEDULE_METRIC, TRIAL_CPU, curriculum_asha, curriculum_bohb_hyperband,
-                                         name_by_creation, run_trial, trains_in_trial, trial_resources)
+                                         name_by_candidate, name_by_creation, run_trial, trains_in_trial,
+                                         trial_name, trial_resources)
+from raydistill.search.pbt import GRADE_SHARES, check_one_budget, curriculum_pbt, initial_shares, resolve_values
+from raydistill.search.schedules import copy_as_best, export_schedules
 from raydistill.search.tracking import tune_callbacks
 from raydistill.config import ConfigError
 from raydistill.storage import RunDir, absolute, is_uri, join, storage_env
@@ -54,6 +57,8 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
     space.samples = samples or space.samples
     scheduler = scheduler or space.scheduler
     check_scheduler(scheduler, space.searcher, "--scheduler")
+    if scheduler == "pbt" and space.pbt is None:
+        raise SpaceError(f"{space.source}: pbt: scheduler pbt needs the space's pbt block (its mutations)")
     space.scheduler = scheduler
     if max_concurrent is not None and max_concurrent < 1:
         raise SpaceError(f"max_concurrent: expected a positive integer, got {max_concurrent!r}")
@@ -66,6 +71,8 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
 
     from raydistill.pipeline.prepare import prepare_data
     data = prepare_data(base, log)   # data problems fail here, before teachers or Ray; decodes once
+    if scheduler == "pbt":
+        check_pbt_trials(space, candidates, base, data.streaming)
     fingerprint = _check_same_search(out, space_fingerprint(space, candidates), scheduler)
     trials = len(candidates) if not space.model_based else space.samples
     log(f"search {space.name}: {trials} trials, searcher {space.searcher}, scheduler {scheduler}, "
@@ -92,7 +99,9 @@ def tune(space_or_path: Union[str, Path, SearchSpace], samples: Optional[int] = 
             "base": with_absolute_paths(base).to_dict(), "dimensions": space.dimensions,
             "teachers": ed_teachers, "trials_dir": trials_dir, "cpus_per_worker": cpus_per_worker,
             "in_process": trains_in_trial(base, data.streaming),
-            "storage_env": storage_env() if is_uri(out.location) else {}},
+            "storage_env": storage_env() if is_uri(out.location) else {},
+            **({"pbt": {"interval": space.pbt.perturbation_interval, "total_epochs": base.total_epochs()}}
+               if scheduler == "pbt" else {})},
             resources)
         # run alone, baselines (and the exported best) get the whole cores the trial's torch threads used
         alone_cpus = float(max(1, int(cpus_per_worker)))
@@ -133,6 +142,13 @@ def _write_results(space: SearchSpace, candidates: list, results: list, schedule
         values = dict(run_trials)[int(best["trial"].split("-")[1])]
         # absolute paths: Ray Train workers load teacher checkpoints from their own working directory
         best_path = export_best(space, best, values, ed_teachers, search_dir, alone_cpus)
+    if scheduler == "pbt":
+        final = {trial_name(r["index"]): r["resolved"] for r in results}
+        written = export_schedules(space, final, ed_teachers, search_dir, join(absolute(str(search_dir)), "trials"),
+                                   alone_cpus)
+        log(f"schedules: {len(written)} replayable ({search_dir}/schedules/)")
+        if best is not None:
+            best_path = copy_as_best(search_dir, best["trial"], BEST_FILE) or best_path
     log(f"\n{len(rows)} trials ({table_path}); best {min(top, len(rows))} by validation accuracy "
         f"(accuracies in %; test is reported, never used to choose):\n{format_best(frame, top)}")
     if best:
@@ -143,10 +159,23 @@ def _write_results(space: SearchSpace, candidates: list, results: list, schedule
 
 
 def _trials(space: SearchSpace, candidates: list, results: list) -> list:
-    """(index, values) of every trial: the pre-drawn candidates, or those the searcher created."""
-    if not space.model_based:
+    """(index, values) of every trial: the pre-drawn candidates, or those the searcher created (or,
+    under PBT, the values each trial ended with)."""
+    if not space.model_based and space.scheduler != "pbt":
         return list(enumerate(candidates))
     return sorted(((r["index"], r["values"]) for r in results), key=lambda t: t[0])
+
+
+def check_pbt_trials(space: SearchSpace, candidates: list, base, streaming: bool) -> None:
+    """PBT's trials train in their own process (a checkpoint is placed where that run resumes) and
+    share one epoch budget (a checkpoint is copied between them): a SpaceError naming the field."""
+    if not trains_in_trial(base, streaming):
+        raise SpaceError(f"{space.source}: scheduler: pbt needs one-worker trials that train in the trial's own "
+                         f"process (ray.workers 1, data.loader memory); this base needs a Ray Train fit per trial")
+    varying = check_one_budget(space, candidates)
+    if varying:
+        raise SpaceError(f"{space.source}: search.{varying}: under scheduler pbt every trial trains the same total "
+                         f"epochs (trials copy each other's checkpoints); search the split of the budget instead")
 
 
 def search_storage(search_dir) -> RunDir:
@@ -246,6 +275,8 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    if space.scheduler == "pbt":
+        return pbt_setup(space, candidates, concurrent)
     max_t = space.max_epochs()
     sched = {"asha": lambda: curriculum_asha(max_t, space.grace_period, space.reduction_factor),
              "hyperband": lambda: curriculum_bohb_hyperband(max_t, space.reduction_factor),
@@ -258,6 +289,23 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
     param_space = {"candidate": tune.grid_search([{"index": i, "values": v} for i, v in enumerate(candidates)])}
     return param_space, tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=1,
                                         max_concurrent_trials=concurrent)
+
+
+def pbt_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
+    """(param_space, TuneConfig) of a PBT population: the candidates as a grid (with each trial's
+    starting grade weights when the grade budget is mutated), trials named by their candidate."""
+    from ray import tune
+    shares = space.pbt.dimension(GRADE_SHARES) is not None
+    members = []
+    for i, values in enumerate(candidates):
+        values = dict(values)
+        if shares:
+            values[GRADE_SHARES] = initial_shares(space.experiment_for(values).grade_epochs())
+        members.append({"index": i, "values": values})
+    scheduler = curriculum_pbt(space.pbt, space.base.num_groups(), space.seed)
+    return {"candidate": tune.grid_search(members)}, tune.TuneConfig(
+        metric=SCHEDULE_METRIC, mode="max", scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrent,
+        trial_name_creator=name_by_candidate, trial_dirname_creator=name_by_candidate)
 
 
 def search_trainable(setup: dict, resources: dict):
@@ -294,12 +342,16 @@ def _run_tuner(space: SearchSpace, candidates: list, concurrent: int, out: RunDi
     for result in grid:
         config = result.config or {}
         metrics = result.metrics or {}
-        if "candidate" in config:
+        if space.scheduler == "pbt":   # an exploit copies the donor's candidate: the trial is its directory
+            index, values = int(Path(result.path).name.split("-")[1]), config["candidate"]["values"]
+        elif "candidate" in config:
             index, values = config["candidate"]["index"], config["candidate"]["values"]
         else:
             index, values = int(Path(result.path).name.split("-")[1]), searchers.decode(space.dimensions, config)
-        out.append({"index": index, "values": values, "metrics": metrics, "error": result.error,
-                    "done": bool(metrics.get("done"))})
+        resolved = resolve_values(values, space.base.total_epochs()) if space.scheduler == "pbt" else values
+        out.append({"index": index, "values": {d.path: values[d.path] for d in space.dimensions}
+                    if space.scheduler == "pbt" else values, "resolved": resolved, "metrics": metrics,
+                    "error": result.error, "done": bool(metrics.get("done"))})
     return out
 
 
