@@ -182,3 +182,19 @@ def test_an_exploit_continues_in_the_donors_grade_with_its_weights_and_the_sched
     history = [h for h in replayed.history if h["method"] == "ed"]
     assert [h["grade"] for h in history] == [epochs[e]["grade"] for e in sorted(epochs)]
     assert [h["lr"] for h in history] == pytest.approx([epochs[e]["lr"] for e in sorted(epochs)])
+
+
+def test_the_shipped_pbt_space_parses_into_a_population_of_8():
+    from raydistill.search import load_space
+    from raydistill.search.pbt import GRADE_SHARES, initial_shares, resolve_values
+    space = load_space("pbt_cifar10")
+    assert space.scheduler == "pbt" and space.samples == 8 and space.pbt.perturbation_interval == 2
+    assert {d.path for d in space.pbt.mutations} == {"optimizer.lr", "curriculum.alpha", "curriculum.temperature",
+                                                     "curriculum.all_teacher_weight", GRADE_SHARES}
+    members = space.candidates()
+    assert len(members) == 8
+    for values in members:
+        exp = space.experiment_for(values)
+        assert exp.total_epochs() == 16
+        shares = initial_shares(exp.grade_epochs())
+        assert resolve_values({**values, GRADE_SHARES: shares}, 16)["curriculum.grade_epochs"] == [2, 2, 12]
