@@ -9,6 +9,10 @@ augmentation bank of the cached soft labels change with it):
   ed_searched_all_signal  the same curriculum on KD's signal (curriculum.all_teacher_weight: 1): the
                           curriculum's own effect against kd_searched, with the teacher signal equal
   kd_searched             the kd search's best lr, T and alpha
+  ed_curriculum           the best ED trial that has a fragment grade (an early share above 0), chosen
+                          on validation like the best: when the best curriculum is none, this is the
+                          best curriculum that is one
+  ed_curriculum_all_signal  that curriculum on KD's signal
   scratch                 the complete student alone (the shipped cifar10 settings)
 
 Every run is in-process (`raydistill.pipeline.local.run`), resumable per (seed, variant): a run whose
@@ -33,7 +37,8 @@ from curve import COPIED, claim, mean_std  # noqa: E402  (benchmarks/ is not a p
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "searched_curricula"
 SEARCHES = {"ed": "curricula_ed_cifar10", "kd": "curricula_kd_cifar10"}
-VARIANTS = ("ed_searched", "ed_searched_all_signal", "kd_searched", "scratch")
+VARIANTS = ("ed_searched", "ed_searched_all_signal", "ed_curriculum", "ed_curriculum_all_signal", "kd_searched",
+            "scratch")
 EPOCHS = 32
 SEEDS = (0, 1, 2)
 
@@ -48,14 +53,17 @@ def experiment(variant: str, seed: int, results: Path, work: Path):
     """The experiment of one (variant, seed) at EPOCHS epochs: the search's best as exported, its
     trial bookkeeping (output, name) replaced, the budget scaled, seeds varied."""
     from raydistill.config import Experiment
-    source = {"ed_searched": "ed", "ed_searched_all_signal": "ed", "kd_searched": "kd", "scratch": "kd"}[variant]
+    from raydistill.search.space import apply_values
+    source = "kd" if variant in ("kd_searched", "scratch") else "ed"
     raw = best_config(results, source)
     exp = Experiment.from_dict(raw, source=f"{source} best.yaml")
+    if variant.startswith("ed_curriculum"):   # the best trial's experiment with that trial's values instead
+        exp = apply_values(exp, curriculum_trial(results))
     overrides = [f"name={variant}", f"seed={seed}", f"data.seed={seed}", f"curriculum.total_epochs={EPOCHS}",
                  f"output.dir={work / f'seed{seed}'}", f"output.name={variant}",
                  f"teachers.cache_dir={work / 'softlabels'}", f"data.cache_dir={work / 'decoded'}",
                  "tracking.tensorboard=false", "ray.cpus_per_worker=1"]   # one torch thread: one lane per core
-    if variant == "ed_searched_all_signal":
+    if variant.endswith("_all_signal"):
         overrides.append("curriculum.all_teacher_weight=1.0")
     if variant == "scratch":   # the shipped cifar10 student settings, not kd's searched ones
         shipped = Experiment.load("cifar10")
@@ -82,10 +90,48 @@ def run_jobs(args) -> None:
 # ---- the report ------------------------------------------------------------------------------
 
 def search_trials(results: Path, search: str) -> list:
-    """Each trial of a search: {trial, val_acc, epochs, status, values} from its trials.parquet."""
-    import pyarrow.parquet as pq
-    table = pq.read_table(results / f"search_{search}" / "trials.parquet").to_pylist()
-    return sorted(table, key=lambda r: r["trial"])
+    """Each row of a search's committed trials.parquet (raydistill.search.results.table_rows: searched
+    list values decoded), in trial order."""
+    import pandas as pd
+    from raydistill.search.results import table_rows
+    return sorted(table_rows(pd.read_parquet(results / f"search_{search}" / "trials.parquet")),
+                  key=lambda r: r["trial"])
+
+
+def curriculum_trial(results: Path) -> dict:
+    """The searched values of the ED trial with the best validation accuracy among completed trials
+    that have a fragment grade (some early share of the epochs above 0)."""
+    from raydistill.search.results import best_row
+    from raydistill.search.space import load_space
+    space = load_space(REPO / "tune_spaces" / f"{SEARCHES['ed']}.yaml")
+    rows = [r for r in search_trials(results, "ed") if any(f > 0 for f in r["curriculum.grade_fractions"][:-1])]
+    best = best_row(rows)
+    return {d.path: best[d.path] for d in space.dimensions}
+
+
+def collect(search_out: Path, results: Path) -> None:
+    """search_<s>/trial_epochs.json from Tune's per-trial result.json (every epoch a trial reported,
+    stopped trials included): each epoch's grade and validation accuracy (seen classes, and all
+    classes: what ASHA compared), which the trials.parquet row (last epoch, seen classes) does not keep."""
+    for search, name in SEARCHES.items():
+        epochs = {}
+        for path in sorted((search_out / name / "tuner").glob("trial-*/result.json")):
+            reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            epochs[path.parent.name] = [{k: r[k] for k in ("epoch", "grade", "val_acc", "val_acc_all_classes")}
+                                        for r in reports if "val_acc" in r]
+        (results / f"search_{search}" / "trial_epochs.json").write_text(json.dumps(epochs, indent=1) + "\n")
+
+
+def search_cost(results: Path) -> dict:
+    """Per search: trials, trials that ran every epoch, epochs trained, and the trials' summed wall
+    time (one CPU each: CPU-hours) from trials.parquet."""
+    cost = {}
+    for search in SEARCHES:
+        trials = search_trials(results, search)
+        cost[search] = {"trials": len(trials), "completed": sum(t["stop_reason"] == "completed" for t in trials),
+                        "epochs": sum(int(t["epochs_run"]) for t in trials),
+                        "cpu_hours": round(sum(float(t["wall_s"]) for t in trials) / 3600, 2)}
+    return cost
 
 
 def aggregate(results: Path) -> dict:
@@ -106,7 +152,7 @@ def aggregate(results: Path) -> dict:
                    "epochs": first["epochs"], "train_images": first["train_images"],
                    "train_flops": first["train_flops"], "grade_epochs": [g["epochs"] for g in first["grades"]]}
     best = {k: best_config(results, k) for k in SEARCHES}
-    return {"epochs": EPOCHS, "variants": rows,
+    return {"epochs": EPOCHS, "variants": rows, "search_cost": search_cost(results),
             "best": {k: {"curriculum": b["curriculum"], "optimizer": {"lr": b["optimizer"]["lr"],
                                                                     "restart_per_grade": b["optimizer"]["restart_per_grade"]}}
                      for k, b in best.items()}}
@@ -125,26 +171,36 @@ def table_markdown(agg: dict) -> str:
 
 
 def plot(results: Path, path: Path) -> None:
-    """Validation accuracy (all classes, the last epoch each trial reached) vs trial, ED and kd."""
+    """Each trial's validation accuracy over all classes at the last epoch it ran, vs trial (creation
+    order), ED and kd; filled: the trial ran all its epochs, hollow: ASHA stopped it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for search, marker in (("ed", "o"), ("kd", "s")):
-        trials = search_trials(results, search)
-        full = [t for t in trials if t.get("epochs") == max(x.get("epochs") or 0 for x in trials)]
-        ax.scatter([t["trial"] for t in trials], [100 * (t.get("val_acc_all_classes") or 0) for t in trials],
-                   marker=marker, facecolors="none", edgecolors=f"C{0 if search == 'ed' else 1}",
-                   label=f"{search}: stopped early")
-        ax.scatter([t["trial"] for t in full], [100 * (t.get("val_acc_all_classes") or 0) for t in full],
-                   marker=marker, color=f"C{0 if search == 'ed' else 1}", label=f"{search}: all 16 epochs")
+        epochs = json.loads((results / f"search_{search}" / "trial_epochs.json").read_text())
+        colour = f"C{0 if search == 'ed' else 1}"
+        for done in (False, True):
+            shown = [t for t in search_trials(results, search)
+                     if (t["stop_reason"] == "completed") == done and epochs.get(t["trial"])]
+            ax.scatter([int(t["trial"].split("-")[1]) for t in shown],
+                       [100 * epochs[t["trial"]][-1]["val_acc_all_classes"] for t in shown], marker=marker,
+                       **({"color": colour} if done else {"facecolors": "none", "edgecolors": colour}),
+                       label=f"{search}: {'all 16 epochs' if done else 'stopped by ASHA'}")
     ax.set_xlabel("trial (creation order)")
     ax.set_ylabel("validation top-1 %, all classes (last epoch run)")
-    ax.set_title("curricula_ed_cifar10 (24 trials) vs curricula_kd_cifar10 (12 trials)")
+    ax.set_title("curricula_ed_cifar10 vs curricula_kd_cifar10 (16-epoch trials)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def write_report(results: Path, agg: dict, table) -> None:
+    """aggregate.json and table.md (`table(agg)`) in `results`; the table printed too."""
+    (results / "aggregate.json").write_text(json.dumps(agg, indent=2) + "\n")
+    (results / "table.md").write_text(table(agg) + "\n")
+    print(table(agg))
 
 
 def main(argv=None) -> int:
@@ -155,16 +211,18 @@ def main(argv=None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only write aggregate.json, table.md, search.png")
+    p.add_argument("--collect", type=Path, metavar="SEARCH_OUT",
+                   help="only write search_<s>/trial_epochs.json from the searches' directory (tune --output)")
     args = p.parse_args(argv)
     args.work = args.work.resolve()
+    if args.collect:
+        collect(args.collect, args.results)
+        return 0
     import torch
     torch.set_num_threads(args.threads)
     if args.report:
-        agg = aggregate(args.results)
-        (args.results / "aggregate.json").write_text(json.dumps(agg, indent=2) + "\n")
-        (args.results / "table.md").write_text(table_markdown(agg) + "\n")
+        write_report(args.results, aggregate(args.results), table_markdown)
         plot(args.results, args.results / "search.png")
-        print(table_markdown(agg))
         return 0
     run_jobs(args)
     return 0

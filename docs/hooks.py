@@ -24,7 +24,8 @@ finally:
     sys.path.remove(str(DOCS))
 
 # committed figures the pages show, relative to the repository root
-COMMITTED_FIGURES = ["benchmarks/results/ed_evidence/curve.png", "benchmarks/results/default_run/curves.png"]
+COMMITTED_FIGURES = ["benchmarks/results/ed_evidence/curve.png", "benchmarks/results/default_run/curves.png",
+                     "benchmarks/results/searched_curricula/search.png"]
 
 
 def on_files(files, config):

@@ -39,5 +39,5 @@ def test_baselines_are_single_grade_complete_students():
 
 
 def test_teachers_needed():
-    assert teachers_needed(["scratch"], 3) == []
-    assert teachers_needed(["ed", "kd"], 2) == ["group0", "group1", "all"]
+    assert teachers_needed(["scratch"], 3, [0.0] * 3) == []
+    assert teachers_needed(["ed", "kd"], 2, [0.0] * 2) == ["group0", "group1", "all"]

@@ -173,10 +173,27 @@ def test_bad_budgets_and_signals_are_refused_naming_the_field(overrides, field):
 
 
 def test_teachers_needed_follow_the_signal():
-    assert teachers_needed(["ed"], 3) == ["group0", "group1", "group2"]
+    assert teachers_needed(["ed"], 3, [0.0] * 3) == ["group0", "group1", "group2"]
     assert teachers_needed(["ed"], 3, [1.0, 1.0, 1.0]) == ["all"]
     assert teachers_needed(["ed"], 3, [0.0, 0.5, 1.0]) == ["group0", "group1", "group2", "all"]
     assert teachers_needed(["ed", "multi_teacher"], 2, [1.0, 1.0]) == ["group0", "group1", "all"]
     exp = tiny_experiment("/tmp/unused").with_overrides(["curriculum.all_teacher_weight=1"]).validate()
     from raydistill.pipeline.graph import stage_graph
     assert stage_graph(exp, 3) == {"teacher:all": [], "method:ed": ["teacher:all"]}
+
+
+@pytest.mark.slow   # trains tiny teachers and ed, then resumes the finished run
+def test_a_local_run_on_the_mixed_signal_trains_loads_and_lists_the_all_class_teacher(tmp_path):
+    """`--local` (pipeline.local) asked teachers_needed without the signal's weights, so an ed run with
+    all_teacher_weight above 0 trained only the group teachers, and its cached soft labels failed with
+    "no teacher 'all' in the cache" at ed's first batch (the searched-curricula confirmation)."""
+    from raydistill.pipeline.local import run
+    exp = tiny_experiment(tmp_path, **{"methods": "[ed]", "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]",
+                                       "data.train_per_class": 30, "data.test_per_class": 10,
+                                       "curriculum.all_teacher_weight": 0.5, "teachers.soft_labels": "cache",
+                                       "teachers.cache_draws": 2})
+    result = run(exp, progress=None)
+    assert list(result.teachers) == ["group0", "group1", "group2", "all"]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    again = run(exp, progress=None)   # everything done: the resumed result lists the same teachers
+    assert list(again.teachers) == ["group0", "group1", "group2", "all"]

@@ -73,7 +73,7 @@ def test_method_entries_name_their_loss(tmp_path):
         "ed": ("ed", "lskd"), "ed+dkd": ("ed+dkd", "dkd"), "kd+lskd": ("kd+lskd", "lskd"),
         "scratch": ("scratch", "lskd")}
     assert len(plans["ed+dkd"].grades) == 3 and plans["kd+lskd"].grades[0].lessons[0].teacher == "all"
-    assert teachers_needed(["kd+dkd"], 3) == ["all"] and teachers_needed(["ed+lskd"], 2) == ["group0", "group1"]
+    assert teachers_needed(["kd+dkd"], 3, [0.0]) == ["all"] and teachers_needed(["ed+lskd"], 2, [0.0]) == ["group0", "group1"]
     summary = {"final_test_acc": 0.5, "final_val_acc": 0.5, "params": 1, "epochs": 1, "wall_s": 1.0, "grades": []}
     table = format_table({"ed": {**summary, "loss": "lskd"}, "ed+dkd": {**summary, "loss": "dkd"},
                           "kd": {**summary, "loss": "kd"}, "scratch": {**summary, "loss": None}})

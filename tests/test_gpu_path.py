@@ -208,7 +208,7 @@ def test_actor_options_carry_fractional_gpus_and_colocation():
 def test_paper_config_fits_student_and_teachers_on_one_gpu():
     exp = Experiment.load("cifar100_paper").validate()
     r = exp.ray
-    teachers = len(teachers_needed(exp.methods, exp.num_groups()))
+    teachers = len(teachers_needed(exp.methods, exp.num_groups(), exp.all_teacher_weights()))
     assert r.use_gpu and r.teachers == "actors" and r.colocate_teachers and 0 < r.teacher_gpus < 1
     assert r.workers * r.gpus_per_worker + teachers * r.teacher_gpus <= 1.0 + 1e-9
     exp.check_devices("cuda", "ray")

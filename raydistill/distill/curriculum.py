@@ -188,7 +188,7 @@ def equal_image_epochs(grade_epochs: Sequence[int], group_classes: Sequence[int]
     return [*grade_epochs[:-1], grade_epochs[-1] + max(0, extra)]
 
 
-def teachers_needed(methods: Sequence[str], num_groups: int, all_teacher_weights: Sequence[float] = (0.0,)) -> list:
+def teachers_needed(methods: Sequence[str], num_groups: int, all_teacher_weights: Sequence[float]) -> list:
     """Teacher keys the methods train with. `ed` needs the group teachers unless every grade's
     all-class weight is 1, and the all-class teacher when some grade's weight is above 0
     (`Experiment.all_teacher_weights()`)."""

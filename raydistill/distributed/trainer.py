@@ -124,7 +124,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
     # a resumed run reloads its teachers: they must still serve this run's classes with its architecture
     check_teacher_checkpoints(saved_teachers(out, len(data.groups)), data.groups, exp.teachers.arch)
     groups = len(data.groups)
-    started_ray = init_ray(exp, len(teachers_needed(exp.methods, groups)), data.streaming)
+    started_ray = init_ray(exp, len(teachers_needed(exp.methods, groups, exp.all_teacher_weights())), data.streaming)
     try:
         check_shared_output(exp, out)   # before any training
         data_ref = ray.put(pack_data(data))

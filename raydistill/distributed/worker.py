@@ -257,7 +257,8 @@ def _stages(exp: Experiment, data: PreparedData, out: RunDir, ctx: TrainContext,
         record(stage, {"info": info})
 
     client, actors = None, None
-    needs_teachers = bool(teachers_needed([s.split(":", 1)[1] for s in methods_left], len(data.groups)))
+    needs_teachers = bool(teachers_needed([s.split(":", 1)[1] for s in methods_left], len(data.groups),
+                                          exp.all_teacher_weights()))
     if needs_teachers and frozen and exp.teachers.soft_labels == "cache":
         client = _cache_client(exp, data, frozen, ctx, writer, log)
     elif needs_teachers and frozen:

@@ -98,10 +98,10 @@ def _run_stages(exp: Experiment, data, out: RunDir, device, log) -> RunResult:
     result = run_result(out)
     methods_left = [m for m in exp.methods if f"method:{m}" not in done]
     teachers = {}
-    for key in teachers_needed(exp.methods, len(data.groups)):
+    for key in teachers_needed(exp.methods, len(data.groups), exp.all_teacher_weights()):
         stage = f"teacher:{key}"
         if stage in done:
-            if key in teachers_needed(methods_left, len(data.groups)):
+            if key in teachers_needed(methods_left, len(data.groups), exp.all_teacher_weights()):
                 teachers[key] = load_teacher(join(out.location, f"teachers/{key}.pt"), classes_of(key, data.groups),
                                              expected_arch=exp.teachers.arch, device=device,
                                              **exp.serving_options())

@@ -51,7 +51,7 @@ def result_from_progress(exp: Experiment, out: RunDir, completed: dict) -> RunRe
     methods in the order the run needs them (as a fresh in-process run lists them), whatever order
     the stores were listed or the stages completed in."""
     result = run_result(out)
-    for key in teachers_needed(exp.methods, exp.num_groups()):
+    for key in teachers_needed(exp.methods, exp.num_groups(), exp.all_teacher_weights()):
         record = completed.get(f"teacher:{key}")
         if record is not None:
             result.teachers[key] = record["info"]

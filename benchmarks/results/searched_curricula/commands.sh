@@ -15,6 +15,7 @@ for search in ed kd; do                # what the page and the confirmation read
   cp "$OUT/curricula_${search}_cifar10/trials.parquet" "$OUT/curricula_${search}_cifar10/best.yaml" \
      "$OUT/curricula_${search}_cifar10/space.json" "$HERE/search_$search/"
 done
+.venv/bin/python benchmarks/searched.py --collect "$OUT"   # each trial's per-epoch validation accuracy
 SEARCHED=".venv/bin/python benchmarks/searched.py --work runs/searched"
 $SEARCHED > /tmp/searched-lane0.log 2>&1 &   # 4 variants x 3 seeds at 32 epochs, two lanes
 $SEARCHED > /tmp/searched-lane1.log 2>&1 &
