@@ -203,17 +203,76 @@ def write_report(results: Path, agg: dict, table) -> None:
     print(table(agg))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_seeds(args, variant: str, experiment_of) -> None:
+    """Each of args.seeds' run of `variant` (experiment_of(seed)) not yet in args.results, claimed
+    per seed so that lanes share the work (plateau.py's and pbt.py's runs)."""
+    from raydistill.pipeline.local import run
+    for seed in args.seeds:
+        dest = args.results / f"e{EPOCHS}" / f"seed{seed}" / variant
+        if (dest / "summary.json").is_file() or not claim(args.work / "claims" / f"{variant}-seed{seed}"):
+            continue
+        started = time.perf_counter()
+        result = run(experiment_of(seed))
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in COPIED:
+            shutil.copy2(Path(result.run_dir) / name, dest / name)
+        print(f"seed {seed} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def seed_runs(results: Path, variant: str) -> dict:
+    """One variant's committed runs in results/e<EPOCHS>/seed*/<variant>/ (benchmarks/plateau.py's and
+    pbt.py's rows): seeds, test and val per seed, mean ± std, each seed's grade epochs and images."""
+    runs = []
+    for path in sorted(results.glob(f"e{EPOCHS}/seed*/{variant}/summary.json")):
+        (summary,) = json.loads(path.read_text())["methods"].values()
+        runs.append((int(path.parts[-3][4:]), summary))
+    mean, std = mean_std([s["final_test_acc"] for _, s in runs]) if runs else (None, None)
+    return {"seeds": [seed for seed, _ in runs], "runs": [s["final_test_acc"] for _, s in runs],
+            "val": [s["final_val_acc"] for _, s in runs], "mean": mean, "std": std,
+            "grade_epochs": [[g["epochs"] for g in s["grades"]] for _, s in runs],
+            "train_images": [s["train_images"] for _, s in runs]}
+
+
+def confirmed_rows(variants) -> dict:
+    """This confirmation's rows of `variants`, in seed_runs' fields, to set beside another's."""
+    confirmed = aggregate(RESULTS)["variants"]
+    return {v: {k: confirmed[v][k] for k in ("seeds", "runs", "val", "mean", "std", "grade_epochs", "train_images")}
+            for v in variants if v in confirmed}
+
+
+def variants_markdown(rows: dict) -> str:
+    """seed_runs/confirmed_rows rows as a table: grade epochs per seed where they differ by seed."""
+    lines = ["| method | grade epochs (per seed) | test top-1 % (mean ± std) | per seed (data seed = seed) | "
+             "val top-1 % (mean) |", "|---|---|---:|---|---:|"]
+    for v, r in rows.items():
+        epochs = r["grade_epochs"]
+        shown = " · ".join("/".join(map(str, e)) for e in epochs) if epochs and isinstance(epochs[0], list) \
+            else "/".join(map(str, epochs))
+        lines.append(f"| `{v}` | {shown} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
+                     f"{' / '.join(f'{100 * a:.2f}' for a in r['runs'])} | {100 * sum(r['val']) / len(r['val']):.2f} |")
+    return "\n".join(lines)
+
+
+def lane_arguments(doc: str, results: Path, report_help: str, collect_help: str = None, variants=None):
+    """The command line of this script and its siblings (plateau.py, pbt.py): seeds, lanes' work
+    directory, results, threads, --report and (where there is one) --collect."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    if variants:
+        p.add_argument("--variants", nargs="+", choices=variants, default=list(variants))
     p.add_argument("--work", type=Path, default=Path("runs/searched"))
-    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--results", type=Path, default=results)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--report", action="store_true", help="only write aggregate.json, table.md, search.png")
-    p.add_argument("--collect", type=Path, metavar="SEARCH_OUT",
-                   help="only write search_<s>/trial_epochs.json from the searches' directory (tune --output)")
-    args = p.parse_args(argv)
+    p.add_argument("--report", action="store_true", help=report_help)
+    if collect_help:
+        p.add_argument("--collect", type=Path, metavar="SEARCH_OUT", help=collect_help)
+    return p
+
+
+def main(argv=None) -> int:
+    args = lane_arguments(__doc__, RESULTS, "only write aggregate.json, table.md, search.png",
+                          "only write search_<s>/trial_epochs.json from the searches' directory (tune --output)",
+                          VARIANTS).parse_args(argv)
     args.work = args.work.resolve()
     if args.collect:
         collect(args.collect, args.results)

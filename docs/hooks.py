@@ -25,7 +25,7 @@ finally:
 
 # committed figures the pages show, relative to the repository root
 COMMITTED_FIGURES = ["benchmarks/results/ed_evidence/curve.png", "benchmarks/results/default_run/curves.png",
-                     "benchmarks/results/searched_curricula/search.png"]
+                     "benchmarks/results/searched_curricula/search.png", "benchmarks/results/pbt/population.png"]
 
 
 def on_files(files, config):

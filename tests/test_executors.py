@@ -24,46 +24,50 @@ def _numbers(result) -> dict:
             **{m: (s["final_test_acc"], s["final_val_acc"]) for m, s in result.methods.items()}}
 
 
-def test_same_seed_same_accuracies_on_every_executor(ray_session, tmp_path):
+@pytest.fixture(scope="module")
+def executor_runs(ray_session, tmp_path_factory):
+    """The same tiny run on every executor, once for the module: {name: (result, run dir, driver lines)}."""
     from raydistill.distributed.trainer import run_distributed
     from raydistill.pipeline.local import run
     import torch
+    root = tmp_path_factory.mktemp("executors")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # not what a Ray worker gets on 2+ cores: the in-process executor pins its own
     try:
-        in_process = run(tiny_experiment(tmp_path / "local", **QUICK), progress=None)
+        runs = {"in_process": (run(tiny_experiment(root / "in_process", **QUICK), progress=None), [])}
     finally:
         torch.set_num_threads(threads)
-    runs = {name: run_distributed(tiny_experiment(tmp_path / name, **QUICK, **overrides), progress=None)
-            for name, overrides in {"task": {},
-                                    "fit_per_stage": {"ray.stages": "concurrent", "ray.executor": "fit"},
-                                    "one_fit": {"ray.executor": "fit"}}.items()}
-    expected = _numbers(in_process)
+    for name, overrides in {"task": {}, "fit_per_stage": {"ray.stages": "concurrent", "ray.executor": "fit"},
+                            "one_fit": {"ray.executor": "fit"}}.items():
+        lines = []
+        runs[name] = (run_distributed(tiny_experiment(root / name, **QUICK, **overrides), progress=lines.append), lines)
+    return {name: (result, root / name / "tiny", lines) for name, (result, lines) in runs.items()}
+
+
+def test_same_seed_same_accuracies_on_every_executor(executor_runs):
+    expected = _numbers(executor_runs["in_process"][0])
     assert set(expected) == {"teacher:group0", "teacher:group1", "teacher:group2", "scratch", "ed"}
-    for name, result in runs.items():
+    for name, (result, _, _) in executor_runs.items():
         assert _numbers(result) == expected, name
-    stores = {name: sorted(p.name for p in (tmp_path / name / "tiny" / "ray").iterdir()) for name in runs}
+    stores = {name: sorted(p.name for p in (run_dir / "ray").iterdir())
+              for name, (_, run_dir, _) in executor_runs.items() if name != "in_process"}
     assert stores["one_fit"] == ["train"]
     assert stores["task"] == stores["fit_per_stage"] == sorted(
         ["stage-teacher-group0", "stage-teacher-group1", "stage-teacher-group2", "stage-method-scratch",
          "stage-method-ed"])
 
 
-def test_a_one_worker_stage_starts_no_torch_trainer(ray_session, tmp_path):
+def test_a_one_worker_stage_starts_no_torch_trainer(executor_runs):
     """What ran, from what it left: a TorchTrainer's storage holds Ray Train's own files and
     `checkpoint_<time>` folders; a task's store holds only `checkpoint_task-<seq>` folders, and the
     driver said which executor it chose."""
-    from raydistill.distributed.trainer import run_distributed
-    lines = []
-    run_distributed(tiny_experiment(tmp_path, **QUICK), progress=lines.append)
+    _, task_dir, lines = executor_runs["task"]
     assert any("task per one-worker stage" in line for line in lines), lines
-    ray_dir = tmp_path / "tiny" / "ray"
-    for store in ray_dir.iterdir():
+    for store in (task_dir / "ray").iterdir():
         names = sorted(p.name for p in store.iterdir())
         assert names and all(n.startswith("checkpoint_task-") for n in names), (store.name, names)
     # a fit, for contrast: Ray Train's files are there
-    run_distributed(tiny_experiment(tmp_path / "fit", **QUICK, **{"ray.executor": "fit"}), progress=None)
-    names = {p.name for p in (tmp_path / "fit" / "tiny" / "ray" / "train").iterdir()}
+    names = {p.name for p in (executor_runs["one_fit"][1] / "ray" / "train").iterdir()}
     assert any(not n.startswith("checkpoint_task-") for n in names), names
 
 

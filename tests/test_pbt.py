@@ -84,6 +84,29 @@ def test_the_remaining_grade_budget_is_split_and_completed_grades_keep_theirs():
     assert values["curriculum.grade_epochs"] == [1, 7] and values["curriculum.grade_fractions"] is None
 
 
+def test_a_schedule_under_mutated_grade_shares_exports_from_a_base_given_in_fractions(tmp_path):
+    """The shipped space's shape: the base's budget is curriculum.grade_fractions of total_epochs and
+    PBT mutates the grade shares; a member's final values (resolved: grade_epochs, fractions null)
+    export as a fixed curriculum of the epochs each grade took (the export of a real population
+    failed here: the values' null fractions were dropped with the shares, leaving both forms set)."""
+    from raydistill.search.pbt import GRADE_SHARES, resolve_values
+    from raydistill.search.schedules import replay_experiment
+    from raydistill.search.space import space_from_dict
+    raw = pbt_space()
+    raw["base"]["curriculum"].update(grade_epochs=None, total_epochs=4, grade_fractions=[0.5, 0.5])
+    raw["pbt"]["mutations"][GRADE_SHARES] = {"uniform": [0.05, 1.0]}
+    space = space_from_dict(raw)
+    values = resolve_values({"optimizer.lr": 0.05, "curriculum.temperature": 3.0,
+                             GRADE_SHARES: {"0": 0.2, "1": 0.9}}, 4)
+    epochs = [{"epoch": e, "grade": g, "base_lr": lr, "alpha": 0.3, "temperature": 3.0, "all_teacher_weight": 0.0}
+              for e, g, lr in ((1, 1, 0.05), (2, 2, 0.05), (3, 2, 0.02), (4, 2, 0.02))]
+    exp = replay_experiment(space, "trial-001", {"epochs": epochs, "exploits": []}, values,
+                            {"group0": "g0.pt", "group1": "g1.pt"}, tmp_path, 1.0)
+    c = exp.curriculum
+    assert (c.grade_epochs, c.grade_fractions, c.total_epochs, c.switch) == ([1, 3], None, None, "fixed")
+    assert [e["from_epoch"] for e in c.replay] == [0, 2] and c.replay[1]["lr"] == 0.02
+
+
 def test_replay_entries_are_validated_naming_the_field():
     from raydistill.config import Experiment
     ok = {"curriculum": {"replay": [{"from_epoch": 0, "lr": 0.1}, {"from_epoch": 2, "alpha": 0.5}]}}
@@ -134,8 +157,8 @@ def _checkpoint_states(search_dir, trial: str) -> dict:
 @pytest.mark.slow   # Ray Tune search
 def test_an_exploit_continues_in_the_donors_grade_with_its_weights_and_the_schedule_replays(
         ray_session, tmp_path, pbt_teachers):
-    """Two members, one with a useless lr: at the first decision (epoch 1, synchronous PBT) the worse
-    copies the better's checkpoint and goes on in its grade with its weights; every member's schedule
+    """Two members, one with a useless lr, one trial at a time: at the first decision (epoch 1,
+    synchronous PBT) the worse copies the better's checkpoint and goes on in its grade with its weights; every member's schedule
     is written and its exported YAML replays the same grade sequence and per-epoch lr."""
     import pandas as pd
     from raydistill import Experiment
@@ -143,7 +166,9 @@ def test_an_exploit_continues_in_the_donors_grade_with_its_weights_and_the_sched
     from raydistill.search import tune
     from raydistill.search.pbt_trial import PLACED_STORE, model_checksum
     from raydistill.search.space import space_from_dict
-    raw = pbt_space(output=str(tmp_path), points_to_evaluate=[
+    # one trial at a time (max_concurrent 1): the population must still exist whole and meet at each
+    # decision, members paused and resumed from their checkpoints, not run one after another
+    raw = pbt_space(output=str(tmp_path), max_concurrent=1, points_to_evaluate=[
         {"optimizer.lr": 0.1, "curriculum.temperature": 4.0}, {"optimizer.lr": 0.0001, "curriculum.temperature": 4.0}])
     raw["base"]["teachers"]["checkpoints"] = pbt_teachers
     result = tune(space_from_dict(raw), progress=None)
@@ -152,6 +177,7 @@ def test_an_exploit_continues_in_the_donors_grade_with_its_weights_and_the_sched
     assert set(schedules) == {"trial-000", "trial-001"}
     exploits = [(name, e) for name, s in schedules.items() for e in s["exploits"]]
     assert exploits, schedules
+    assert min(e["at_epoch"] for _, e in exploits) == 1, "the first decision (epoch 1) had both members"
     name, exploit = exploits[0]
     donor_states = _checkpoint_states(search_dir, exploit["from"])
     donor = donor_states[exploit["at_epoch"]]

@@ -23,6 +23,7 @@ from raydistill.storage import RunDir, absolute, join
 
 SCHEDULES_FILE = "schedules.json"
 SCHEDULES_DIR = "schedules"
+BUDGET_FIELDS = (GRADE_SHARES, "curriculum.grade_epochs", "curriculum.total_epochs")
 REPLAYED = (("base_lr", "lr"), ("alpha", "alpha"), ("temperature", "temperature"))
 
 
@@ -60,7 +61,8 @@ def replay_experiment(space: SearchSpace, name: str, schedule: dict, values: dic
                       cpus_per_worker: float):
     """The experiment that replays `schedule` (a trial's final `values` give the fields PBT kept)."""
     index = int(name.split("-")[1])
-    fixed = {k: v for k, v in values.items() if k != GRADE_SHARES}
+    # the grade budget is the schedule's (set below), whatever form the trial's values gave it in
+    fixed = {k: v for k, v in values.items() if k not in BUDGET_FIELDS}
     exp = trial_experiment(space.base.to_dict(), fixed, teachers, absolute(str(search_dir)), index, cpus_per_worker)
     teacher_mix = space.pbt is not None and space.pbt.dimension("curriculum.all_teacher_weight") is not None
     entries = replay_entries(schedule, teacher_mix)

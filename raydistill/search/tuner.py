@@ -293,7 +293,12 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
 
 def pbt_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
     """(param_space, TuneConfig) of a PBT population: the candidates as a grid (with each trial's
-    starting grade weights when the grade budget is mutated), trials named by their candidate."""
+    starting grade weights when the grade budget is mutated), trials named by their candidate.
+
+    The whole population exists from the start: Tune's `max_concurrent_trials` would create a new
+    member only when an earlier one finished (2 at a time, one after another: no population). How
+    many train at once is set by what each trial reserves (sized for `concurrent` on this cluster);
+    the others wait PENDING or PAUSED, and PBT resumes the member that is furthest behind."""
     from ray import tune
     shares = space.pbt.dimension(GRADE_SHARES) is not None
     members = []
@@ -304,7 +309,7 @@ def pbt_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
         members.append({"index": i, "values": values})
     scheduler = curriculum_pbt(space.pbt, space.base.num_groups(), space.seed)
     return {"candidate": tune.grid_search(members)}, tune.TuneConfig(
-        metric=SCHEDULE_METRIC, mode="max", scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrent,
+        metric=SCHEDULE_METRIC, mode="max", scheduler=scheduler, num_samples=1,
         trial_name_creator=name_by_candidate, trial_dirname_creator=name_by_candidate)
 
 
