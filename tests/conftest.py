@@ -8,16 +8,7 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# pytest-xdist workers (pyproject's -n auto) share the cores: each gets its share of torch threads
-# (two threads per process collapse when another process holds a core)
-XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // XDIST_WORKERS)))
-MAX_XDIST_WORKERS = 4   # each worker may start a Ray instance of 2 CPUs and Ray Train fits: memory, not cores, limits more
-
-
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core, at most MAX_XDIST_WORKERS."""
-    return max(1, min(MAX_XDIST_WORKERS, os.cpu_count() or 1))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
