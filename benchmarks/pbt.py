@@ -44,14 +44,9 @@ def member_epochs(tuner_dir: Path) -> dict:
     the member's values changed before this epoch, i.e. it had just copied a better member's
     checkpoint and perturbed its values (PBT's exploit and explore; a plain pause and resume keeps
     them). schedules.json cannot say this: a member's lineage there is its donor's up to the exploit."""
-    out = {}
-    for path in sorted(tuner_dir.glob("trial-*/result.json")):
-        reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        reports = [r for r in reports if "val_acc" in r]
-        out[path.parent.name] = [{**{k: r[k] for k in EPOCH_FIELDS},
-                                  "exploited": i > 0 and r["config"] != reports[i - 1]["config"]}
-                                 for i, r in enumerate(reports)]
-    return out
+    return {trial: [{**{k: r[k] for k in EPOCH_FIELDS}, "exploited": i > 0 and r["config"] != reports[i - 1]["config"]}
+                    for i, r in enumerate(reports)]
+            for trial, reports in searched.epoch_reports(tuner_dir).items()}
 
 
 def collect(search_out: Path, results: Path) -> None:
@@ -99,19 +94,13 @@ def experiment(seed: int, results: Path, work: Path):
 
 # ---- the report ------------------------------------------------------------------------------
 
-def trial_rows(path: Path) -> list:
-    import pandas as pd
-    from raydistill.search.results import table_rows
-    return sorted(table_rows(pd.read_parquet(path)), key=lambda r: r["trial"])
-
-
 def search_comparison(results: Path) -> dict:
     """Per search: trials, trial-epochs, CPU-hours of epoch compute (the sum of every epoch's
     time_this_iter_s, one CPU per trial) and the best completed trial's validation accuracy (all
     classes at the last epoch; what each search selects on)."""
     from raydistill.search.results import best_row
     members = json.loads((results / "search" / "members.json").read_text())
-    pop = trial_rows(results / "search" / "trials.parquet")
+    pop = searched.trial_rows(results / "search" / "trials.parquet")
     best = best_row(pop)
     out = {"pbt": {"trials": len(pop), "trial_epochs": sum(len(e) for e in members.values()),
                    "cpu_hours": round(sum(e["time_this_iter_s"] for m in members.values() for e in m) / 3600, 3),
@@ -204,7 +193,7 @@ def main(argv=None) -> int:
         searched.write_report(args.results, aggregate(args.results), table_markdown)
         plot(args.results, args.results / "population.png")
         return 0
-    searched.run_seeds(args, "pbt_replayed", lambda seed: experiment(seed, args.results, args.work))
+    searched.run_seeds(args, ["pbt_replayed"], lambda _variant, seed: experiment(seed, args.results, args.work))
     return 0
 
 

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     if args.report:
         searched.write_report(args.results, aggregate(args.results), table_markdown)
         return 0
-    searched.run_seeds(args, "ed_plateau", lambda seed: experiment(seed, args.work))
+    searched.run_seeds(args, ["ed_plateau"], lambda _variant, seed: experiment(seed, args.work))
     return 0
 
 

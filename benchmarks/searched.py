@@ -72,30 +72,29 @@ def experiment(variant: str, seed: int, results: Path, work: Path):
     return exp.with_overrides(overrides).validate()
 
 
-def run_jobs(args) -> None:
-    from raydistill.pipeline.local import run
-    for seed in args.seeds:
-        for variant in args.variants:
-            dest = args.results / f"e{EPOCHS}" / f"seed{seed}" / variant
-            if (dest / "summary.json").is_file() or not claim(args.work / "claims" / f"seed{seed}-{variant}"):
-                continue
-            started = time.perf_counter()
-            result = run(experiment(variant, seed, args.results, args.work))
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in COPIED:
-                shutil.copy2(Path(result.run_dir) / name, dest / name)
-            print(f"seed {seed} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
-
-
 # ---- the report ------------------------------------------------------------------------------
 
-def search_trials(results: Path, search: str) -> list:
-    """Each row of a search's committed trials.parquet (raydistill.search.results.table_rows: searched
-    list values decoded), in trial order."""
+def trial_rows(path: Path) -> list:
+    """Each row of a search's trials.parquet (raydistill.search.results.table_rows: searched list
+    values decoded), in trial order."""
     import pandas as pd
     from raydistill.search.results import table_rows
-    return sorted(table_rows(pd.read_parquet(results / f"search_{search}" / "trials.parquet")),
-                  key=lambda r: r["trial"])
+    return sorted(table_rows(pd.read_parquet(path)), key=lambda r: r["trial"])
+
+
+def search_trials(results: Path, search: str) -> list:
+    """trial_rows of a search's committed trials.parquet."""
+    return trial_rows(results / f"search_{search}" / "trials.parquet")
+
+
+def epoch_reports(tuner_dir: Path) -> dict:
+    """{trial: [every epoch report Tune kept in the trial's result.json, in order]} of a search's
+    Tune directory (stopped trials' included)."""
+    out = {}
+    for path in sorted(tuner_dir.glob("trial-*/result.json")):
+        reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[path.parent.name] = [r for r in reports if "val_acc" in r]
+    return out
 
 
 def curriculum_trial(results: Path) -> dict:
@@ -114,11 +113,8 @@ def collect(search_out: Path, results: Path) -> None:
     stopped trials included): each epoch's grade and validation accuracy (seen classes, and all
     classes: what ASHA compared), which the trials.parquet row (last epoch, seen classes) does not keep."""
     for search, name in SEARCHES.items():
-        epochs = {}
-        for path in sorted((search_out / name / "tuner").glob("trial-*/result.json")):
-            reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            epochs[path.parent.name] = [{k: r[k] for k in ("epoch", "grade", "val_acc", "val_acc_all_classes")}
-                                        for r in reports if "val_acc" in r]
+        epochs = {trial: [{k: r[k] for k in ("epoch", "grade", "val_acc", "val_acc_all_classes")} for r in reports]
+                  for trial, reports in epoch_reports(search_out / name / "tuner").items()}
         (results / f"search_{search}" / "trial_epochs.json").write_text(json.dumps(epochs, indent=1) + "\n")
 
 
@@ -203,20 +199,21 @@ def write_report(results: Path, agg: dict, table) -> None:
     print(table(agg))
 
 
-def run_seeds(args, variant: str, experiment_of) -> None:
-    """Each of args.seeds' run of `variant` (experiment_of(seed)) not yet in args.results, claimed
-    per seed so that lanes share the work (plateau.py's and pbt.py's runs)."""
+def run_seeds(args, variants, experiment_of) -> None:
+    """Each (seed, variant) run, experiment_of(variant, seed), not yet in args.results, seed by seed,
+    each claimed so that lanes (the same command in several processes) share the work."""
     from raydistill.pipeline.local import run
     for seed in args.seeds:
-        dest = args.results / f"e{EPOCHS}" / f"seed{seed}" / variant
-        if (dest / "summary.json").is_file() or not claim(args.work / "claims" / f"{variant}-seed{seed}"):
-            continue
-        started = time.perf_counter()
-        result = run(experiment_of(seed))
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in COPIED:
-            shutil.copy2(Path(result.run_dir) / name, dest / name)
-        print(f"seed {seed} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
+        for variant in variants:
+            dest = args.results / f"e{EPOCHS}" / f"seed{seed}" / variant
+            if (dest / "summary.json").is_file() or not claim(args.work / "claims" / f"seed{seed}-{variant}"):
+                continue
+            started = time.perf_counter()
+            result = run(experiment_of(variant, seed))
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in COPIED:
+                shutil.copy2(Path(result.run_dir) / name, dest / name)
+            print(f"seed {seed} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def seed_runs(results: Path, variant: str) -> dict:
@@ -283,7 +280,7 @@ def main(argv=None) -> int:
         write_report(args.results, aggregate(args.results), table_markdown)
         plot(args.results, args.results / "search.png")
         return 0
-    run_jobs(args)
+    run_seeds(args, args.variants, lambda variant, seed: experiment(variant, seed, args.results, args.work))
     return 0
 
 

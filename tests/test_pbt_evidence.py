@@ -54,7 +54,7 @@ def test_the_search_comparison_is_at_equal_trial_epochs_and_selects_on_validatio
     agg = pbt.aggregate(pbt.RESULTS)["searches"]
     assert agg["pbt"]["trial_epochs"] == 8 * 16
     assert agg["asha_equal_epochs"]["trial_epochs"] <= agg["pbt"]["trial_epochs"] < agg["asha_whole"]["trial_epochs"]
-    rows = pbt.trial_rows(SEARCH / "trials.parquet")
+    rows = searched.trial_rows(SEARCH / "trials.parquet")
     assert best_row(rows)["trial"] == agg["pbt"]["best_trial"]
     # the ED search cut in creation order: its first trials, nothing picked after the fact
     ed = [t["trial"] for t in searched.search_trials(searched.RESULTS, "ed")]

@@ -276,7 +276,7 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
     from ray.tune.schedulers import FIFOScheduler
 
     if space.scheduler == "pbt":
-        return pbt_setup(space, candidates, concurrent)
+        return pbt_setup(space, candidates)
     max_t = space.max_epochs()
     sched = {"asha": lambda: curriculum_asha(max_t, space.grace_period, space.reduction_factor),
              "hyperband": lambda: curriculum_bohb_hyperband(max_t, space.reduction_factor),
@@ -291,13 +291,13 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
                                         max_concurrent_trials=concurrent)
 
 
-def pbt_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple:
+def pbt_setup(space: SearchSpace, candidates: list) -> tuple:
     """(param_space, TuneConfig) of a PBT population: the candidates as a grid (with each trial's
     starting grade weights when the grade budget is mutated), trials named by their candidate.
 
     The whole population exists from the start: Tune's `max_concurrent_trials` would create a new
     member only when an earlier one finished (2 at a time, one after another: no population). How
-    many train at once is set by what each trial reserves (sized for `concurrent` on this cluster);
+    many train at once is set by what each trial reserves (sized by `_resources` for max_concurrent);
     the others wait PENDING or PAUSED, and PBT resumes the member that is furthest behind."""
     from ray import tune
     shares = space.pbt.dimension(GRADE_SHARES) is not None
