@@ -146,57 +146,6 @@ def test_concurrent_run_with_one_diverged_and_one_interrupted_stage(ray_session,
     assert [e["epoch"] for e in epochs] == [1, 2, 3]   # resumed after epoch 1, none trained twice
 
 
-def _kill_driver_after_first_epoch(epochs_log: Path, box: dict, stop) -> None:
-    """Wait for the stage's first epoch line, then stop its worker (so the stage cannot end first),
-    kill the stage's driver task (the process that launched the stage), then the worker: a lost node.
-    `stop` (an Event): give up, the run ended."""
-    import signal
-    while not stop.wait(0.2):
-        lines = epochs_log.read_text().splitlines() if epochs_log.is_file() else []
-        if lines:
-            first = json.loads(lines[0])
-            box.update(first)
-            os.kill(first["rank0_pid"], signal.SIGSTOP)
-            os.kill(first["driver_pid"], signal.SIGKILL)
-            os.kill(first["rank0_pid"], signal.SIGKILL)
-            return
-
-
-@pytest.mark.slow   # Ray tasks, concurrent stages
-def test_a_lost_stage_driver_is_a_failed_stage_with_resume_advice(ray_session, tmp_path):
-    """Concurrent stages: `scratch`'s driver task (no CPU, no retries) dies with its stage's worker
-    after epoch 1, as on a lost node. The run ends with RunInterrupted naming scratch as failed with
-    the usual resume advice, the other stages' outcomes kept (teacher:all and kd completed), not with
-    a raw Ray error; the same command then resumes scratch from its checkpoint."""
-    import threading
-    from raydistill.distributed.trainer import RunInterrupted, run_distributed
-    exp = tiny_experiment(tmp_path, **{"methods": "[scratch,kd]", "teachers.epochs": 1,
-                                       "curriculum.grade_epochs": "[1,1,2]", "data.train_per_class": 40,
-                                       "data.test_per_class": 20, "ray.stages": "concurrent",
-                                       "ray.cpus_per_worker": 1, "ray.teachers": "local"})
-    killed, stop = {}, threading.Event()
-    killer = threading.Thread(target=_kill_driver_after_first_epoch,
-                              args=(tmp_path / "tiny" / "epochs" / "method-scratch.jsonl", killed, stop), daemon=True)
-    killer.start()
-    try:
-        with pytest.raises(RunInterrupted) as caught:
-            run_distributed(exp, progress=None)
-    finally:
-        stop.set()
-        killer.join()
-    assert killed["driver_pid"] not in (None, os.getpid()), killed   # the driver task, not this process
-    outcomes = caught.value.outcomes
-    assert {s: o.status for s, o in outcomes.items()} == {
-        "teacher:all": "ok", "method:kd": "ok", "method:scratch": "failed"}, str(caught.value)
-    line = next(l for l in str(caught.value).splitlines() if l.strip().startswith("method:scratch"))
-    assert "driver task was lost" in line and "re-run the same command to resume it" in line, line
-    assert "stage-method-scratch" in line
-
-    result = run_distributed(exp, progress=None)
-    assert [h["epoch"] for h in result.history if h["method"] == "scratch"] == [1, 2, 3, 4]
-    assert set(result.methods) == {"scratch", "kd"}
-
-
 STAGES_SCRIPT = textwrap.dedent("""
     import json, os, subprocess, sys
     os.environ["RAY_AUTH_MODE"] = "disabled"

@@ -132,14 +132,6 @@ def run_one_stage(exp: Experiment, out: RunDir, data_ref, stage: str, ready: lis
     return StageOutcome.ok({stage: state["completed"][stage]})
 
 
-def _stage_driver(exp_dict: dict, data_box: list, location: str, stage: str, ready: list, streaming: bool,
-                  fail_once_at: Optional[tuple] = None) -> StageOutcome:
-    """A concurrent stage's driver: a Ray task holding no CPU (like a Tune trial's driver) that starts
-    the stage's task or fit and waits for it."""
-    return run_one_stage(Experiment.from_dict(exp_dict), RunDir(location), data_box[0], stage, ready, streaming,
-                         fail_once_at)
-
-
 def _drive(exp: Experiment, out: RunDir, graph: dict, launch: Callable, finished: Callable, log) -> dict:
     """`pipeline.graph.run_graph` over the stages not completed by an earlier invocation, the metrics
     file rewritten by the driver whenever a stage ends; `finished(handles)` -> {handle: StageOutcome}
@@ -161,34 +153,36 @@ def _drive(exp: Experiment, out: RunDir, graph: dict, launch: Callable, finished
 
 def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,
                    fail_once_at: Optional[tuple] = None) -> dict:
-    """Every stage on its own executor, each launched (by a stage driver task) as soon as its
-    teachers exist. Returns {stage: record}."""
-    import ray
+    """Every stage on its own executor, each launched as soon as its teachers exist. A stage is
+    started and awaited by a thread of this process (its task or fit does the work): a driver of
+    its own in a Ray task was a new process importing torch per stage, 10-15 s of a 2-core run's
+    start-up, and the driver process is the run's anyway (Ray Train fits from a thread, as under
+    Tune). Returns {stage: record}."""
+    import queue
+    import threading
     graph = stage_graph(exp, num_groups)
-    driver = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": storage_env()})(_stage_driver)
+    ended = queue.Queue()   # (stage, StageOutcome), in the order the stages end
+
+    def drive(stage):
+        try:
+            outcome = run_one_stage(exp, out, data_ref, stage, graph[stage], streaming, fail_once_at, log)
+        except Exception as err:   # noqa: BLE001 - whatever stopped it, the stage failed; the others go on
+            outcome = StageOutcome.failed(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}")
+        ended.put((stage, outcome))
 
     def launch(stage):
-        return driver.remote(exp.to_dict(), [data_ref], out.location, stage, graph[stage], streaming, fail_once_at)
+        # daemon: a Ctrl-C of the driver ends the run at once (ray.shutdown stops the stages' work)
+        threading.Thread(target=drive, args=(stage,), name=f"stage {stage}", daemon=True).start()
+        return stage
 
-    def finished(refs):
-        ready, _ = ray.wait(refs, num_returns=1)
-        return {ref: _driver_outcome(ref) for ref in ready}
+    def finished(_stages):
+        results = dict([ended.get()])
+        while not ended.empty():
+            stage, outcome = ended.get()
+            results[stage] = outcome
+        return results
 
     return _drive(exp, out, graph, launch, finished, log)
-
-
-def _driver_outcome(ref) -> StageOutcome:
-    """What a stage driver returned; a driver lost with its node or process (it has no retries: the
-    stage's own task or fit is owned by it and goes with it) is a failed stage, which a re-run
-    resumes from its last epoch checkpoint like any other."""
-    import ray
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as err:   # the driver raised: its error's last line says what
-        return StageOutcome.failed((str(err).strip().splitlines() or [type(err).__name__])[-1])
-    except ray.exceptions.RayError as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        return StageOutcome.failed(f"its driver task was lost ({type(err).__name__}: {first})")
 
 
 def run_in_order(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,

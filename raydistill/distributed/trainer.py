@@ -135,7 +135,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
             else "task per one-worker stage" + (" (in this process)" if in_process else "")
         log(f"ray: stages {mode}, {exp.ray.workers} worker(s), {executor}, teachers {exp.ray.teachers}, "
             f"storage {out.child('ray')}")
-        if mode == "concurrent":   # stages' drivers run in Ray tasks: their workers print plain lines
+        if mode == "concurrent":   # no driver bar for several stages at once: their workers print plain lines
             completed = run_concurrent(exp, out, data_ref, groups, data.streaming, log, fail_once_at=fail_once_at)
         elif not one_fit:
             bar = DriverBar() if progress is not None and interactive() else None

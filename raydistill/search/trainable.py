@@ -28,7 +28,7 @@ TRIAL_CPU = 0.01   # the trial driver only waits on its TorchTrainer; the worker
 # How every trial is placed, whatever the base says: its teacher stages only load the search's
 # teachers (trained once, before the trials, one task each), so they are one-worker stages, and
 # its stages run in order (the epoch reports reach Tune from that one executor, not from a
-# concurrent stage driver's). Without these, `ray.teacher_workers > 1` made a one-worker trial
+# concurrent stage's thread). Without these, `ray.teacher_workers > 1` made a one-worker trial
 # start a Ray Train fit its own reservation had no room for.
 # (What a trial runs, `methods`, is the space's `method`, already in the base: space_from_dict.)
 TRIAL_PLACEMENT = ("ray.teacher_workers=1", "ray.stages=sequential")
