@@ -1,7 +1,10 @@
 """The package's shape (issue 28), read from the source with `ast`: Ray stays at the edges, the Ray
 executors import the pipeline and never the reverse, no two modules import each other (directly
-or around a loop), and the top level holds only the entry points and packages."""
+or around a loop), the top level holds only the entry points and packages, and importing what a
+Ray worker imports leaves torchvision out (issue 35)."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "raydistill"
@@ -81,3 +84,14 @@ def test_top_level_holds_only_entry_points_and_packages():
     assert files == ["__init__.py", "cli.py"], files
     assert (PACKAGE / "config" / "__init__.py").is_file()
     assert (PACKAGE / "pipeline" / "__init__.py").is_file()
+
+
+def test_worker_and_pipeline_imports_leave_torchvision_out():
+    """torchvision's import (~1.5 s: torch._dynamo, via torchvision.ops) would be paid by every Ray
+    worker start; the CIFAR nets need none of it, so it is imported only where a torchvision net is
+    built or its weights read. Run in a fresh interpreter: this session's modules are no evidence."""
+    code = ("import sys, raydistill, raydistill.models, raydistill.distributed.worker, raydistill.pipeline.local, "
+            "raydistill.distill.engine, raydistill.cli; "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

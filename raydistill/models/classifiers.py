@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torchvision
 from torch import nn
 
 from .pretrained import PretrainedError, check_timm, check_torchvision_pretrained, load_torchvision_pretrained, \
     timm_classifier
+from .torchvision_nets import torchvision_classifier
 
 TORCHVISION_PREFIX, TIMM_PREFIX = "tv:", "timm:"
 
@@ -44,6 +44,7 @@ def is_classifier_arch(arch) -> bool:
 
 
 def torchvision_classifiers() -> list:
+    import torchvision  # here, not at module level: its import (~1.5 s, torch._dynamo) would slow every worker start
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -67,7 +68,7 @@ def build_classifier(arch: str, num_classes: int, pretrained: Optional[str] = No
         net = timm_classifier(arch.removeprefix(TIMM_PREFIX), num_classes, pretrained)
     else:
         name = arch.removeprefix(TORCHVISION_PREFIX)
-        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        net = torchvision_classifier(name, num_classes)
         if pretrained is not None:
             load_torchvision_pretrained(net, name, pretrained)
     return Classifier(net, arch, num_classes)

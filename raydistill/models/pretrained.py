@@ -14,7 +14,6 @@ from typing import Optional
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
@@ -41,7 +40,7 @@ def torchvision_weights(tv_arch: str, pretrained: str):
     """The torchvision weights that `pretrained` names for `tv_arch` (``IMAGENET1K_V2``, ``DEFAULT``,
     ``ResNet50_Weights.IMAGENET1K_V2``), or None when it names none."""
     try:
-        enum = torchvision.models.get_model_weights(tv_arch)
+        enum = _get_model_weights(tv_arch)
     except (ValueError, KeyError):
         return None
     key = pretrained.removeprefix(enum.__name__ + ".")
@@ -71,14 +70,19 @@ def check_torchvision_pretrained(tv_arch: str, pretrained: str) -> None:
     if _is_file_like(pretrained):
         _check_file(pretrained)
         return
-    names = list(torchvision.models.get_model_weights(tv_arch).__members__) if _has_weights(tv_arch) else []
+    names = list(_get_model_weights(tv_arch).__members__) if _has_weights(tv_arch) else []
     raise PretrainedError(f"{pretrained!r} is neither a torchvision weights name of {tv_arch} "
                           f"({', '.join(names) or 'none'}) nor a file")
 
 
+def _get_model_weights(tv_arch: str):
+    import torchvision  # here, not at module level: its import (~1.5 s, torch._dynamo) would slow every worker start
+    return torchvision.models.get_model_weights(tv_arch)
+
+
 def _has_weights(tv_arch: str) -> bool:
     try:
-        torchvision.models.get_model_weights(tv_arch)
+        _get_model_weights(tv_arch)
         return True
     except (ValueError, KeyError):
         return False

@@ -11,7 +11,6 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
-import torchvision
 from torch import nn
 
 TORCHVISION_STUDENTS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",
@@ -38,6 +37,7 @@ class PooledHead(nn.Module):
 
 def torchvision_classifier(arch: str, num_classes: int) -> nn.Module:
     """torchvision's model `arch` (random weights, torchvision's init) with `num_classes` outputs."""
+    import torchvision  # here, not at module level: its import (~1.5 s, torch._dynamo) would slow every worker start
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
