@@ -157,6 +157,29 @@ def test_two_workers_see_every_sample_once_per_epoch_and_a_resumed_run_sees_the_
     assert val == torch.bincount(data.val.labels, minlength=len(val)).tolist()   # val padding not counted
 
 
+@pytest.mark.slow   # Ray Data
+def test_a_pass_read_by_several_tasks_is_sorted_into_the_same_order(ray_session, tmp_path, monkeypatch):
+    """A pass of more than READ_TASK_ROWS samples is read by several tasks (of row groups) whose
+    blocks arrive in any order, then sorted by position; a smaller one is read by one task, whose
+    rows come in order (no sort). Both yield the pass's samples, repeats included, in exactly the
+    order asked for, with memory mode's pixels. (The Ray Train tests' passes are all one-task.)"""
+    from raydistill.data import stream
+    from raydistill.pipeline.prepare import prepare_data
+    exp = uneven_experiment(tmp_path)
+    data = prepare_data(exp)
+    memory = prepare_data(exp.with_overrides(["data.loader=memory"]))
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(5))
+    wanted = torch.cat([order, order[:7]])   # with padding's repeats
+    for rows_per_task in (stream.READ_TASK_ROWS, 16):
+        monkeypatch.setattr(stream, "READ_TASK_ROWS", rows_per_task)
+        tasks = stream._rows_dataset(data.train, wanted.numpy(), np.ones(len(wanted), dtype=bool))[1]
+        assert tasks == 1 if rows_per_task > len(wanted) else tasks > 1
+        batches = list(stream.pass_dataset(data.train, wanted.numpy()).iter_torch_batches(batch_size=16))
+        ids = torch.cat([b["sample_id"] for b in batches])
+        assert torch.equal(ids, wanted), rows_per_task
+        assert torch.equal(torch.cat([b["image"] for b in batches]), memory.train.images[ids])
+
+
 def test_no_private_ray_module_is_used():
     """Stream's stable sample ids come from public APIs (the file row, from pyarrow's row-group
     metadata); it imported `ray.data._internal...._compute_row_hashes`, which moves or vanishes
