@@ -8,6 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray Train's controller polls its workers every 2 s, so a fit noticed its workers' end (or death)
+# up to 2 s late; a test's fits are seconds long (a bare fit: 9-12 s -> ~9 s). Ray Train passes
+# this on to the controllers of this process's fits and of the subprocesses' runs.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"

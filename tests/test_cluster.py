@@ -99,6 +99,7 @@ class Nodes:
         if started.returncode != 0:
             pytest.fail(f"ray start --head failed:\n{started.stdout}\n{started.stderr}")
         self.address = f"127.0.0.1:{gcs}"
+        self.wait_for(lambda: len(self.alive()) == 1, "the head's dashboard (State API)", timeout=60)
         (self.head,) = self.alive()
 
     def add_worker(self, cpus: int = 2) -> str:
@@ -162,18 +163,22 @@ class Nodes:
         stop_head(tag)   # anything of that node that left the process group
 
     def alive(self) -> list:
-        """Node ids of the live nodes."""
-        out = subprocess.run([sys.executable, "-c", NODES_SCRIPT, self.address], env=self.env, capture_output=True,
-                             text=True, timeout=120)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("[")]   # ray.init may print warnings
-        return json.loads(lines[-1]) if out.returncode == 0 and lines else []
+        """Node ids of the live nodes, from the head's State API (an HTTP request: a Python process
+        connecting with ray.init took 1.3-3 s per look, several looks per node started)."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"{self.dashboard}/api/v0/nodes?limit=10000", timeout=30) as reply:
+                listed = json.load(reply)["data"]["result"]["result"]
+        except (OSError, ValueError, KeyError):
+            return []   # the dashboard is not serving yet
+        return sorted(n["node_id"] for n in listed if n["state"] == "ALIVE")
 
     def wait_for(self, condition, what: str, timeout: float = 180, detail=None) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if condition():
                 return
-            time.sleep(2)
+            time.sleep(0.5)
         pytest.fail(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
 
     def shutdown(self) -> None:
@@ -181,13 +186,6 @@ class Nodes:
             self.remove_worker(tag)
         stop_head(self.temp_dir)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-NODES_SCRIPT = """
-import json, sys, ray
-ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
-print(json.dumps(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])))
-"""
 
 
 def need_namespaces():
@@ -201,6 +199,10 @@ def nodes(s3):
     if not RAY_BIN.exists():
         pytest.skip(f"no ray binary at {RAY_BIN}")
     env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+           # a removed node is declared dead after 3 missed 1 s health checks, not Ray's default
+           # 5 x 3 s (the node-removal test waited on it twice: 111 -> 85 s)
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+           "RAY_health_check_failure_threshold": "3",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)

@@ -60,7 +60,7 @@ def stop_head(temp_dir: str) -> None:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
+    _, alive = psutil.wait_procs(procs, timeout=1)   # a test's cluster: no graceful shutdown to wait for
     for proc in alive:
         try:
             proc.kill()
