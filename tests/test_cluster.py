@@ -199,9 +199,11 @@ def nodes(s3):
     if not RAY_BIN.exists():
         pytest.skip(f"no ray binary at {RAY_BIN}")
     env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-           # a removed node is declared dead after 3 missed 1 s health checks, not Ray's default
-           # 5 x 3 s (the node-removal test waited on it twice: 111 -> 85 s)
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+           # a removed node is declared dead after 3 failed health checks 1 s apart, not Ray's
+           # default 5 x 3 s (the node-removal test waited on it twice: 111 -> 85 s). A killed
+           # node's raylet refuses at once; a live one starved by a loaded machine still has 3 s
+           # to answer each check (Ray's default: 10 s)
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
            "RAY_health_check_failure_threshold": "3",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
