@@ -96,12 +96,10 @@ def _fit_recording(exp, data, packed, tmp_path, name: str, plan: list, pixel_sum
     """Per rank: {pass key: [batches per time it ran]} of one 2-worker fit running `plan`."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from raydistill.distributed.data_transfer import fit_datasets
     TorchTrainer(_record_passes,
                  train_loop_config={"exp": exp.to_dict(), "packed": packed, "out": str(tmp_path), "name": name,
                                     "plan": plan, "pixel_sums": pixel_sums},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
-                 datasets=fit_datasets(packed, 2),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"), name=name)).fit()
     return [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in range(2)]
 
@@ -154,7 +152,7 @@ def test_two_workers_see_every_sample_once_per_epoch_and_a_resumed_run_sees_the_
             assert full[rank][key][0] == expected, (key, rank)   # memory mode's batches
     assert padded > 0, "padding (real=False repeats) was exercised"
     val = [a + b for a, b in zip(full[0]["val"], full[1]["val"])]
-    assert val == torch.bincount(data.val.labels, minlength=len(val)).tolist()   # val padding not counted
+    assert val == torch.bincount(data.val.labels, minlength=len(val)).tolist()   # every val sample counted once over the ranks
 
 
 @pytest.mark.slow   # Ray Data
@@ -172,7 +170,7 @@ def test_a_pass_read_by_several_tasks_is_sorted_into_the_same_order(ray_session,
     wanted = torch.cat([order, order[:7]])   # with padding's repeats
     for rows_per_task in (stream.READ_TASK_ROWS, 16):
         monkeypatch.setattr(stream, "READ_TASK_ROWS", rows_per_task)
-        tasks = stream._rows_dataset(data.train, wanted.numpy(), np.ones(len(wanted), dtype=bool))[1]
+        tasks = stream._rows_dataset(data.train, wanted.numpy())[1]
         assert tasks == 1 if rows_per_task > len(wanted) else tasks > 1
         batches = list(stream.pass_dataset(data.train, wanted.numpy()).iter_torch_batches(batch_size=16))
         ids = torch.cat([b["sample_id"] for b in batches])

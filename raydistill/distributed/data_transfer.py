@@ -1,6 +1,6 @@
 """The prepared data on its way to workers: packed once into the object store by the driver
 (numpy arrays, zero-copy reads), unpacked by each worker; streamed splits travel as indexes and
-their val/test pixels come through Ray Datasets."""
+each worker streams the pixels it needs (`data.stream`)."""
 from __future__ import annotations
 
 import warnings
@@ -16,7 +16,7 @@ from raydistill.pipeline.prepare import PreparedData
 
 def pack_data(data: PreparedData) -> dict:
     """numpy arrays (zero-copy reads from the object store) of the prepared data; streamed splits
-    travel as they are (indexes: their pixels come through the fit's datasets)."""
+    travel as they are (indexes: each worker streams their pixels)."""
     sets = {name: s if data.streaming else (s.images.numpy(), s.labels.numpy(), s.class_names)
             for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
     return {"sets": sets, "groups": data.groups, "mean": data.mean, "std": data.std}
@@ -30,13 +30,3 @@ def unpack_data(packed: dict, ctx: Optional[TrainContext] = None) -> PreparedDat
                 if isinstance(s, StreamSplit) else ImageSet(torch.from_numpy(s[0]), torch.from_numpy(s[1]), s[2])
                 for name, s in packed["sets"].items()}
     return PreparedData(sets["train"], sets["val"], sets["test"], packed["groups"], packed["mean"], packed["std"])
-
-
-def fit_datasets(packed: dict, workers: int) -> Optional[dict]:
-    """With streamed data, the Ray Datasets of a fit of `workers` workers (padding depends on it):
-    val and test (training passes are built by each worker). None for in-memory data."""
-    sets = packed["sets"]
-    if not isinstance(sets["train"], StreamSplit):
-        return None
-    from raydistill.data.stream import stream_datasets
-    return stream_datasets(sets["val"], sets["test"], workers)

@@ -17,7 +17,6 @@ import time
 from typing import Callable, Optional
 
 from raydistill.config import Experiment
-from raydistill.distributed.data_transfer import fit_datasets
 from raydistill.distributed.errors import RunInterrupted, stages_error
 from raydistill.distributed.worker import run_here, train_loop
 from raydistill.pipeline.checkpoints import latest_progress, run_progress
@@ -58,7 +57,6 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
         train_loop,
         train_loop_config=stage_config(exp, out, data_ref, name, stages, ready, fail_once_at, driver_bar),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources),
-        datasets=fit_datasets(ray.get(data_ref), workers),
         # a URI: Ray Train writes its checkpoints through the same pyarrow filesystem, no local staging
         run_config=RunConfig(name=name, storage_path=ray_storage.root,
                              storage_filesystem=ray_storage.storage_filesystem,
