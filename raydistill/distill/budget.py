@@ -20,6 +20,20 @@ def grade_train_flops(plan: Plan, grade: Grade, image_size: int) -> float:
     with torch.device("meta"):
         model = build_grade_model(plan.arch, grade.split, grade.num_classes, grade.head_width or 64,
                                   final=grade.final)
+    return _train_flops(model, image_size)
+
+
+def model_train_flops(arch: str, num_classes: int, image_size: int) -> float:
+    """Forward + backward FLOPs of one training image through the complete `arch` (as
+    `grade_train_flops`, on the meta device)."""
+    from raydistill.models import build_model
+    with torch.device("meta"):
+        model = build_model(arch, num_classes)
+    return _train_flops(model, image_size)
+
+
+def _train_flops(model: torch.nn.Module, image_size: int) -> float:
+    with torch.device("meta"):
         x = torch.empty(2, 3, image_size, image_size)
     counter = FlopCounterMode(display=False)
     with counter:

@@ -20,8 +20,8 @@ from raydistill.config import Experiment
 from raydistill.distributed.errors import RunInterrupted, stages_error
 from raydistill.distributed.worker import run_here, train_loop
 from raydistill.pipeline.checkpoints import latest_progress, run_progress
-from raydistill.pipeline.graph import (FIT, OK, TASK, StageOutcome, StagesFailed, run_graph, stage_executor,
-                                       stage_graph, stage_workers, storage_name)
+from raydistill.pipeline.graph import (FIT, OK, TASK, StageOutcome, StagesFailed, critical_paths, run_graph,
+                                       stage_executor, stage_graph, stage_work, stage_workers, storage_name)
 from raydistill.pipeline.results import result_from_progress, write_metrics
 from raydistill.storage import RunDir, join, storage_env
 
@@ -80,12 +80,12 @@ def fit_stages(exp: Experiment, out: RunDir, data_ref, name: str, workers: int, 
 def task_stages(exp: Experiment, out: RunDir, data_ref, name: str, stages: list, *, ready: tuple = (),
                 fail_once_at: Optional[tuple] = None, log: Callable[[str], None] = print,
                 in_process: bool = False, on_report: Optional[Callable[[dict], None]] = None,
-                bar_queue=None) -> dict:
+                bar_queue=None, on_submit: Optional[Callable[[], None]] = None) -> dict:
     """`stages` as one worker in a Ray task that holds the worker's resources (`in_process`: in this
     process, e.g. a Tune trial that holds them; `on_report` then sees every epoch report). A task
     that fails is started again from its last epoch checkpoint, at most `ray.max_failures` times,
     as a fit's FailureConfig would. `bar_queue`: the driver's `DriverBar.queue`, which then draws
-    the epochs. Returns the store's final progress."""
+    the epochs. `on_submit()`: called once the task is submitted. Returns the store's final progress."""
     import ray
     config = stage_config(exp, out, data_ref, name, stages, ready, fail_once_at, bar_queue=bar_queue)
     if in_process:
@@ -97,8 +97,11 @@ def task_stages(exp: Experiment, out: RunDir, data_ref, name: str, stages: list,
     remote = ray.remote(**options)(run_here)
     failures = 0
     while True:
+        submitted = remote.remote(config)
+        if on_submit is not None:
+            on_submit()
         try:
-            return ray.get(remote.remote(config))
+            return ray.get(submitted)
         except ray.exceptions.RayError as err:
             failures += 1
             reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}"
@@ -112,15 +115,17 @@ def task_stages(exp: Experiment, out: RunDir, data_ref, name: str, stages: list,
 
 def run_one_stage(exp: Experiment, out: RunDir, data_ref, stage: str, ready: list, streaming: bool,
                   fail_once_at: Optional[tuple] = None, log: Callable[[str], None] = print,
-                  **task_options) -> StageOutcome:
+                  on_submit: Callable[[], None] = lambda: None, **task_options) -> StageOutcome:
     """One stage on the executor it is given (`stage_executor`); its StageOutcome says how it ended
-    (a non-finite loss is the checkpoint's `aborted`, never a text match)."""
+    (a non-finite loss is the checkpoint's `aborted`, never a text match). `on_submit()`: called
+    when its task is submitted (a fit: when it starts)."""
     fail_here = fail_once_at if fail_once_at and fail_once_at[0] == stage else None
     try:
         if stage_executor(exp, stage, streaming) == TASK:
             state = task_stages(exp, out, data_ref, storage_name(stage), [stage], ready=tuple(ready),
-                                fail_once_at=fail_here, log=log, **task_options)
+                                fail_once_at=fail_here, log=log, on_submit=on_submit, **task_options)
         else:
+            on_submit()
             state = fit_stages(exp, out, data_ref, storage_name(stage), stage_workers(exp, stage), stages=[stage],
                                ready=tuple(ready), fail_once_at=fail_here)
     except RunInterrupted as err:
@@ -130,7 +135,8 @@ def run_one_stage(exp: Experiment, out: RunDir, data_ref, stage: str, ready: lis
     return StageOutcome.ok({stage: state["completed"][stage]})
 
 
-def _drive(exp: Experiment, out: RunDir, graph: dict, launch: Callable, finished: Callable, log) -> dict:
+def _drive(exp: Experiment, out: RunDir, graph: dict, launch: Callable, finished: Callable, log,
+           priority: Optional[dict] = None) -> dict:
     """`pipeline.graph.run_graph` over the stages not completed by an earlier invocation, the metrics
     file rewritten by the driver whenever a stage ends; `finished(handles)` -> {handle: StageOutcome}
     of at least one. Returns {stage: record}; raises `stages_error` when a stage did not complete."""
@@ -144,33 +150,45 @@ def _drive(exp: Experiment, out: RunDir, graph: dict, launch: Callable, finished
         return results
 
     try:
-        return run_graph(graph, done, launch, wait, log)
+        return run_graph(graph, done, launch, wait, log, priority)
     except StagesFailed as err:
         raise stages_error(err.outcomes, out) from None
 
 
-def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,
+def run_concurrent(exp: Experiment, out: RunDir, data_ref, groups: list, streaming: bool, log,
                    fail_once_at: Optional[tuple] = None) -> dict:
-    """Every stage on its own executor, each launched as soon as its teachers exist. A stage is
-    started and awaited by a thread of this process (its task or fit does the work): a driver of
-    its own in a Ray task was a new process importing torch per stage, 10-15 s of a 2-core run's
-    start-up, and the driver process is the run's anyway (Ray Train fits from a thread, as under
-    Tune). Returns {stage: record}."""
+    """Every stage on its own executor, each launched as soon as its teachers exist, the longest
+    chain of work first (`critical_paths`; `groups`: the class lists). A stage is started and
+    awaited by a thread of this process (its task or fit does the work): a driver of its own in a
+    Ray task was a new process importing torch per stage, 10-15 s of a 2-core run's start-up, and
+    the driver process is the run's anyway (Ray Train fits from a thread, as under Tune). Each
+    launch waits until its stage's task is submitted: Ray starts queued tasks of one shape in the
+    order they were submitted, and threads left to race submitted them in any order. Returns
+    {stage: record}."""
+    import functools
     import queue
     import threading
-    graph = stage_graph(exp, num_groups)
+    from raydistill.distill.budget import model_train_flops
+    graph = stage_graph(exp, len(groups))
+    flops = functools.lru_cache(maxsize=None)(lambda arch, classes: model_train_flops(arch, classes, exp.image_size()))
+    priority = critical_paths(graph, {s: stage_work(exp, s, groups, flops) for s in graph})
     ended = queue.Queue()   # (stage, StageOutcome), in the order the stages end
 
-    def drive(stage):
+    def drive(stage, submitted):
         try:
-            outcome = run_one_stage(exp, out, data_ref, stage, graph[stage], streaming, fail_once_at, log)
+            outcome = run_one_stage(exp, out, data_ref, stage, graph[stage], streaming, fail_once_at, log,
+                                    on_submit=submitted.set)
         except Exception as err:   # noqa: BLE001 - whatever stopped it, the stage failed; the others go on
             outcome = StageOutcome.failed(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}")
+        finally:
+            submitted.set()
         ended.put((stage, outcome))
 
     def launch(stage):
+        submitted = threading.Event()
         # daemon: a Ctrl-C of the driver ends the run at once (ray.shutdown stops the stages' work)
-        threading.Thread(target=drive, args=(stage,), name=f"stage {stage}", daemon=True).start()
+        threading.Thread(target=drive, args=(stage, submitted), name=f"stage {stage}", daemon=True).start()
+        submitted.wait()
         return stage
 
     def finished(_stages):
@@ -180,7 +198,7 @@ def run_concurrent(exp: Experiment, out: RunDir, data_ref, num_groups: int, stre
             results[stage] = outcome
         return results
 
-    return _drive(exp, out, graph, launch, finished, log)
+    return _drive(exp, out, graph, launch, finished, log, priority)
 
 
 def run_in_order(exp: Experiment, out: RunDir, data_ref, num_groups: int, streaming: bool, log,

@@ -11,7 +11,7 @@ others from their most advanced checkpoint in any store (`pipeline.checkpoints.r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import teachers_needed
@@ -106,15 +106,46 @@ class StagesFailed(RuntimeError):
                                    for s, o in outcomes.items() if o.status != OK))
 
 
-def run_graph(graph: dict, done: dict, launch: Callable, wait: Callable, log: Callable) -> dict:
+def stage_work(exp: Experiment, stage: str, groups: list, flops: Callable) -> float:
+    """A stage's training work, in relative units: its epochs x the classes it trains on x
+    `flops(arch, classes)` (one training image through its network). Images per class are taken
+    as equal, and a method is counted as its complete student for every epoch (ED's fragments
+    cost less): the figure only orders stages, it budgets nothing."""
+    kind, key = stage.split(":", 1)
+    if kind == "teacher":
+        classes = sum(map(len, groups)) if key == "all" else len(groups[int(key.removeprefix("group"))])
+        return exp.teachers.epochs * classes * flops(exp.teachers.arch, classes)
+    classes = sum(map(len, groups))
+    return exp.total_epochs() * classes * flops(exp.student.arch, classes)
+
+
+def critical_paths(graph: dict, work: dict) -> dict:
+    """{stage: its work plus the most work of any chain of stages that need it}: the run cannot end
+    sooner than this after the stage starts, so of the stages ready together the longest goes first
+    (the all-class teacher before the group teachers, when kd waits on it)."""
+    needed_by = {s: [t for t, needs in graph.items() if s in needs] for s in graph}
+    paths: dict = {}
+
+    def path(stage):
+        if stage not in paths:
+            paths[stage] = work[stage] + max((path(t) for t in needed_by[stage]), default=0.0)
+        return paths[stage]
+
+    return {s: path(s) for s in graph}
+
+
+def run_graph(graph: dict, done: dict, launch: Callable, wait: Callable, log: Callable,
+              priority: Optional[dict] = None) -> dict:
     """Run every stage of `graph` not in `done` ({stage: record}), each as soon as the stages it
-    needs are done. `launch(stage)` starts it and returns a handle; `wait(handles)` blocks until at
-    least one finishes and returns {handle: StageOutcome}. Returns `done`, updated; raises
-    StagesFailed (each stage's outcome) once every stage that could run has ended."""
+    needs are done; of the stages ready at once, the highest `priority` first (default: graph
+    order). `launch(stage)` starts it and returns a handle; `wait(handles)` blocks until at least
+    one finishes and returns {handle: StageOutcome}. Returns `done`, updated; raises StagesFailed
+    (each stage's outcome) once every stage that could run has ended."""
     pending = [s for s in graph if s not in done]
     running, outcomes = {}, {}
     while pending or running:
-        for stage in [s for s in pending if all(d in done for d in graph[s])]:
+        ready = [s for s in pending if all(d in done for d in graph[s])]
+        for stage in sorted(ready, key=lambda s: -priority[s]) if priority else ready:
             pending.remove(stage)
             running[launch(stage)] = stage
             log(f"stage {stage}: started")

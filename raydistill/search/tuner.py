@@ -33,6 +33,10 @@ from raydistill.storage import located as storage_location
 
 TUNER_DIR = "tuner"
 SPACE_FILE = "space.json"   # the search's fingerprint, which a resume must match
+# A trial that ends hands its process to the next trial of the same resources (Tune's function
+# trainables reset in place): a new process imports torch and raydistill again, seconds per trial on a
+# CPU machine, and PBT pauses and resumes its members at every decision.
+REUSE_ACTORS = True
 LOCAL_ENV = {**TRAIN_LOCAL_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 
 
@@ -285,10 +289,10 @@ def search_setup(space: SearchSpace, candidates: list, concurrent: int) -> tuple
         return searchers.param_space(space.dimensions), tune.TuneConfig(
             metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=space.samples,
             search_alg=searchers.search_algorithm(space, concurrent), trial_name_creator=name_by_creation,
-            trial_dirname_creator=name_by_creation)
+            trial_dirname_creator=name_by_creation, reuse_actors=REUSE_ACTORS)
     param_space = {"candidate": tune.grid_search([{"index": i, "values": v} for i, v in enumerate(candidates)])}
     return param_space, tune.TuneConfig(metric=SCHEDULE_METRIC, mode="max", scheduler=sched, num_samples=1,
-                                        max_concurrent_trials=concurrent)
+                                        max_concurrent_trials=concurrent, reuse_actors=REUSE_ACTORS)
 
 
 def pbt_setup(space: SearchSpace, candidates: list) -> tuple:
@@ -310,7 +314,7 @@ def pbt_setup(space: SearchSpace, candidates: list) -> tuple:
     scheduler = curriculum_pbt(space.pbt, space.base.num_groups(), space.seed)
     return {"candidate": tune.grid_search(members)}, tune.TuneConfig(
         metric=SCHEDULE_METRIC, mode="max", scheduler=scheduler, num_samples=1,
-        trial_name_creator=name_by_candidate, trial_dirname_creator=name_by_candidate)
+        trial_name_creator=name_by_candidate, trial_dirname_creator=name_by_candidate, reuse_actors=REUSE_ACTORS)
 
 
 def search_trainable(setup: dict, resources: dict):
