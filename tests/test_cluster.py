@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -102,11 +103,13 @@ class Nodes:
         self.wait_for(lambda: len(self.alive()) == 1, "the head's dashboard (State API)", timeout=60)
         (self.head,) = self.alive()
 
-    def add_worker(self, cpus: int = 2) -> str:
-        """Start a worker node in its own mount namespace (tmpfs over /tmp); returns its temp dir tag."""
+    def add_worker(self, cpus: int = 2, wait: bool = True) -> str:
+        """Start a worker node in its own mount namespace (tmpfs over /tmp); returns its temp dir tag.
+        wait=False: return at once, to start the node while the test goes on (then wait_to_join)."""
         tag = self.spawn(f"mkdir -p {{tag}} && exec {RAY_BIN} start --address={self.address} "
                          f"--num-cpus={cpus} --temp-dir={{tag}} --disable-usage-stats --block")
-        self.wait_to_join(tag)
+        if wait:
+            self.wait_to_join(tag)
         return tag
 
     def spawn(self, command: str) -> str:
@@ -193,17 +196,18 @@ def need_namespaces():
         pytest.skip("worker nodes with a filesystem of their own need root and unshare/nsenter (util-linux)")
 
 
-@pytest.fixture
-def nodes(s3):
+@contextlib.contextmanager
+def started_cluster(s3, workers: int = 0):
+    """A head and `workers` worker nodes, shut down on exit."""
     need_namespaces()
     if not RAY_BIN.exists():
         pytest.skip(f"no ray binary at {RAY_BIN}")
     env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-           # a removed node is declared dead after 3 failed health checks 1 s apart, not Ray's
+           # a removed node is declared dead after 3 failed health checks 0.5 s apart, not Ray's
            # default 5 x 3 s (the node-removal test waited on it twice: 111 -> 85 s). A killed
            # node's raylet refuses at once; a live one starved by a loaded machine still has 3 s
            # to answer each check (Ray's default: 10 s)
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
+           "RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "3000",
            "RAY_health_check_failure_threshold": "3",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -211,9 +215,26 @@ def nodes(s3):
     cluster = Nodes(env)
     try:
         cluster.start_head()
+        for _ in range(workers):
+            cluster.add_worker()
         yield cluster
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture
+def nodes(s3):
+    """A head alone, for a test that adds and removes worker nodes itself."""
+    with started_cluster(s3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """A head and one worker node, shared by the tests that neither add nor remove a node (a
+    cluster started and stopped: ~9 s). Each names its own run, so none reads another's state."""
+    with started_cluster(s3, workers=1) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -250,16 +271,69 @@ def epoch_log(run) -> list:
     return [json.loads(line) for name in names for line in run.read_text(name).splitlines()]
 
 
-def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
+# the first cluster test: the shared `cluster`, started by the next one, does not idle beside its nodes
+def test_node_removal_then_resume_from_the_bucket_with_empty_local_disks(nodes, bucket, tmp_path):
+    """The worker node dies mid-run. With max_failures 0 the run stops; after deleting every local
+    directory of the driver, the same command (max_failures 1) resumes from the bucket on a new
+    node; that node is removed too, and the run goes on on a replacement. Every epoch once. The run
+    is one Ray Train fit for the graph (`ray.executor: fit`): FailureConfig restarts its workers; a
+    task's own restart is tested in tests/test_executors.py."""
+    first = nodes.add_worker()
+    # enough epochs (and images) that the resumed run is still training when its node is removed:
+    # it is removed right after the resumed run's first epoch, the 2nd or 3rd of 8
+    config = cluster_experiment(tmp_path, "removal", **{"curriculum.grade_epochs": "[2,2,4]",
+                                                        "data.train_per_class": 150, "ray.executor": "fit"})
+    run = bucket.child("runs/removal")
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+
+    def ed_epochs() -> list:
+        if not run.is_file("epochs.jsonl"):
+            return []
+        return [e["epoch"] for e in map(json.loads, run.read_text("epochs.jsonl").splitlines())
+                if e["stage"] == "method:ed"]
+
+    driver = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address, wait=False)
+    nodes.wait_for(lambda: len(ed_epochs()) >= 1 or driver.poll() is not None, "ed's first epoch", timeout=400)
+    nodes.remove_worker(first)
+    # the next node starts while the run stops: with max_failures 0 nothing is rescheduled on it
+    second = nodes.add_worker(wait=False)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode != 0 and "re-run the same command to resume" in out, out[-3000:]
+    stopped_at = len(ed_epochs())
+
+    assert [p.name for p in workdir.iterdir()] == []   # the driver's only local directory: empty
+    shutil.rmtree(workdir)
+    workdir.mkdir()
+    nodes.wait_to_join(second)
+    driver = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address,
+                        "--set", "ray.max_failures=1", wait=False)
+    nodes.wait_for(lambda: len(ed_epochs()) >= stopped_at + 1 or driver.poll() is not None,
+                   "an epoch of the resumed run", timeout=400)
+    nodes.remove_worker(second)
+    nodes.add_worker()                                  # the replacement node
+    out, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, out[-4000:]
+
+    log = [json.loads(line) for line in run.read_text("epochs.jsonl").splitlines()]
+    pairs = [(e["stage"], e["epoch"]) for e in log]
+    assert len(pairs) == len(set(pairs)), f"an epoch was trained twice: {pairs}"
+    assert set(ed_epochs()) <= set(range(1, 9))   # the log lists epochs whose checkpoint was stored
+    assert len({e["node"] for e in log}) == 3           # the first node, its successor, the replacement
+    history = run.read_json("metrics.json")["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+
+
+def test_s3_run_on_two_nodes_that_share_no_disk(cluster, bucket, tmp_path, capsys):
     """The head offers no CPU, so every stage (a one-worker Ray task, the default executor) runs on
     the worker node, which cannot see the driver's disk: the run completes, every artifact is in the
     bucket, the driver's disk holds nothing of the run, and the run is read back from the URI."""
-    worker = nodes.add_worker()
-    assert not nodes.sees(worker, tmp_path) and nodes.sees(worker, REPO)   # its own /tmp, the same code
+    (worker,) = cluster.workers
+    assert not cluster.sees(worker, tmp_path) and cluster.sees(worker, REPO)   # its own /tmp, the same code
     config = cluster_experiment(tmp_path, "twonode", **{"teachers.soft_labels": "cache"})
     workdir = tmp_path / "driver"
     workdir.mkdir()
-    proc = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address)
+    proc = raydistill(cluster, workdir, "run", "--config", str(config), "--address", cluster.address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     store = bucket.child("runs")
@@ -273,71 +347,21 @@ def test_s3_run_on_two_nodes_that_share_no_disk(nodes, bucket, tmp_path):
     (cache,) = store.listdir("softlabels")
     assert store.is_file(f"softlabels/{cache}/meta.json")
     epochs = epoch_log(run)
-    assert {e["node"] for e in epochs} == {nodes.node_id(worker)} != {nodes.head}    # trained on the worker node
-    assert [p.name for p in workdir.iterdir()] == []                                 # nothing local
+    assert {e["node"] for e in epochs} == {cluster.node_id(worker)} != {cluster.head}   # trained on the worker node
+    assert [p.name for p in workdir.iterdir()] == []                                     # nothing local
 
     from raydistill.pipeline.report_files import load_run
     summary, history = load_run(f"s3://{BUCKET}/runs/twonode")
     assert summary == run.read_json("summary.json") and len(history) == 3
-    report = raydistill(nodes, workdir, "report", f"s3://{BUCKET}/runs/twonode")
-    assert report.returncode == 0 and "ed" in report.stdout, report.stderr[-2000:]
+    from raydistill.cli import main   # in this process: the bucket's settings are in its environment
+    assert main(["report", f"s3://{BUCKET}/runs/twonode"]) == 0 and "ed" in capsys.readouterr().out
 
 
-def test_node_removal_then_resume_from_the_bucket_with_empty_local_disks(nodes, bucket, tmp_path):
-    """The worker node dies mid-run. With max_failures 0 the run stops; after deleting every local
-    directory of the driver, the same command (max_failures 1) resumes from the bucket on a new
-    node; that node is removed too, and the run goes on on a replacement. Every epoch once. The run
-    is one Ray Train fit for the graph (`ray.executor: fit`): FailureConfig restarts its workers; a
-    task's own restart is tested in tests/test_executors.py."""
-    first = nodes.add_worker()
-    # enough epochs (and images) that the resumed run is still training when its node is removed
-    config = cluster_experiment(tmp_path, "removal", **{"curriculum.grade_epochs": "[2,2,8]",
-                                                        "data.train_per_class": 150, "ray.executor": "fit"})
-    run = bucket.child("runs/removal")
-    workdir = tmp_path / "driver"
-    workdir.mkdir()
-
-    def ed_epochs() -> list:
-        if not run.is_file("epochs.jsonl"):
-            return []
-        return [e["epoch"] for e in map(json.loads, run.read_text("epochs.jsonl").splitlines())
-                if e["stage"] == "method:ed"]
-
-    driver = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address, wait=False)
-    nodes.wait_for(lambda: len(ed_epochs()) >= 2 or driver.poll() is not None, "ed's second epoch", timeout=400)
-    nodes.remove_worker(first)
-    out, _ = driver.communicate(timeout=300)
-    assert driver.returncode != 0 and "re-run the same command to resume" in out, out[-3000:]
-    stopped_at = len(ed_epochs())
-
-    assert [p.name for p in workdir.iterdir()] == []   # the driver's only local directory: empty
-    shutil.rmtree(workdir)
-    workdir.mkdir()
-    second = nodes.add_worker()
-    driver = raydistill(nodes, workdir, "run", "--config", str(config), "--address", nodes.address,
-                        "--set", "ray.max_failures=1", wait=False)
-    nodes.wait_for(lambda: len(ed_epochs()) >= stopped_at + 1 or driver.poll() is not None,
-                   "an epoch of the resumed run", timeout=400)
-    nodes.remove_worker(second)
-    nodes.add_worker()                                  # the replacement node
-    out, _ = driver.communicate(timeout=400)
-    assert driver.returncode == 0, out[-4000:]
-
-    log = [json.loads(line) for line in run.read_text("epochs.jsonl").splitlines()]
-    pairs = [(e["stage"], e["epoch"]) for e in log]
-    assert len(pairs) == len(set(pairs)), f"an epoch was trained twice: {pairs}"
-    assert set(ed_epochs()) <= set(range(1, 13))   # the log lists epochs whose checkpoint was stored
-    assert len({e["node"] for e in log}) == 3           # the first node, its successor, the replacement
-    history = run.read_json("metrics.json")["history"]
-    assert [h["epoch"] for h in history] == list(range(1, 13))
-
-
-def test_submit_with_s3_storage_as_a_ray_job(nodes, bucket, tmp_path):
+def test_submit_with_s3_storage_as_a_ray_job(cluster, bucket, tmp_path):
     """`raydistill submit --storage s3://…`: the job runs on the cluster, writes to the bucket, and
     the submitting command reads the results back from there."""
-    nodes.add_worker()
     config = cluster_experiment(tmp_path, "jobtiny")
-    proc = raydistill(nodes, tmp_path, "submit", "--address", nodes.dashboard, "--config", str(config),
+    proc = raydistill(cluster, tmp_path, "submit", "--address", cluster.dashboard, "--config", str(config),
                       "--storage", f"s3://{BUCKET}/jobs", "--wait", "--timeout", "400")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id, table = proc.stdout.split("\n", 1)
@@ -384,20 +408,20 @@ def test_a_node_that_does_not_join_is_reported_with_its_own_output():
         cluster.shutdown()
 
 
-def test_a_local_output_dir_that_a_node_cannot_see_fails_before_training(nodes, tmp_path):
+def test_a_local_output_dir_that_a_node_cannot_see_fails_before_training(cluster, tmp_path):
     """`output.dir` on the driver's disk while every worker runs on a node with its own filesystem
     (issue 26, item 12): one error naming output.dir, that node and the two ways out, before any
     epoch is trained (it used to train, fail at the first checkpoint and advise a useless resume)."""
-    worker = nodes.add_worker()
+    (worker,) = cluster.workers
     exp = tiny_experiment(tmp_path / "runs", **{"name": "localout", "teachers.epochs": 1,
                                                  "curriculum.grade_epochs": "[1,1,1]", "data.train_per_class": 40,
                                                  "data.test_per_class": 20, "ray.cpus_per_worker": 1})
     config = tmp_path / "localout.yaml"
     config.write_text(exp.to_yaml())
-    proc = raydistill(nodes, tmp_path, "run", "--config", str(config), "--address", nodes.address)
+    proc = raydistill(cluster, tmp_path, "run", "--config", str(config), "--address", cluster.address)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("raydistill: error:")]
-    assert f"output.dir: {tmp_path / 'runs'}" in error and nodes.node_id(worker) in error, error
+    assert f"output.dir: {tmp_path / 'runs'}" in error and cluster.node_id(worker) in error, error
     assert "s3://" in error and "mount every node shares" in error, error
     run = tmp_path / "runs" / "localout"
     assert "worker(s), rank 0 on node" not in proc.stdout
@@ -406,12 +430,12 @@ def test_a_local_output_dir_that_a_node_cannot_see_fails_before_training(nodes, 
 
     shared = Path(tempfile.mkdtemp(prefix=".rd-shared-", dir=REPO))   # the checkout: every node sees it
     try:
-        assert nodes.sees(worker, shared)
-        check = subprocess.run([sys.executable, "-c", SHARED_SCRIPT, nodes.address, str(shared), str(tmp_path)],
-                               env=nodes.env, capture_output=True, text=True, timeout=600)
+        assert cluster.sees(worker, shared)
+        check = subprocess.run([sys.executable, "-c", SHARED_SCRIPT, cluster.address, str(shared), str(tmp_path)],
+                               env=cluster.env, capture_output=True, text=True, timeout=600)
         lines = [line for line in check.stdout.splitlines() if line.startswith("{")]
         assert check.returncode == 0 and lines, check.stdout[-2000:] + check.stderr[-3000:]
-        assert json.loads(lines[-1]) == {"shared": [], "driver_only": [nodes.node_id(worker)]}   # no false alarm
+        assert json.loads(lines[-1]) == {"shared": [], "driver_only": [cluster.node_id(worker)]}   # no false alarm
         assert list(shared.iterdir()) == []
     finally:
         shutil.rmtree(shared, ignore_errors=True)

@@ -104,10 +104,16 @@ def _shape(obj):
     return "number" if isinstance(obj, (int, float)) else type(obj).__name__
 
 
+# for runs whose accuracy nothing asserts (which epochs ran, what a stop kept, the files' shape):
+# 20 images per class leave every epoch a few batches, so such a run costs its start-ups, not its training
+FEW_IMAGES = {"data.train_per_class": 20, "data.test_per_class": 10}
+
+
 @pytest.mark.slow   # Ray Train
 def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
     from raydistill.distributed.trainer import RunInterrupted, run_distributed
-    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.executor": "fit"})   # one fit for the graph
+    settings = {**FEW_IMAGES, "teachers.epochs": 2, "ray.executor": "fit"}   # one fit for the graph
+    exp = tiny_experiment(tmp_path, **settings)
     # a worker dies after the first epoch of grade 2 and max_failures is 0: the run stops
     with pytest.raises(RunInterrupted):
         run_distributed(exp, progress=None, fail_once_at=("method:ed", 3))
@@ -117,7 +123,7 @@ def test_interrupted_run_resumes_without_redoing_epochs(ray_session, tmp_path):
     # rank 0's live TensorBoard files (raydistill.pipeline.tracking) hold every epoch up to the stop, before any end-of-run write
     assert _tensorboard_steps(run_dir / "tensorboard" / "ed") == [1, 2, 3]
     # re-running resumes; a second worker death (at epoch 5) is recovered inside the run by max_failures
-    exp = tiny_experiment(tmp_path, **{"teachers.epochs": 2, "ray.max_failures": 1, "ray.executor": "fit"})
+    exp = tiny_experiment(tmp_path, **settings, **{"ray.max_failures": 1})
     result = run_distributed(exp, progress=None, fail_once_at=("method:ed", 5))
 
     log = _epochs_log(run_dir)
@@ -182,8 +188,8 @@ def test_ed_with_two_workers_and_teacher_actors_on_two_nodes(tmp_path):
     assert set(placement["teachers"].values()) == {info["head"]}
 
     # the local backend, for the structure only (shortest possible run)
-    local = run(tiny_experiment(tmp_path / "local", **{"curriculum.grade_epochs": "[1,1,1]", "teachers.epochs": 1}),
-                progress=None).run_dir
+    local = run(tiny_experiment(tmp_path / "local", **FEW_IMAGES, **{"curriculum.grade_epochs": "[1,1,1]",
+                                                                    "teachers.epochs": 1}), progress=None).run_dir
     for name in ("metrics.json", "summary.json", "config.yaml", "checkpoints/ed.pt", "teachers/group0.pt",
                  "teachers/group2.pt"):
         assert (run_dir / name).is_file(), name
@@ -231,8 +237,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ray_se
     from raydistill.distributed.trainer import run_distributed
     from raydistill.pipeline.checkpoints import latest_progress
     from raydistill.storage import RunDir
-    exp = tiny_experiment(tmp_path, **{"methods": "[scratch,ed]", "curriculum.grade_epochs": "[1,1,1]",
-                                       "ray.max_failures": 1, "ray.executor": "fit"})   # one fit for the graph
+    exp = tiny_experiment(tmp_path, **FEW_IMAGES, **{"methods": "[scratch,ed]", "curriculum.grade_epochs": "[1,1,1]",
+                                                     "ray.max_failures": 1,
+                                                     "ray.executor": "fit"})   # one fit for the graph
     exp = exp.with_overrides([f"teachers.checkpoints={json.dumps(_teacher_files(tmp_path, exp, 'group0'))}"])
     with pytest.raises(NonFiniteLossError, match=r"ed: non-finite loss .* in grade 1, epoch 1"):
         run_distributed(exp, progress=None)

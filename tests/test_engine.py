@@ -11,6 +11,16 @@ from raydistill.distill.engine import (TrainContext, TrainSettings, TrainState, 
 from raydistill.teachers import FrozenTeacher, LocalTeachers, train_teacher
 
 
+@pytest.fixture(scope="module")
+def small_data(tiny_data):
+    """tiny_data cut to 30 train, 5 val and 20 test images a class: for the tests whose claims
+    (exact replay, carried weights, layouts, statistics, order) hold at any size."""
+    from dataclasses import replace
+    from raydistill.data.imageset import first_n_per_class
+    cut = lambda split, n: split.subset(first_n_per_class(split.labels, n))
+    return replace(tiny_data, train=cut(tiny_data.train, 30), val=cut(tiny_data.val, 5), test=cut(tiny_data.test, 20))
+
+
 def settings(data, **kw):
     kw = {"lr": 0.05, "batch_size": 16, **kw}
     return TrainSettings(mean=tuple(data.mean), std=tuple(data.std), **kw)
@@ -30,7 +40,9 @@ def group_teachers(data):
 def test_ed_beats_chance_on_tiny_builtin_set(tiny_data):
     data = tiny_data
     plan = plan_ed("resnet8", 3, data.groups, [1, 2, 3], [0, 1, 2], [3, 3, 6], [16, 16], pass_mode="mixed")
-    model, history = train_plan(plan, data.train, data.val, data.test, group_teachers(data), settings(data))
+    # the test set only at each grade's end (the claim is the final accuracy): evaluation leaves training as it was
+    s = settings(data, test_every_epoch=False)
+    model, history = train_plan(plan, data.train, data.val, data.test, group_teachers(data), s)
     assert [h["epoch"] for h in history] == list(range(1, 13))
     assert [h["grade"] for h in history] == [1] * 3 + [2] * 3 + [3] * 6
     assert [h["num_classes"] for h in history][::3] == [2, 4, 6, 6]
@@ -52,8 +64,8 @@ def test_ed_beats_chance_on_tiny_builtin_set(tiny_data):
 
 
 @pytest.mark.slow   # trains a run, then resumes from every epoch
-def test_resume_from_any_epoch_replays_exactly(tiny_data):
-    data = tiny_data
+def test_resume_from_any_epoch_replays_exactly(small_data):
+    data = small_data
     plan = plan_ed("resnet8", 3, data.groups, [1, 2, 3], [0, 1, 2], [1, 1, 1], [16, 16], pass_mode="sequential")
     s = settings(data, schedule="constant")
     states = {}
@@ -68,10 +80,10 @@ def test_resume_from_any_epoch_replays_exactly(tiny_data):
             assert torch.equal(a, b), name
 
 
-def test_growth_carries_trained_blocks(tiny_data):
+def test_growth_carries_trained_blocks(small_data):
     """The next grade's model starts with the first grade's trained stem and block, BN running
     statistics included (observed where the engine hands the grown model to the context)."""
-    data = tiny_data
+    data = small_data
     plan = plan_ed("resnet8", 3, data.groups, [1, 2, 3], [0, 1, 2], [1, 1, 1], [16, 16])
     s = settings(data, schedule="constant")
     states, wrapped = {}, []
@@ -159,12 +171,12 @@ def test_scratch_plan_without_teachers(tiny_data):
     assert history[1]["loss"] < history[0]["loss"] and history[1]["train_acc"] > 1 / data.num_classes
 
 
-def test_channels_last_changes_layout_not_math(tiny_data):
+def test_channels_last_changes_layout_not_math(small_data):
     """The engine in NHWC and NCHW computes the same losses and BN statistics up to float rounding
     (lr 0: SGD amplifies rounding differences chaotically, in either layout), and an NHWC-trained
     state_dict loads into a plain NCHW model."""
     from raydistill.models import build_model
-    data = tiny_data
+    data = small_data
     plan = plan_single_grade("scratch", "resnet8", 3, data.groups, 1)
     s = settings(data, schedule="constant", lr=0.0)
     nhwc, h1 = train_plan(plan, data.train, data.val, data.test, None, s, TrainContext(channels_last=True))
@@ -193,10 +205,10 @@ def _stem_bn_mean_over(model, data, classes, s):
     return bn, seen[0] / len(index)
 
 
-def test_bn_recalibration_describes_every_class_of_a_sequential_grade(tiny_data):
+def test_bn_recalibration_describes_every_class_of_a_sequential_grade(small_data):
     """Sequential passes leave BN statistics dominated by the last lesson; with bn_recalibrate the
     saved model's statistics are those of a mixed pass over all the grade's classes."""
-    data = tiny_data
+    data = small_data
     plan = plan_single_grade("multi_teacher", "resnet8", 3, data.groups, 1, pass_mode="sequential")
     classes = plan.grades[0].class_ids
     errors = {}
@@ -239,10 +251,10 @@ def _untrained_teachers(data, groups):
     return teachers
 
 
-def test_permuted_order_and_non_contiguous_groups(tiny_data):
+def test_permuted_order_and_non_contiguous_groups(small_data):
     """Groups {0,3}, {1,4}, {2,5} joining in order 2, 0, 1: each grade's head maps to the right
     classes, and each teacher is asked only about samples of its own classes."""
-    data = tiny_data
+    data = small_data
     groups = [[0, 3], [1, 4], [2, 5]]
     plan = plan_ed("resnet8", 3, groups, [1, 2, 3], [2, 0, 1], [1, 1, 1], [16, 16], pass_mode="mixed")
     client = RecordingTeachers(_untrained_teachers(data, groups), data.train)
@@ -258,8 +270,8 @@ def test_permuted_order_and_non_contiguous_groups(tiny_data):
     assert all(0 <= h["test_acc"] <= 1 for h in history)
 
 
-def test_sequential_lessons_come_in_order_and_mixed_batches_interleave(tiny_data):
-    data = tiny_data
+def test_sequential_lessons_come_in_order_and_mixed_batches_interleave(small_data):
+    data = small_data
     teachers = _untrained_teachers(data, data.groups)
     order = {}
     for mode in ("sequential", "mixed"):
@@ -276,11 +288,11 @@ def test_sequential_lessons_come_in_order_and_mixed_batches_interleave(tiny_data
     assert mixed[:3] != ["group0"] * 3 and set(mixed[:3]) == {"group0", "group1", "group2"}
 
 
-def test_keep_momentum_carries_sgd_momentum_of_carried_parameters(tiny_data):
+def test_keep_momentum_carries_sgd_momentum_of_carried_parameters(small_data):
     """At lr 0 the weights never move, so the only difference between keeping and resetting
     momentum at the grade switch is the carried buffer, decayed by momentum^steps of grade 2."""
     from raydistill.distill.engine import grade_passes
-    data = tiny_data
+    data = small_data
     plan = plan_ed("resnet8", 3, data.groups, [1, 2, 3], [0, 1, 2], [1, 1, 1], [16, 16], pass_mode="mixed")
     states = {}
     for keep in (False, True):

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.slow
 
 # two groups and ED alone: the fewest stages with a teacher -> method dependency (two teachers, one
 # method), as the per-stage executor pays a Ray Train start-up for each (132 -> 79 s for the four
-# executors with three groups and scratch beside ED)
+# executors with three groups and scratch beside ED); 30 images per class (not 150): a fifth of the
+# training, and the numbers still tell seeds apart (seeds 0, 1, 2: three different sets)
 QUICK = {"teachers.epochs": 1, "data.ratio": "1:1", "curriculum.splits": "[2,3]", "curriculum.grade_epochs": "[1,1]",
-         "methods": "[ed]"}
+         "methods": "[ed]", "data.train_per_class": 30, "data.test_per_class": 30}
 
 
 def _epochs(run_dir) -> list:
@@ -76,7 +77,9 @@ def test_a_one_worker_stage_starts_no_torch_trainer(executor_runs):
 
 def test_run_interrupted_under_one_fit_resumes_as_tasks_without_redoing_epochs(ray_session, tmp_path):
     from raydistill.distributed.trainer import RunInterrupted, run_distributed
-    overrides = {"teachers.epochs": 2, "curriculum.grade_epochs": "[1,1,2]"}
+    # which epochs ran is all it checks: a few images per class, every epoch a few batches
+    overrides = {"teachers.epochs": 2, "curriculum.grade_epochs": "[1,1,2]", "data.train_per_class": 20,
+                 "data.test_per_class": 10}
     with pytest.raises(RunInterrupted):
         run_distributed(tiny_experiment(tmp_path, **overrides, **{"ray.executor": "fit"}), progress=None,
                         fail_once_at=("method:ed", 2))

@@ -13,8 +13,10 @@ from raydistill.pipeline.prepare import prepare_data
 
 @pytest.mark.slow   # a whole local run of four methods with teachers
 def test_local_run_writes_a_complete_run_directory(tmp_path, capsys):
-    exp = tiny_experiment(tmp_path, **{"methods": "[ed,scratch,kd,multi_teacher]", "teachers.epochs": 2,
-                                       "curriculum.grade_epochs": "[1,1,1]"})
+    # what a run directory holds does not depend on how much it trained: 1 teacher epoch, 40 images a class
+    exp = tiny_experiment(tmp_path, **{"methods": "[ed,scratch,kd,multi_teacher]", "teachers.epochs": 1,
+                                       "curriculum.grade_epochs": "[1,1,1]", "data.train_per_class": 40,
+                                       "data.test_per_class": 20})
     result = run(exp, progress=None)
     out = result.run_dir
     assert set(result.methods) == {"ed", "scratch", "kd", "multi_teacher"}
@@ -42,7 +44,8 @@ def test_local_run_writes_a_complete_run_directory(tmp_path, capsys):
 @pytest.mark.slow   # two whole local runs
 def test_same_seed_same_weights(tmp_path):
     """One worker, in-process teachers: two runs with the same seed give bit-identical students."""
-    overrides = {"methods": "[ed]", "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]"}
+    overrides = {"methods": "[ed]", "teachers.epochs": 1, "curriculum.grade_epochs": "[1,1,1]",
+                 "data.train_per_class": 40, "data.test_per_class": 20}
     runs = [run(tiny_experiment(tmp_path / str(i), **overrides), progress=None) for i in range(2)]
     a, b = (torch.load(r.run_dir / "checkpoints" / "ed.pt", weights_only=True)["state_dict"] for r in runs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

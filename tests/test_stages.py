@@ -67,6 +67,30 @@ def test_a_stage_starts_when_its_inputs_exist_and_a_failure_stops_only_its_depen
     assert "method:x" in launched and "method:z" in launched and "method:y" not in launched
 
 
+def test_of_the_stages_ready_together_the_longest_chain_of_work_starts_first(tmp_path):
+    """The default run's graph: kd needs the all-class teacher (20 classes), ED and multi_teacher
+    the group teachers (6/6/8 classes), scratch nothing; the all-class teacher is launched first
+    and kd first of the methods it frees."""
+    from raydistill.pipeline.graph import critical_paths, run_graph, stage_graph, stage_work, StageOutcome
+    exp = tiny_experiment(tmp_path, **{"methods": "[ed,scratch,kd,multi_teacher]", "teachers.arch": "resnet14"})
+    groups = [list(range(6)), list(range(6, 12)), list(range(12, 20))]
+    flops = {"resnet14": 2.0, "resnet8": 1.0}
+    graph = stage_graph(exp, len(groups))
+    work = {s: stage_work(exp, s, groups, lambda arch, _classes: flops[arch]) for s in graph}
+    assert work["teacher:all"] == exp.teachers.epochs * 20 * 2.0
+    assert work["teacher:group2"] == exp.teachers.epochs * 8 * 2.0
+    assert work["method:kd"] == exp.total_epochs() * 20 * 1.0
+    paths = critical_paths(graph, work)
+    assert paths["teacher:all"] == work["teacher:all"] + work["method:kd"]
+    assert paths["teacher:group0"] == work["teacher:group0"] + max(work["method:ed"], work["method:multi_teacher"])
+    assert paths["method:scratch"] == work["method:scratch"]
+    launched = []
+    run_graph(graph, {}, lambda s: launched.append(s) or s, lambda hs: {hs[0]: StageOutcome.ok({hs[0]: {}})},
+              lambda _msg: None, priority=paths)
+    assert launched[:5] == ["teacher:all", "teacher:group2", "teacher:group0", "teacher:group1", "method:scratch"]
+    assert launched[5] == "method:kd"   # the all-class teacher ended first: its method is ready first
+
+
 def test_each_stage_keeps_its_own_outcome_and_advice(tmp_path):
     """A diverged stage and an interrupted one at the same time (issue 26, item 9): each stage's
     outcome is its own type, so the run is not declared diverged as a whole (re-running helps the
@@ -154,10 +178,12 @@ STAGES_SCRIPT = textwrap.dedent("""
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     try:
-        rcs = [subprocess.call([sys.executable, "-m", "raydistill.cli", "run", "--config", sys.argv[1],
-                                "--address", cluster.address, "--set", f"ray.stages={mode}",
-                                "--set", f"output.name={mode}"]) for mode in ("concurrent", "sequential")]
-        print(json.dumps({"rcs": rcs}))
+        # both runs at once (their start-ups and waits overlap): concurrent mode's teachers take 3 of
+        # the 4 CPUs, sequential mode's one stage at a time the 4th
+        runs = [subprocess.Popen([sys.executable, "-m", "raydistill.cli", "run", "--config", sys.argv[1],
+                                  "--address", cluster.address, "--set", f"ray.stages={mode}",
+                                  "--set", f"output.name={mode}"]) for mode in ("concurrent", "sequential")]
+        print(json.dumps({"rcs": [run.wait() for run in runs]}))
     finally:
         cluster.shutdown()
 """)

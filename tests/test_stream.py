@@ -168,7 +168,9 @@ def test_a_pass_read_by_several_tasks_is_sorted_into_the_same_order(ray_session,
     memory = prepare_data(exp.with_overrides(["data.loader=memory"]))
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(5))
     wanted = torch.cat([order, order[:7]])   # with padding's repeats
-    for rows_per_task in (stream.READ_TASK_ROWS, 16):
+    # 64: two read tasks of four row groups each, the fewest that need the sort (each task is a block
+    # of the all-to-all sort)
+    for rows_per_task in (stream.READ_TASK_ROWS, 64):
         monkeypatch.setattr(stream, "READ_TASK_ROWS", rows_per_task)
         tasks = stream._rows_dataset(data.train, wanted.numpy())[1]
         assert tasks == 1 if rows_per_task > len(wanted) else tasks > 1
