@@ -162,9 +162,9 @@ def run_concurrent(exp: Experiment, out: RunDir, data_ref, groups: list, streami
     awaited by a thread of this process (its task or fit does the work): a driver of its own in a
     Ray task was a new process importing torch per stage, 10-15 s of a 2-core run's start-up, and
     the driver process is the run's anyway (Ray Train fits from a thread, as under Tune). Each
-    launch waits until its stage's task is submitted: Ray starts queued tasks of one shape in the
-    order they were submitted, and threads left to race submitted them in any order. Returns
-    {stage: record}."""
+    launch waits until its stage's task is submitted, so the first stages in that order take the
+    free CPUs (threads left to race submitted them in any order); Ray promises no order for the
+    tasks queued behind them. Returns {stage: record}."""
     import functools
     import queue
     import threading
