@@ -63,7 +63,11 @@ def ray_session():
     if not ray.is_initialized():
         # address="local": never join a cluster another test (or process) left running on this machine
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
+                 # idle worker processes (most have imported torch) are kept for the next task of
+                 # their kind: Ray's default kills those above num_cpus after 1 s idle, and the
+                 # suite's tests, one after another, then start new ones (~2 s of CPU each)
+                 _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 120_000})
     yield ray
     ray.shutdown()
 
