@@ -41,6 +41,16 @@ def tiny_data():
     return prepare_data(exp)
 
 
+def first_per_class(data, train: int, val=None, test=None):
+    """`data` (PreparedData) with only the first `train` (`val`, `test`: None keeps all) samples of
+    each class in each split: for tests whose claims hold at any size."""
+    from dataclasses import replace
+    from raydistill.data.imageset import first_n_per_class
+    return replace(data, **{name: split.subset(first_n_per_class(split.labels, n))
+                            for name, split, n in (("train", data.train, train), ("val", data.val, val),
+                                                   ("test", data.test, test)) if n is not None})
+
+
 def tiny_experiment(output_dir, **overrides) -> "Experiment":
     from raydistill.config import Experiment
     exp = Experiment.from_dict({

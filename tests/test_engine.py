@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import first_per_class
 from raydistill.config import ConfigError, Experiment
 from raydistill.distill.curriculum import plan_ed, plan_single_grade
 from raydistill.distill.engine import (TrainContext, TrainSettings, TrainState, build_optimizer, grade_model,
@@ -15,10 +16,7 @@ from raydistill.teachers import FrozenTeacher, LocalTeachers, train_teacher
 def small_data(tiny_data):
     """tiny_data cut to 30 train, 5 val and 20 test images a class: for the tests whose claims
     (exact replay, carried weights, layouts, statistics, order) hold at any size."""
-    from dataclasses import replace
-    from raydistill.data.imageset import first_n_per_class
-    cut = lambda split, n: split.subset(first_n_per_class(split.labels, n))
-    return replace(tiny_data, train=cut(tiny_data.train, 30), val=cut(tiny_data.val, 5), test=cut(tiny_data.test, 20))
+    return first_per_class(tiny_data, 30, val=5, test=20)
 
 
 def settings(data, **kw):

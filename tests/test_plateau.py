@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
-from conftest import tiny_experiment
+from conftest import first_per_class, tiny_experiment
 from raydistill.config import ConfigError
 from raydistill.distill import engine
 from raydistill.distill.curriculum import plan_ed
@@ -65,8 +64,7 @@ def hand_made_validation(monkeypatch):
 def few(tiny_data):
     """The tiny data with 24 training samples per class: the validation series is hand-made, so
     what is checked (where grades end, identical training on resume) needs no more."""
-    from raydistill.data.imageset import first_n_per_class
-    return replace(tiny_data, train=tiny_data.train.subset(first_n_per_class(tiny_data.train.labels, 24)))
+    return first_per_class(tiny_data, 24)
 
 
 def _plateau_run(data, **kw):

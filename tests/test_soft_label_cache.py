@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import tiny_experiment
+from conftest import first_per_class, tiny_experiment
 from raydistill.config import ConfigError
 from raydistill.data import crop_flip
 from raydistill.distill.curriculum import plan_ed
@@ -48,8 +48,7 @@ def cache_exp(tmp_path, **kw):
 @pytest.fixture(scope="module")
 def small(tiny_data):
     """The tiny data with 20 training samples per class (120): a cache over it builds in a blink."""
-    keep = torch.cat([torch.nonzero(tiny_data.train.labels == c).flatten()[:20] for c in range(6)]).sort().values
-    return replace(tiny_data, train=tiny_data.train.subset(keep))
+    return first_per_class(tiny_data, 20)
 
 
 @pytest.fixture(scope="module")

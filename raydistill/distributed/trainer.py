@@ -137,7 +137,7 @@ def run_distributed(exp: Experiment, progress: Optional[Callable[[str], None]] =
             f"storage {out.child('ray')}")
         if mode == "concurrent":   # no driver bar for several stages at once: their workers print plain lines
             completed = run_concurrent(exp, out, data_ref, data.groups, data.streaming, log,
-                                           fail_once_at=fail_once_at)
+                                       fail_once_at=fail_once_at)
         elif not one_fit:
             bar = DriverBar() if progress is not None and interactive() else None
             try:

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from raydistill.config import Experiment
 from raydistill.distill.curriculum import teachers_needed
+from raydistill.teachers.frozen import classes_of
 
 
 def stage_graph(exp: Experiment, num_groups: int) -> dict:
@@ -113,7 +114,7 @@ def stage_work(exp: Experiment, stage: str, groups: list, flops: Callable) -> fl
     cost less): the figure only orders stages, it budgets nothing."""
     kind, key = stage.split(":", 1)
     if kind == "teacher":
-        classes = sum(map(len, groups)) if key == "all" else len(groups[int(key.removeprefix("group"))])
+        classes = len(classes_of(key, groups))
         return exp.teachers.epochs * classes * flops(exp.teachers.arch, classes)
     classes = sum(map(len, groups))
     return exp.total_epochs() * classes * flops(exp.student.arch, classes)
